@@ -1,0 +1,33 @@
+# Two commands matter: `make demo` runs the main job, `make test` passes the tests.
+# Each creates or updates .venv on its own (Python 3.11, pip, versions pinned in constraints.txt).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
+
+.PHONY: venv test lint demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
+	$(BIN)/python -m pytest
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+bench: venv
+	$(BIN)/python bench/quality.py
+
+clean:
+	rm -rf var build .pytest_cache .ruff_cache
