@@ -1,0 +1,207 @@
+"""The ``rqvae`` command: synth, train, encode, evaluate.
+
+Exit codes: 0 success; 2 bad input (unreadable or invalid embeddings, bad arguments, a refused model
+directory); 1 any other failure. Errors print one line starting with ``error:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .errors import InputError, ModelLoadError
+
+logger = logging.getLogger("rqvae")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+EPILOG = {
+    "synth": """examples:
+  rqvae synth --n 100000 --dim 32 --out var/data/synth_100k.parquet
+  rqvae synth --n 5689519 --dim 32 --out var/data/embeddings/2026-01-01   # directory + _SUCCESS""",
+    "train": """examples:
+  rqvae train --embeddings var/data/synth_100k.parquet --out var/models/m1
+  rqvae train --embeddings emb_81_32/ --out m2 --num-codebooks 4 --codebook-size 256 --epochs 3
+  rqvae train --embeddings items.parquet --out m3 --config my_config.json   # {"model": {...}, "train": {...}}""",
+    "encode": """examples:
+  rqvae encode --model var/models/m1 --embeddings var/data/synth_100k.parquet --out ids.parquet
+  rqvae encode --model m1 --embeddings emb_81_32/ --out ids.parquet --json-dict semantic_id_dict.json""",
+    "evaluate": """examples:
+  rqvae evaluate --model var/models/m1 --embeddings var/data/synth_100k.parquet --json""",
+}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rqvae",
+        description="Train RQ-VAE models and turn item embeddings into semantic IDs.",
+        epilog="exit codes: 0 ok, 2 bad input, 1 other failure. `rqvae COMMAND --help` shows examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors; no progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors; no progress")
+        return p
+
+    p = add("synth", "Generate clustered, L2-normalised embeddings (streamed to Parquet).")
+    p.add_argument("--n", type=int, required=True, help="number of items")
+    p.add_argument("--dim", type=int, default=32, help="embedding dimension (default 32)")
+    p.add_argument("--out", required=True, help="a .parquet file, or a directory (parts + _SUCCESS)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("train", "Train a model on embeddings and write its directory (config.json + safetensors).")
+    p.add_argument("--embeddings", required=True, help="Parquet / .npy / JSON-lines parts / snapshot folder")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--config", help='JSON file {"model": {...}, "train": {...}}; flags override it')
+    p.add_argument("--num-codebooks", type=int, help="levels L (default 3)")
+    p.add_argument("--codebook-size", type=_int_list, help="codes per level: 256 or 256,256,512")
+    p.add_argument("--latent-dim", type=int, help="latent size; 0 = input dimension (default)")
+    p.add_argument("--hidden", type=_int_list, help="hidden widths of the MLP branch, e.g. 64 or 128,64")
+    p.add_argument("--distance", choices=["l2", "euclidean", "cosine"], help="code search distance")
+    p.add_argument("--kmeans-method", choices=["kmeans", "bkmeans", "none"], help="codebook initialisation")
+    p.add_argument("--shared-codebook", action="store_true", default=None, help="one codebook for all levels")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-train-items", type=int, help="sample cap for training (default 1,000,000)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--allow-pickle", action="store_true", help="read .pkl inputs (runs code from the file!)")
+
+    p = add("encode", "Encode every item into semantic IDs (Parquet: item_id, codes, dedup).")
+    p.add_argument("--model", required=True, help="model directory written by `rqvae train`")
+    p.add_argument("--embeddings", required=True)
+    p.add_argument("--out", required=True, help="output .parquet")
+    p.add_argument("--json-dict", help="also write {item_id: [codes]} JSON for existing inference code")
+    p.add_argument("--batch-rows", type=int, default=262_144)
+    p.add_argument("--allow-pickle", action="store_true")
+
+    p = add("evaluate", "Print quality metrics of a model on embeddings.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--embeddings", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a readable summary)")
+    p.add_argument("--allow-pickle", action="store_true")
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _train_configs(args: argparse.Namespace, input_dim: int) -> tuple[Any, Any]:
+    from .config import ModelConfig, TrainConfig, load_config_file
+
+    model_d, train_d = load_config_file(args.config) if args.config else ({}, {})
+    flags = {
+        "num_codebooks": args.num_codebooks,
+        "codebook_size": args.codebook_size,
+        "latent_dim": args.latent_dim,
+        "hidden_channels": args.hidden,
+        "distances_method": args.distance,
+        "kmeans_method": args.kmeans_method,
+        "shared_codebook": args.shared_codebook,
+    }
+    model_d.update({k: v for k, v in flags.items() if v is not None})
+    if isinstance(model_d.get("codebook_size"), list) and len(model_d["codebook_size"]) == 1:
+        model_d["codebook_size"] = model_d["codebook_size"][0]
+    model_d["input_dim"] = input_dim
+    tflags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "max_train_items": args.max_train_items, "seed": args.seed, "device": args.device}
+    train_d.update({k: v for k, v in tflags.items() if v is not None})
+    return ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synth
+
+    out = synth(args.out, n=args.n, dim=args.dim, seed=args.seed)
+    print(out)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .io import read_embeddings
+    from .train import train
+    from .validate import check_embeddings
+
+    data = read_embeddings(args.embeddings, allow_pickle=args.allow_pickle)
+    check_embeddings(data.ids, data.vectors, path=args.embeddings)
+    model_cfg, train_cfg = _train_configs(args, data.vectors.shape[1])
+    result = train(data.vectors, model_cfg, train_cfg, out_dir=args.out, show_progress=not args.quiet)
+    print(json.dumps({"model": str(args.out), **_round(result.metrics)}))
+    return EXIT_OK
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .encode import encode_file
+
+    result = encode_file(args.model, args.embeddings, args.out, json_dict=args.json_dict,
+                         batch_rows=args.batch_rows, allow_pickle=args.allow_pickle, show_progress=not args.quiet)
+    print(json.dumps(_round(result)))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .encode import encode_stream
+
+    model = load_model(args.model)
+    _, _, metrics = encode_stream(model, args.embeddings, allow_pickle=args.allow_pickle, show_progress=False)
+    keys = ["n_items", "recon_mse", "unique_ratio", "collision_rate", "max_bucket", "usage", "perplexity"]
+    summary = {k: metrics[k] for k in keys}
+    if args.json:
+        print(json.dumps(_round(summary)))
+    else:
+        for k in keys:
+            print(f"{k:>15}: {_round(summary[k])}")
+    return EXIT_OK
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return value
+
+
+COMMANDS = {"synth": cmd_synth, "train": cmd_train, "encode": cmd_encode, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except (InputError, ModelLoadError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # the one place that turns any failure into an exit code, after logging it
+        logger.exception("rqvae %s failed", args.command)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

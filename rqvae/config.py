@@ -1,0 +1,121 @@
+"""One typed config vocabulary shared by the CLI, the pipeline's params and model directories.
+
+Names follow the users' RQVAE constructor (num_codebooks, codebook_size, latent_dim, ...). Unknown keys are
+refused with the list of valid ones, so a typo in a config file or a trigger form never passes silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Self
+
+
+def codebook_sizes(codebook_size: int | list[int] | tuple[int, ...], num_codebooks: int | None) -> list[int]:
+    """Normalise ``codebook_size`` (an int or one size per level) to a list of length num_codebooks."""
+    if isinstance(codebook_size, int):
+        sizes = [codebook_size] * (num_codebooks if num_codebooks is not None else 3)
+    else:
+        sizes = [int(k) for k in codebook_size]
+        if num_codebooks is not None and len(sizes) != num_codebooks:
+            raise ValueError(
+                f"codebook_size has {len(sizes)} entries but num_codebooks={num_codebooks}; "
+                "give one size per level or a single int"
+            )
+    if not sizes:
+        raise ValueError("need at least one codebook level (num_codebooks >= 1)")
+    bad = [k for k in sizes if k < 2]
+    if bad:
+        raise ValueError(f"every codebook_size must be >= 2, got {sizes}")
+    return sizes
+
+
+def default_architecture(input_dim: int) -> tuple[list[int], int]:
+    """The users' existing rule for hidden widths and latent size when they give none."""
+    if input_dim < 8:
+        latent = max(4, input_dim // 2)
+        return [input_dim], latent
+    latent = max(8, input_dim // 4)
+    return [max(8, input_dim // 2), latent], latent
+
+
+class _Strict:
+    """from_dict / to_dict with unknown keys refused."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        valid = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(valid)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass
+class ModelConfig(_Strict):
+    """Architecture of an RQVAE. ``latent_dim=0`` means the input dimension (identity-initialised encoder)."""
+
+    input_dim: int
+    num_codebooks: int = 3
+    codebook_size: list[int] = field(default_factory=lambda: [256, 256, 256])
+    latent_dim: int = 0
+    hidden_channels: list[int] | None = None
+    shared_codebook: bool = False
+    kmeans_method: str = "kmeans"
+    kmeans_iters: int = 20
+    distances_method: str = "l2"
+    loss_beta: float = 0.25
+    center: bool = True
+
+    def __post_init__(self) -> None:
+        if self.input_dim < 1:
+            raise ValueError(f"input_dim must be >= 1, got {self.input_dim}")
+        self.codebook_size = codebook_sizes(self.codebook_size, self.num_codebooks)
+        if self.latent_dim < 0:
+            raise ValueError(f"latent_dim must be >= 0 (0 = input_dim), got {self.latent_dim}")
+        if self.hidden_channels is None:
+            self.hidden_channels = [max(64, 2 * self.input_dim)]
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``RQVAE(...)``."""
+        kwargs = self.to_dict()
+        kwargs["latent_dim"] = self.latent_dim or self.input_dim
+        return kwargs
+
+
+@dataclass
+class TrainConfig(_Strict):
+    """How to train. ``max_steps > 0`` caps optimiser steps; otherwise ``epochs`` passes are made."""
+
+    epochs: int = 5
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.05
+    max_steps: int = 0
+    max_train_items: int = 1_000_000
+    init_items: int = 131_072
+    eval_items: int = 65_536
+    reseed_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_train_items", "init_items", "eval_items"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a JSON file ``{"model": {...}, "train": {...}}``; returns the two sections (either may be empty)."""
+    data = json.loads(Path(path).read_text())
+    unknown = sorted(set(data) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"unknown sections {unknown} in {path}; expected 'model' and/or 'train'")
+    return dict(data.get("model", {})), dict(data.get("train", {}))

@@ -1,0 +1,164 @@
+"""Codebook initialisation: k-means++ seeded Lloyd, balanced k-means, random, or a user callable.
+
+Codebooks are fitted once on a sample of the data and then trained. The public baseline refitted k-means on
+every batch, so an item's codes depended on its batch companions; here fitting is a one-off step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+KMeansFn = Callable[[torch.Tensor, int], torch.Tensor]
+METHODS = ("kmeans", "bkmeans", "none")
+KMeansMethod = Literal["kmeans", "bkmeans", "none"] | KMeansFn
+
+_CHUNK = 16384  # rows per distance block: bounds the [chunk, k] matrix, keeps it cache-friendly
+
+
+def sq_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distances [n, k] via ||x||^2 - 2 x.c + ||c||^2 (one matmul, no broadcasting blow-up)."""
+    c_sq = (centroids * centroids).sum(1)
+    x_sq = (x * x).sum(1, keepdim=True)
+    return torch.addmm(c_sq.unsqueeze(0) + x_sq, x, centroids.t(), alpha=-2.0).clamp_min_(0.0)
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of and squared distance to the nearest centroid, computed in row blocks."""
+    idx = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], _CHUNK):
+        d = sq_distances(x[start : start + _CHUNK], centroids)
+        dist[start : start + _CHUNK], idx[start : start + _CHUNK] = d.min(1)
+    return idx, dist
+
+
+def random_init(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k distinct data points (with replacement and a little jitter when there are fewer than k)."""
+    n = x.shape[0]
+    if n >= k:
+        pick = torch.randperm(n, generator=generator, device="cpu")[:k].to(x.device)
+        return x[pick].clone()
+    pick = torch.randint(0, n, (k,), generator=generator, device="cpu").to(x.device)
+    scale = x.std().clamp_min(1e-6) * 1e-3
+    noise = torch.randn(k, x.shape[1], generator=generator, device="cpu").to(x.device, x.dtype)
+    return x[pick] + noise * scale
+
+
+def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-means++ seeding: each new centre drawn with probability proportional to squared distance."""
+    n = x.shape[0]
+    if n <= k:
+        return random_init(x, k, generator)
+    first = int(torch.randint(0, n, (1,), generator=generator, device="cpu"))
+    centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    centroids[0] = x[first]
+    closest = sq_distances(x, centroids[:1]).squeeze(1)
+    for i in range(1, k):
+        weights = closest.double().cpu()
+        total = float(weights.sum())
+        if total <= 0.0:  # every point already coincides with a centre: fill the rest randomly
+            centroids[i:] = random_init(x, k - i, generator)
+            break
+        pick = int(torch.multinomial(weights, 1, generator=generator))
+        centroids[i] = x[pick]
+        closest = torch.minimum(closest, sq_distances(x, centroids[i : i + 1]).squeeze(1))
+    return centroids
+
+
+def _update(x: torch.Tensor, assign: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Mean of each cluster; an empty cluster takes the point worst served by its current centre."""
+    k = centroids.shape[0]
+    sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+    counts = torch.bincount(assign, minlength=k).to(x.dtype)
+    new = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centroids)
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel():
+        err = ((x - new[assign]) ** 2).sum(1)
+        worst = torch.topk(err, min(empty.numel(), x.shape[0])).indices
+        new[empty[: worst.numel()]] = x[worst]
+    return new
+
+
+def lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int) -> torch.Tensor:
+    """Plain Lloyd iterations from the given centres."""
+    for _ in range(iters):
+        assign, _ = nearest(x, centroids)
+        centroids = _update(x, assign, centroids)
+    return centroids
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-means++ seeded Lloyd k-means: the codebook initialisation residual k-means (faiss RQ) uses."""
+    return lloyd(x, kmeans_pp(x, k, generator), iters)
+
+
+def balanced_assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Assign points to centres so that no cluster holds more than ceil(n / k) points.
+
+    Rounds of proposals: each unassigned point proposes to its nearest centre that still has room; a centre
+    accepts its closest proposers up to its remaining capacity. At least one centre fills per round, so this
+    ends within k rounds; each round is vectorised.
+    """
+    n, k = x.shape[0], centroids.shape[0]
+    capacity = torch.full((k,), -(-n // k), dtype=torch.long, device=x.device)
+    dist = sq_distances(x, centroids)
+    assign = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    open_mask = torch.ones(k, dtype=torch.bool, device=x.device)
+    while True:
+        todo = torch.nonzero(assign < 0).flatten()
+        if todo.numel() == 0:
+            return assign
+        d = dist[todo].masked_fill(~open_mask, float("inf"))
+        best_d, choice = d.min(1)
+        # rank proposals within each centre by distance: sort by distance, then stably by centre
+        order = torch.argsort(best_d)
+        order = order[torch.argsort(choice[order], stable=True)]
+        sorted_choice = choice[order]
+        group_start = torch.searchsorted(sorted_choice, sorted_choice, right=False)
+        rank = torch.arange(order.numel(), device=x.device) - group_start
+        accepted = rank < capacity[sorted_choice]
+        winners = order[accepted]
+        assign[todo[winners]] = choice[winners]
+        capacity -= torch.bincount(choice[winners], minlength=k)
+        open_mask = capacity > 0
+
+
+def balanced_kmeans(
+    x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """k-means whose clusters hold (nearly) equal numbers of points, for evenly used codes."""
+    centroids = kmeans_pp(x, k, generator)
+    if x.shape[0] < k:
+        return centroids
+    for _ in range(iters):
+        centroids = _update(x, balanced_assign(x, centroids), centroids)
+    return centroids
+
+
+def fit_codebook(
+    x: torch.Tensor,
+    k: int,
+    method: KMeansMethod = "kmeans",
+    iters: int = 20,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fit k centres [k, d] to x [n, d] with the named method or a callable ``fn(x, k) -> [k, d]``."""
+    x = x.float()
+    if callable(method):
+        out = torch.as_tensor(method(x, k), dtype=x.dtype, device=x.device)
+        if out.shape != (k, x.shape[1]):
+            raise ValueError(f"kmeans_method callable returned shape {tuple(out.shape)}, expected {(k, x.shape[1])}")
+        return out
+    if method == "kmeans":
+        return kmeans(x, k, iters, generator)
+    if method == "bkmeans":
+        return balanced_kmeans(x, k, iters, generator)
+    if method == "none":
+        return random_init(x, k, generator)
+    raise ValueError(f"unknown kmeans_method {method!r}; expected one of {list(METHODS)} or a callable")

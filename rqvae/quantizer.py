@@ -1,0 +1,204 @@
+"""Residual quantisation: L codebook levels, each coding what the previous levels left over.
+
+Three properties the public baseline lacked and the tests pin: the vector subtracted at a level is the
+codeword that level selected; the encoder gets gradients (straight-through, with the reconstruction
+gradient also reaching the codebooks); codes depend on the item alone, never on its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kmeans import KMeansMethod, fit_codebook
+
+logger = logging.getLogger(__name__)
+
+SEARCH_CHUNK = 1024  # rows per distance block in the fast path: [1024, K] stays in cache
+
+
+class Distance(StrEnum):
+    """How a residual picks its codeword."""
+
+    L2 = "l2"
+    COSINE = "cosine"
+
+    @classmethod
+    def parse(cls, name: str) -> Distance:
+        aliases = {"l2": cls.L2, "euclidean": cls.L2, "cosine": cls.COSINE}
+        try:
+            return aliases[str(name).lower()]
+        except KeyError:
+            raise ValueError(f"unknown distances_method {name!r}; expected one of {sorted(aliases)}") from None
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: torch.Tensor  # [B, D] sum of selected codewords; gradient flows to encoder and codebooks
+    codes: torch.Tensor  # [B, L] int64
+    loss: torch.Tensor  # scalar: codebook + beta * commitment, summed over levels
+    residuals: list[torch.Tensor]  # L tensors [B, D]: the input of each level (detached)
+
+
+class ResidualQuantizer(nn.Module):
+    """L levels of codebooks over a D-dimensional latent space."""
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_sizes: list[int],
+        shared: bool = False,
+        distance: str = "l2",
+        beta: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if shared and len(set(codebook_sizes)) != 1:
+            raise ValueError(f"shared_codebook=True needs one size for every level, got {codebook_sizes}")
+        self.dim = dim
+        self.codebook_sizes = list(codebook_sizes)
+        self.shared = shared
+        self.distance = Distance.parse(distance)
+        self.beta = beta
+        n_books = 1 if shared else len(codebook_sizes)
+        self.codebooks = nn.ParameterList(
+            nn.Parameter(torch.randn(codebook_sizes[i], dim) * 0.01) for i in range(n_books)
+        )
+        # a buffer, not an attribute: whether k-means ran must survive save/load
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.codebook_sizes)
+
+    def codebook(self, level: int) -> torch.Tensor:
+        """The [K, D] codebook of a level (the same tensor for every level when shared)."""
+        return self.codebooks[0 if self.shared else level]
+
+    def _scores(self, r: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+        """Lower is better: ||c||^2 - 2 r.c for L2 (||r||^2 is constant per row), -cos for cosine."""
+        if self.distance is Distance.COSINE:
+            return -(r @ F.normalize(book, dim=1).t())
+        return torch.addmm((book * book).sum(1).unsqueeze(0), r, book.t(), alpha=-2.0)
+
+    def search(self, r: torch.Tensor, level: int) -> torch.Tensor:
+        """Nearest codeword index [B] at a level."""
+        return self._scores(r, self.codebook(level).to(r.dtype)).argmin(1)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """Quantise z [B, D]; returns codes, the quantised latent with gradients, and the VQ loss."""
+        with torch.autocast(z.device.type, enabled=False):  # code search needs fp32, not bf16
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
+        residual = z
+        selected, codes, residuals = [], [], []
+        loss = z.new_zeros(())
+        for level in range(self.num_levels):
+            r_in = residual.detach()
+            idx = self.search(r_in, level)
+            codeword = self.codebook(level)[idx]  # the very codeword the search selected
+            loss = loss + F.mse_loss(codeword, r_in) + self.beta * F.mse_loss(residual, codeword.detach())
+            residuals.append(r_in)
+            selected.append(codeword)
+            codes.append(idx)
+            residual = residual - codeword.detach()
+        q = torch.stack(selected).sum(0)
+        # value == q; d/dz == identity (straight-through), d/dq == identity (codebooks see the recon gradient)
+        quantized = q + (z - z.detach())
+        return QuantizerOutput(quantized, torch.stack(codes, 1), loss, residuals)
+
+    @torch.no_grad()
+    def assign(self, z: torch.Tensor, chunk: int = SEARCH_CHUNK) -> torch.Tensor:
+        """Codes [B, L] for z, in cache-sized row blocks: the inference fast path (no graph, no loss)."""
+        out = torch.empty(z.shape[0], self.num_levels, dtype=torch.long, device=z.device)
+        books = [self.codebook(level).to(z.dtype) for level in range(self.num_levels)]
+        if self.distance is Distance.COSINE:
+            keys = [F.normalize(b, dim=1) for b in books]
+            norms = [None] * len(books)
+        else:
+            keys = books
+            norms = [(b * b).sum(1).unsqueeze(0) for b in books]
+        for start in range(0, z.shape[0], chunk):
+            r = z[start : start + chunk].clone()
+            for level, (book, key, norm) in enumerate(zip(books, keys, norms, strict=True)):
+                if norm is None:
+                    idx = (r @ key.t()).argmax(1)
+                else:
+                    idx = torch.addmm(norm, r, key.t(), alpha=-2.0).argmin(1)
+                out[start : start + chunk, level] = idx
+                r -= book[idx]
+        return out
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Sum of the codewords named by codes [B, L] -> [B, D]."""
+        return sum(self.codebook(level)[codes[:, level]] for level in range(self.num_levels))
+
+    @torch.no_grad()
+    def residuals_of(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The input of each level for z (used to re-seed dead codes)."""
+        codes = self.assign(z)
+        out, r = [], z.clone()
+        for level in range(self.num_levels):
+            out.append(r.clone())
+            r -= self.codebook(level)[codes[:, level]]
+        return out
+
+    @torch.no_grad()
+    def init_from_data_(
+        self,
+        z: torch.Tensor,
+        method: KMeansMethod = "kmeans",
+        iters: int = 20,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Residual k-means: fit level l on what levels < l leave over. Runs once, before training."""
+        residual = z.detach().float().clone()
+        if self.shared:
+            # one codebook serves every level: fit it on the residuals of all levels together
+            book = fit_codebook(residual, self.codebook_sizes[0], method, iters, generator)
+            pool = [residual]
+            for _ in range(1, self.num_levels):
+                residual = residual - book[self._scores(residual, book).argmin(1)]
+                pool.append(residual)
+            book = fit_codebook(torch.cat(pool), self.codebook_sizes[0], method, iters, generator)
+            self.codebooks[0].data.copy_(book)
+        else:
+            for level, k in enumerate(self.codebook_sizes):
+                book = fit_codebook(residual, k, method, iters, generator)
+                self.codebooks[level].data.copy_(book)
+                residual = residual - book[self.search(residual, level)]
+        self.initialized.fill_(True)
+        logger.info("codebooks initialised on %d vectors (%s, %d iterations)", z.shape[0], _name(method), iters)
+
+    @torch.no_grad()
+    def reseed_dead_codes_(
+        self, counts: torch.Tensor, residuals: list[torch.Tensor], generator: torch.Generator | None = None
+    ) -> int:
+        """Replace codes unused since the last call (counts[level, k] == 0) by current residuals.
+
+        Dead codes waste capacity and lower the unique-ID ratio; moving them onto real residuals of the
+        level (picked at random) puts them where data lives. Returns how many codes were re-seeded.
+        """
+        total = 0
+        levels = [0] if self.shared else range(self.num_levels)
+        for level in levels:
+            k = self.codebook_sizes[level]
+            used = counts[:, :k].sum(0) if self.shared else counts[level, :k]
+            dead = torch.nonzero(used == 0).flatten()
+            source = residuals[level]
+            if dead.numel() == 0 or source.shape[0] == 0:
+                continue
+            pick = torch.randint(0, source.shape[0], (dead.numel(),), generator=generator, device="cpu")
+            self.codebook(level).data[dead.to(self.codebook(level).device)] = source[pick.to(source.device)].to(
+                self.codebook(level).dtype
+            )
+            total += dead.numel()
+        return total
+
+
+def _name(method: KMeansMethod) -> str:
+    return method if isinstance(method, str) else getattr(method, "__name__", "callable")

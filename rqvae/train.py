@@ -1,0 +1,243 @@
+"""Training: residual k-means initialisation, then minibatch AdamW with warm-up and cosine decay.
+
+Each epoch ends with an evaluation on a fixed sample (recon MSE, per-level usage, unique-ID ratio), a log line
+with an ETA, and a checkpoint; a rerun with the same data and config resumes after the last finished epoch.
+Epoch permutations are seeded by (seed, epoch), so a resumed run follows the same path as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import save_model
+from .config import ModelConfig, TrainConfig
+from .metrics import code_metrics
+from .model import RQVAE, resolve_device
+from .progress import Progress, format_seconds
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+_EVAL_BATCH = 65_536
+
+
+@dataclass
+class TrainResult:
+    model: RQVAE
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    resumed_from_epoch: int
+
+
+def _fingerprint(x: np.ndarray) -> str:
+    """Cheap identity of the training data: shape plus a hash of its first and last rows."""
+    digest = hashlib.sha256(f"{x.shape}".encode())
+    digest.update(np.ascontiguousarray(x[:1024]).tobytes())
+    digest.update(np.ascontiguousarray(x[-1024:]).tobytes())
+    return digest.hexdigest()
+
+
+def _lr_lambda(total_steps: int, warmup_frac: float):
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@torch.no_grad()
+def evaluate(model: RQVAE, x: torch.Tensor) -> dict[str, Any]:
+    """Recon MSE and code metrics of model on x (in eval mode; batch-independent by construction)."""
+    was_training = model.training
+    model.eval()
+    codes, sq_err = [], 0.0
+    for start in range(0, x.shape[0], _EVAL_BATCH):
+        xb = x[start : start + _EVAL_BATCH].to(model.device, torch.float32)
+        c = model.encode(xb)
+        sq_err += float(((model.decode_codes(c) - xb) ** 2).double().sum())
+        codes.append(c.cpu())
+    model.train(was_training)
+    metrics = code_metrics(torch.cat(codes).numpy(), model.codebook_size)
+    metrics["recon_mse"] = sq_err / (x.shape[0] * x.shape[1])
+    return metrics
+
+
+def _optimizer(model: RQVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on codebooks (it would pull codewords toward the origin)."""
+    books = list(model.quantizer.parameters())
+    book_ids = {id(p) for p in books}
+    nets = [p for p in model.parameters() if id(p) not in book_ids]
+    return torch.optim.AdamW(
+        [{"params": nets, "weight_decay": cfg.weight_decay}, {"params": books, "weight_decay": 0.0}], lr=cfg.lr
+    )
+
+
+def _save_checkpoint(ckpt: Path, model: RQVAE, opt, sched, epoch: int, meta: dict[str, Any]) -> None:
+    """Model weights (safetensors) + optimiser state (tensors only) + progress, swapped in atomically."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "progress.json").write_text(json.dumps({**meta, "epoch": epoch}))
+    old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _try_resume(ckpt: Path, model: RQVAE, opt, sched, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Load a checkpoint written for the same data and config; None when there is none that fits."""
+    progress = ckpt / "progress.json"
+    if not progress.is_file():
+        return None
+    saved = json.loads(progress.read_text())
+    if {k: saved.get(k) for k in meta} != meta:
+        logger.warning("ignoring checkpoint %s: it was written for other data or another config", ckpt)
+        return None
+    from .checkpoint import load_model
+
+    state = load_model(ckpt).state_dict()
+    model.load_state_dict(state)
+    extra = torch.load(ckpt / "optimizer.pt", map_location=model.device, weights_only=True)
+    opt.load_state_dict(extra["optimizer"])
+    sched.load_state_dict(extra["scheduler"])
+    return saved
+
+
+def train(
+    vectors: np.ndarray,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train an RQVAE on vectors [N, D]; write the model directory to out_dir when given."""
+    cfg = train_cfg or TrainConfig()
+    x_np = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x_np.ndim != 2 or x_np.shape[1] != model_cfg.input_dim:
+        raise ValueError(f"vectors must be [N, {model_cfg.input_dim}], got {x_np.shape}")
+    rng = np.random.default_rng(cfg.seed)
+    if x_np.shape[0] > cfg.max_train_items:
+        pick = np.sort(rng.choice(x_np.shape[0], cfg.max_train_items, replace=False))
+        x_np = x_np[pick]
+    n = x_np.shape[0]
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    x_all = torch.from_numpy(x_np).to(device)
+    model = RQVAE(**model_cfg.model_kwargs(), device=device)
+    opt = _optimizer(model, cfg)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup_frac))
+    eval_x = x_all[torch.from_numpy(np.sort(rng.choice(n, min(n, cfg.eval_items), replace=False))).to(device)]
+    meta = {"data": _fingerprint(x_np), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
+
+    ckpt = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
+    saved = _try_resume(ckpt, model, opt, sched, meta) if ckpt is not None else None
+    if saved is not None:
+        start_epoch, history, init_metrics = saved["epoch"] + 1, saved["history"], saved["init"]
+        logger.info("resuming from checkpoint after epoch %d/%d", saved["epoch"], epochs)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        init_idx = np.sort(rng.choice(n, min(n, cfg.init_items), replace=False))
+        t0 = time.perf_counter()
+        model.initialize(x_all[torch.from_numpy(init_idx).to(device)], generator=gen)
+        init_metrics = {**evaluate(model, eval_x), "seconds": round(time.perf_counter() - t0, 3)}
+        start_epoch, history = 1, []
+        logger.info(
+            "init (residual k-means): recon_mse %.6f unique %.4f usage %s",
+            init_metrics["recon_mse"], init_metrics["unique_ratio"], init_metrics["usage"],
+        )
+
+    use_amp = device.type == "cuda"
+    step = (start_epoch - 1) * steps_per_epoch
+    t_start = time.perf_counter()
+    kmax = max(model.codebook_size)
+    for epoch in range(start_epoch, epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
+        reseed_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        counts = torch.zeros(model.num_codebooks, kmax, dtype=torch.long, device=device)
+        loss_sum, loss_n, reseeded = 0.0, 0, 0
+        t_epoch = time.perf_counter()
+        with Progress(steps_per_epoch, f"epoch {epoch}/{epochs}", "batches", enabled=show_progress) as bar:
+            for b in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                xb = x_all[perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = model(xb)
+                opt.zero_grad(set_to_none=True)
+                out.total_loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                loss_sum += float(out.total_loss.detach())
+                loss_n += 1
+                for level in range(model.num_codebooks):
+                    counts[level] += torch.bincount(out.semantic_ids[:, level], minlength=kmax)[:kmax]
+                if cfg.reseed_every and step % cfg.reseed_every == 0 and step < 0.9 * total_steps:
+                    with torch.no_grad():
+                        residuals = model.quantizer.residuals_of(model.encode_latent(xb))
+                    reseeded += model.quantizer.reseed_dead_codes_(counts, residuals, reseed_gen)
+                    counts.zero_()
+                bar.update(1)
+        ev = evaluate(model, eval_x)
+        elapsed = time.perf_counter() - t_start
+        done = epoch - start_epoch + 1
+        eta = elapsed / done * (epochs - epoch)
+        record = {
+            "epoch": epoch,
+            "loss": loss_sum / max(1, loss_n),
+            "recon_mse": ev["recon_mse"],
+            "unique_ratio": ev["unique_ratio"],
+            "usage": ev["usage"],
+            "perplexity": ev["perplexity"],
+            "reseeded_codes": reseeded,
+            "seconds": round(time.perf_counter() - t_epoch, 3),
+        }
+        history.append(record)
+        logger.info(
+            "epoch %d/%d: loss %.5f recon_mse %.6f usage %s unique %.4f reseeded %d | %.1fs, ETA %s",
+            epoch, epochs, record["loss"], ev["recon_mse"], [round(u, 3) for u in ev["usage"]],
+            ev["unique_ratio"], reseeded, record["seconds"], format_seconds(eta),
+        )
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, opt, sched, epoch, {**meta, "history": history, "init": init_metrics})
+
+    model.eval()
+    final = evaluate(model, eval_x)
+    metrics = {
+        **final,
+        "n_train": n,
+        "epochs": epochs,
+        "steps": step,
+        "device": device.type,
+        "train_seconds": round(time.perf_counter() - t_start, 3),
+        "init_recon_mse": init_metrics["recon_mse"],
+        "init_unique_ratio": init_metrics["unique_ratio"],
+    }
+    if out_dir is not None:
+        save_model(model, out_dir, extra={"train": cfg.to_dict(), "metrics": metrics})
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return TrainResult(model, history, metrics, resumed_from_epoch=start_epoch - 1)
