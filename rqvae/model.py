@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import codebook_sizes, default_architecture
-from .kmeans import KMeansMethod
+from .kmeans import METHODS, KMeansMethod
 from .quantizer import ResidualQuantizer
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class RQVAE(nn.Module):
         sizes = codebook_sizes(
             codebook_size if isinstance(codebook_size, int) else list(codebook_size), num_codebooks
         )
+        if isinstance(kmeans_method, str) and kmeans_method not in METHODS:
+            raise ValueError(f"unknown kmeans_method {kmeans_method!r}; expected one of {list(METHODS)} or a callable")
         if kmeans_iters < 0:
             raise ValueError(f"kmeans_iters must be >= 0, got {kmeans_iters}")
         self.input_dim = int(input_dim)
