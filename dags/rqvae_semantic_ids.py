@@ -1,0 +1,364 @@
+"""
+### Semantic IDs from item embeddings (RQ-VAE)
+
+Every day, once the upstream job has written `{embeddings_root}/{snapshot}/` and its `_SUCCESS` marker, this
+DAG trains an RQ-VAE on the snapshot's item embeddings, encodes every item into a semantic ID
+(`codes + dedup`), validates input and output with Great Expectations and publishes one version per snapshot:
+
+| task | does | XCom |
+|---|---|---|
+| `wait_for_embeddings` | sensor (reschedule mode): snapshot complete? | snapshot, folders |
+| `load_embeddings` | any supported layout -> `{work}/embeddings.parquet` | path, n_items, dim, checksum |
+| `validate_dims` | GX: dimension, NaN/Inf, unique non-null ids, row count, norms | ok, report |
+| `train_rqvae` | queue `gpu`: trains, writes `{work}/model/` | model_path, metrics |
+| `encode_items` | queue `gpu`: writes `{work}/semantic_ids.parquet` | path, counts, quality |
+| `validate_codes` | GX: coverage, code ranges, uniqueness, usage, recon MSE | ok, metrics |
+| `publish` | `{publish_root}/{snapshot}/` atomically, then `latest` unless older | version, latest |
+
+`{work}` is `{work_root}/{snapshot}/`: a retry, a cleared task or a backfill of the same snapshot rewrites the
+same folder, and one version per snapshot results. `latest` never moves backwards, so backfilling old days
+is safe. Validation failures name each failed rule with counts and sample item ids, and fail without retries
+(bad data stays bad). `publish` updates the `semantic_ids` asset, so downstream DAGs can be scheduled on it.
+
+**Trigger by hand** with the form (leave `snapshot` empty for the run's date); **backfill** a range with
+`airflow backfill create --dag-id rqvae_semantic_ids --from-date 2026-11-01 --to-date 2026-11-07`.
+Roots: env `RQVAE_EMBEDDINGS_ROOT`, `RQVAE_WORK_ROOT`, `RQVAE_PUBLISH_ROOT` (or Airflow Variables of the same
+lowercase names), default `var/data/...` in the project.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import (
+    Asset,
+    ExceptionRetryPolicy,
+    Param,
+    PokeReturnValue,
+    RetryAction,
+    RetryRule,
+    chain,
+    dag,
+    get_current_context,
+    task,
+)
+
+DAG_ID = "rqvae_semantic_ids"
+GPU_QUEUE = os.environ.get("RQVAE_GPU_QUEUE", "gpu")
+GPU_POOL = os.environ.get("RQVAE_GPU_POOL", "default_pool")
+SCHEDULE = os.environ.get("RQVAE_SCHEDULE", "0 6 * * *")
+MAX_ACTIVE_RUNS = int(os.environ.get("RQVAE_MAX_ACTIVE_RUNS", "2"))
+RETRIES = int(os.environ.get("RQVAE_RETRIES", "2"))
+RETRY_DELAY_S = int(os.environ.get("RQVAE_RETRY_DELAY_S", "300"))
+POKE_INTERVAL_S = float(os.environ.get("RQVAE_SENSOR_POKE_S", "300"))
+SENSOR_TIMEOUT_S = int(os.environ.get("RQVAE_SENSOR_TIMEOUT_S", str(12 * 3600)))
+GPU_TASK_TIMEOUT = timedelta(hours=float(os.environ.get("RQVAE_GPU_TASK_TIMEOUT_H", "8")))
+
+SEMANTIC_IDS = Asset("semantic_ids")
+
+# Bad data or bad params (InputError, ValidationFailed, PathOutsideRootError, SnapshotError: all ValueErrors)
+# fail at once; anything else (a lost worker, a full disk, CUDA out of memory) gets the normal retries.
+FAIL_ON_BAD_INPUT = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception="builtins.ValueError",
+            action=RetryAction.FAIL,
+            reason="bad input data or params: a retry would fail the same way",
+        )
+    ]
+)
+
+PARAMS = {
+    "snapshot": Param(
+        "",
+        type="string",
+        pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+        title="Snapshot",
+        description="Snapshot date YYYY-MM-DD to process; empty = the run's date (logical date, else run_after).",
+        section="Input",
+    ),
+    "embeddings_root": Param(
+        "",
+        type="string",
+        title="Embeddings root",
+        description="Folder holding {snapshot}/ sub-folders: empty = the configured root; a relative path "
+        "is taken under it (absolute paths must stay inside it).",
+        section="Input",
+    ),
+    "sensor_timeout": Param(
+        SENSOR_TIMEOUT_S,
+        type="integer",
+        minimum=1,
+        maximum=SENSOR_TIMEOUT_S,
+        title="Sensor timeout (s)",
+        description="Fail the run (publishing nothing) when the snapshot is not complete after this long.",
+        section="Input",
+    ),
+    "expected_dim": Param(
+        0,
+        type="integer",
+        minimum=0,
+        maximum=65536,
+        title="Expected dimension",
+        description="Values per vector; 0 = infer (the most common length) and require all rows to have it.",
+        section="Input validation",
+    ),
+    "min_items": Param(
+        1000,
+        type="integer",
+        minimum=1,
+        title="Minimum items",
+        description="Fail when the snapshot has fewer rows (a truncated upstream export).",
+        section="Input validation",
+    ),
+    "min_norm": Param(
+        1e-6,
+        type="number",
+        minimum=0,
+        title="Minimum L2 norm",
+        description="Rows with a smaller norm (e.g. all-zero vectors) fail validation.",
+        section="Input validation",
+    ),
+    "max_norm": Param(
+        1e3,
+        type="number",
+        exclusiveMinimum=0,
+        title="Maximum L2 norm",
+        description="Rows with a larger norm fail validation.",
+        section="Input validation",
+    ),
+    "num_codebooks": Param(
+        3,
+        type="integer",
+        minimum=1,
+        maximum=8,
+        title="Codebook levels",
+        description="Number of residual levels L (codes per item, before the dedup digit).",
+        section="Model",
+    ),
+    "codebook_size": Param(
+        256,
+        type="integer",
+        minimum=2,
+        maximum=65536,
+        title="Codebook size",
+        description="Codes per level K.",
+        section="Model",
+    ),
+    "latent_dim": Param(
+        0,
+        type="integer",
+        minimum=0,
+        maximum=65536,
+        title="Latent dimension",
+        description="Width of the quantised latent; 0 = the input dimension.",
+        section="Model",
+    ),
+    "epochs": Param(5, type="integer", minimum=1, maximum=1000, title="Epochs", section="Training"),
+    "batch_size": Param(
+        1024, type="integer", minimum=16, maximum=1_048_576, title="Batch size", section="Training"
+    ),
+    "max_train_items": Param(
+        1_000_000,
+        type="integer",
+        minimum=100,
+        title="Training sample cap",
+        description="Train on a seeded random sample of at most this many items (all items are encoded).",
+        section="Training",
+    ),
+    "min_unique_ratio": Param(
+        0.5,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Minimum unique-ID ratio",
+        description="Distinct code tuples (before dedup) / items.",
+        section="Output validation",
+    ),
+    "min_usage": Param(
+        0.5,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Minimum codebook usage",
+        description="Share of each level's K codes used at least once.",
+        section="Output validation",
+    ),
+    "max_recon_mse": Param(
+        0.05,
+        type="number",
+        exclusiveMinimum=0,
+        title="Maximum reconstruction MSE",
+        description="Mean squared error per element between input vectors and their reconstructions.",
+        section="Output validation",
+    ),
+    "export_json": Param(
+        False,
+        type="boolean",
+        title="Export JSON dictionary",
+        description="Also publish semantic_id_dict.json ({item_id: [codes]}) for the existing inference code.",
+        section="Output",
+    ),
+}
+
+
+def _params() -> dict[str, Any]:
+    return dict(get_current_context()["params"])
+
+
+@dag(
+    dag_id=DAG_ID,
+    doc_md=__doc__,
+    schedule=SCHEDULE,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=MAX_ACTIVE_RUNS,
+    tags=["rqvae", "semantic-ids", "ml"],
+    params=PARAMS,
+    default_args={
+        "owner": "ml-platform",
+        "retries": RETRIES,
+        "retry_delay": timedelta(seconds=RETRY_DELAY_S),
+        "retry_exponential_backoff": 2.0,
+        "retry_policy": FAIL_ON_BAD_INPUT,
+    },
+)
+def rqvae_semantic_ids() -> None:
+    @task.sensor(
+        task_id="wait_for_embeddings",
+        mode="reschedule",
+        poke_interval=POKE_INTERVAL_S,
+        timeout=SENSOR_TIMEOUT_S,
+    )
+    def wait_for_embeddings() -> PokeReturnValue:
+        """Poke for `{embeddings_root}/{snapshot}/_SUCCESS`; hand the resolved folders to the next tasks."""
+        from airflow.sdk import timezone
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        from include import settings, snapshot
+
+        context = get_current_context()
+        params = context["params"]
+        dag_run = context["dag_run"]
+        roots = settings.load_roots(settings.airflow_variable_getter())
+        name = snapshot.resolve_snapshot(params.get("snapshot"), dag_run.logical_date, dag_run.run_after)
+        embeddings_root = settings.resolve_under(roots.embeddings, params.get("embeddings_root"))
+        snapshot_dir = settings.resolve_under(embeddings_root, name)
+        run = {
+            "snapshot": name,
+            "snapshot_dir": str(snapshot_dir),
+            "work_dir": str(settings.resolve_under(roots.work, name)),
+            "publish_root": str(roots.publish),
+        }
+        if snapshot.snapshot_ready(snapshot_dir):
+            return PokeReturnValue(is_done=True, xcom_value=run)
+        first_poke = context["ti"].get_first_reschedule_date(context) or timezone.utcnow()
+        waited = (timezone.utcnow() - first_poke).total_seconds()
+        if waited >= int(params["sensor_timeout"]):
+            raise AirflowSensorTimeout(
+                f"snapshot {snapshot_dir} is not complete after {waited:.0f}s (sensor_timeout="
+                f"{params['sensor_timeout']}s): expected data files plus a {snapshot.SUCCESS_MARKER} marker"
+            )
+        return PokeReturnValue(is_done=False)
+
+    @task(task_id="load_embeddings")
+    def load_embeddings(run: dict[str, str]) -> dict[str, Any]:
+        from include import load_embeddings as stage
+
+        return stage.load_embeddings(run["snapshot_dir"], run["work_dir"])
+
+    @task(task_id="validate_dims")
+    def validate_dims(run: dict[str, str], loaded: dict[str, Any]) -> dict[str, Any]:
+        from include import validate_dims as stage
+        from include.layout import RunFolder
+
+        params = _params()
+        return stage.validate_dims(
+            loaded["path"],
+            RunFolder.of(run["work_dir"]).input_report,
+            expected_dim=int(params["expected_dim"]),
+            min_items=int(params["min_items"]),
+            min_norm=float(params["min_norm"]),
+            max_norm=float(params["max_norm"]),
+        )
+
+    @task(task_id="train_rqvae", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
+    def train_rqvae(run: dict[str, str], loaded: dict[str, Any]) -> dict[str, Any]:
+        from include import train_rqvae as stage
+
+        params = _params()
+        return stage.train_rqvae(
+            loaded["path"],
+            run["work_dir"],
+            num_codebooks=int(params["num_codebooks"]),
+            codebook_size=int(params["codebook_size"]),
+            latent_dim=int(params["latent_dim"]),
+            epochs=int(params["epochs"]),
+            batch_size=int(params["batch_size"]),
+            max_train_items=int(params["max_train_items"]),
+        )
+
+    @task(task_id="encode_items", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
+    def encode_items(run: dict[str, str], loaded: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+        from include import encode_items as stage
+
+        return stage.encode_items(trained["model_path"], loaded["path"], run["work_dir"], total=loaded["n_items"])
+
+    @task(task_id="validate_codes")
+    def validate_codes(run: dict[str, str], loaded: dict[str, Any], encoded: dict[str, Any]) -> dict[str, Any]:
+        from include import validate_codes as stage
+        from include.layout import RunFolder
+
+        params = _params()
+        return stage.validate_codes(
+            encoded["path"],
+            loaded["path"],
+            RunFolder.of(run["work_dir"]).codes_report,
+            codebook_sizes=encoded["codebook_size"],
+            recon_mse=encoded.get("recon_mse"),
+            min_unique_ratio=float(params["min_unique_ratio"]),
+            min_usage=float(params["min_usage"]),
+            max_recon_mse=float(params["max_recon_mse"]),
+        )
+
+    @task(task_id="publish", outlets=[SEMANTIC_IDS])
+    def publish(
+        run: dict[str, str],
+        loaded: dict[str, Any],
+        trained: dict[str, Any],
+        encoded: dict[str, Any],
+    ) -> dict[str, Any]:
+        from include import publish as stage
+
+        context = get_current_context()
+        params = _params()
+        result = stage.publish(
+            run["snapshot"],
+            run["work_dir"],
+            run["publish_root"],
+            export_json=bool(params["export_json"]),
+            run_id=context["run_id"],
+            dag_id=DAG_ID,
+            params=params,
+            upstream={"load_embeddings": loaded, "train_rqvae": trained, "encode_items": encoded},
+        )
+        context["outlet_events"][SEMANTIC_IDS].extra = {
+            "snapshot": run["snapshot"],
+            "version_path": result["version_path"],
+            "latest": result["latest"],
+        }
+        return result
+
+    run = wait_for_embeddings()
+    loaded = load_embeddings(run)
+    checked = validate_dims(run, loaded)
+    trained = train_rqvae(run, loaded)
+    encoded = encode_items(run, loaded, trained)
+    codes_ok = validate_codes(run, loaded, encoded)
+    published = publish(run, loaded, trained, encoded)
+    chain(run, loaded, checked, trained, encoded, codes_ok, published)
+
+
+rqvae_semantic_ids()

@@ -1,0 +1,326 @@
+"""Great Expectations suites of the two validation tasks, run with GX 1.x used directly.
+
+Why GX and not a handful of numpy checks: the results are the standard GX validation objects (saved as JSON
+beside the artifacts, comparable across runs), and each rule is a named expectation that data owners can read.
+The stage modules compute compact per-row frames (a few numeric columns per item, never the vectors) and
+hand them here together with the expectations to check.
+
+Each expectation carries `meta={"what": ...}`: the phrase that completes "N of M rows ..." in the failure
+message, so a failed task says which rule failed, how many rows, which values and which item ids, e.g.
+`expect_column_values_to_be_between(dim): 1 of 2000 rows have dim 31 != 32; sample item ids: [1234]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from include.files import jsonable
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from great_expectations.expectations import Expectation
+
+log = logging.getLogger(__name__)
+
+ID_COLUMN = "item_id"
+ROW_COLUMN = "row"
+SAMPLE_SIZE = 5
+# GX logs every decorated API at INFO while importing; with Airflow's logging that floods task logs.
+_NOISY_LOGGERS = ("great_expectations._docs_decorators", "great_expectations.data_context", "great_expectations")
+
+
+class ValidationFailed(ValueError):
+    """A GX suite failed; the message lists each failed expectation with counts and sample item ids.
+
+    A ValueError like the library's InputError: bad data, which a retry cannot fix.
+    """
+
+    def __init__(self, suite: str, failures: list[str], report_path: str | None = None) -> None:
+        self.suite = suite
+        self.failures = failures
+        self.report_path = report_path
+        where = f" (full report: {report_path})" if report_path else ""
+        lines = "\n".join(f"  - {line}" for line in failures)
+        super().__init__(f"{suite} validation failed, {len(failures)} expectation(s){where}:\n{lines}")
+
+
+@dataclass
+class Batch:
+    """One frame to validate and the expectations to run on it.
+
+    `index_columns` name the columns GX reports for unexpected rows (the item id, and the row number for
+    rows that have no id); they must exist in `frame`.
+    """
+
+    name: str
+    frame: pd.DataFrame
+    expectations: list[Expectation]
+    index_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SuiteResult:
+    """Outcome of a suite: overall success and one JSON-able summary per expectation."""
+
+    suite: str
+    success: bool
+    checks: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def failures(self) -> list[str]:
+        return [describe(check) for check in self.checks if not check["success"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        failed = sum(1 for c in self.checks if not c["success"])
+        return {
+            "suite": self.suite,
+            "success": self.success,
+            "evaluated": len(self.checks),
+            "failed": failed,
+            "seconds": self.seconds,
+            "failures": self.failures,
+            "checks": self.checks,
+        }
+
+    def raise_for_failures(self, report_path: str | None = None) -> None:
+        if not self.success:
+            raise ValidationFailed(self.suite, self.failures, report_path)
+
+
+def gx_module() -> Any:
+    """Import great_expectations quietly (its import-time INFO logs would swamp the task log)."""
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import great_expectations as gx
+
+    return gx
+
+
+def expectations_module() -> Any:
+    gx_module()
+    import great_expectations.expectations as gxe
+
+    return gxe
+
+
+def run_suite(suite_name: str, batches: Sequence[Batch]) -> SuiteResult:
+    """Validate each batch with its expectations in one ephemeral GX context (nothing written to disk)."""
+    gx = gx_module()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    started = time.perf_counter()
+    context = gx.get_context(mode="ephemeral")
+    # tqdm bars go to stderr, which Airflow logs at ERROR level: turn them off.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas(name=f"{suite_name}_frames")
+    checks: list[dict[str, Any]] = []
+    success = True
+    for batch in batches:
+        asset = source.add_dataframe_asset(name=batch.name)
+        batch_definition = asset.add_batch_definition_whole_dataframe(name=f"{batch.name}_all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{suite_name}_{batch.name}"))
+        for expectation in batch.expectations:
+            suite.add_expectation(expectation)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{suite_name}_{batch.name}", data=batch_definition, suite=suite)
+        )
+        result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
+        if batch.index_columns:
+            result_format["unexpected_index_column_names"] = list(batch.index_columns)
+        outcome = definition.run(batch_parameters={"dataframe": batch.frame}, result_format=result_format)
+        success = success and bool(outcome.success)
+        checks.extend(_summarise(r, batch.name) for r in outcome.results)
+    seconds = round(time.perf_counter() - started, 3)
+    log.info("GX suite %s: success=%s, %d expectations in %.2fs", suite_name, success, len(checks), seconds)
+    return SuiteResult(suite=suite_name, success=success, checks=checks, seconds=seconds)
+
+
+def _summarise(result: Any, batch: str) -> dict[str, Any]:
+    """Keep what a reader needs from a GX result: rule, verdict, counts, values seen, sample ids."""
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
+    details = result.result or {}
+    index_rows = details.get("partial_unexpected_index_list") or []
+    sample_ids = _unique([row.get(ID_COLUMN) for row in index_rows if isinstance(row, dict)])
+    sample_rows = [] if sample_ids else _unique([row.get(ROW_COLUMN) for row in index_rows if isinstance(row, dict)])
+    seen = _unique([entry.get("value") for entry in details.get("partial_unexpected_counts") or []])
+    column = config.kwargs.get("column") or config.kwargs.get("column_list")
+    summary = {
+        "expectation": config.type,
+        "batch": batch,
+        "column": column,
+        "kwargs": kwargs,
+        "success": bool(result.success),
+        "what": (config.meta or {}).get("what", "fail the expectation"),
+        "element_count": details.get("element_count"),
+        "unexpected_count": details.get("unexpected_count"),
+        "observed_value": details.get("observed_value"),
+        "unexpected_values": seen,
+        "sample_ids": sample_ids,
+        "sample_rows": sample_rows,
+    }
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        summary["exception"] = str(result.exception_info.get("exception_message"))
+    return jsonable(summary)
+
+
+def _unique(values: Sequence[Any]) -> list[Any]:
+    """First SAMPLE_SIZE distinct non-missing values, numpy scalars made plain."""
+    out: list[Any] = []
+    for value in values:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or _is_na(value):
+            continue
+        plain = jsonable(value)
+        if plain not in out:
+            out.append(plain)
+        if len(out) == SAMPLE_SIZE:
+            break
+    return out
+
+
+def _is_na(value: Any) -> bool:
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(value)) if not isinstance(value, list | tuple | dict) else False
+    except (TypeError, ValueError):
+        return False
+
+
+def describe(check: dict[str, Any]) -> str:
+    """One line per failed expectation, e.g. `expect_...(dim): 1 of 2000 rows have dim 31 != 32; ...`."""
+    column = check.get("column")
+    if isinstance(column, list):
+        column = "+".join(column)
+    head = f"{check['expectation']}({column})" if column else check["expectation"]
+    if check.get("exception"):
+        return f"{head}: could not be evaluated: {check['exception']}"
+    seen = ", ".join(_short(v) for v in check.get("unexpected_values") or [])
+    what = str(check.get("what", "")).replace("{seen}", seen or "?")
+    if check.get("unexpected_count") is not None:
+        line = f"{head}: {check['unexpected_count']} of {check['element_count']} rows {what}"
+    else:
+        line = f"{head}: observed {_short(check.get('observed_value'))}; {what}"
+    if check.get("sample_ids"):
+        line += f"; sample item ids: {check['sample_ids']}"
+    elif check.get("sample_rows"):
+        line += f"; sample rows: {check['sample_rows']}"
+    return line
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------- the suites
+
+
+def input_expectations(
+    expected_dim: int,
+    min_items: int,
+    min_norm: float,
+    max_norm: float,
+    max_abs: float,
+) -> list[Expectation]:
+    """Rules for the per-row statistics of the loaded embeddings (see validate_dims.row_stats)."""
+    gxe = expectations_module()
+    return [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=min_items, meta={"what": f"the snapshot needs at least min_items={min_items} rows"}
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(column=ID_COLUMN, meta={"what": "have a null item_id"}),
+        gxe.ExpectColumnValuesToBeUnique(
+            column=ID_COLUMN, meta={"what": "share their item_id with another row (seen: {seen})"}
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="dim",
+            min_value=expected_dim,
+            max_value=expected_dim,
+            meta={"what": f"have dim {{seen}} != {expected_dim}"},
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="nonfinite", min_value=0, max_value=0, meta={"what": "hold NaN/Inf values"}
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="norm",
+            min_value=min_norm,
+            max_value=max_norm,
+            meta={"what": f"have an L2 norm ({{seen}}) outside [{min_norm}, {max_norm}]"},
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="max_abs", max_value=max_abs, meta={"what": f"hold a value with |value| ({{seen}}) > {max_abs}"}
+        ),
+    ]
+
+
+def codes_expectations(
+    codebook_sizes: Sequence[int],
+    min_unique_ratio: float,
+    min_usage: float,
+) -> list[Expectation]:
+    """Rules for the semantic IDs joined with the input ids (see validate_codes.joined_frame)."""
+    gxe = expectations_module()
+    levels = [f"code_{level}" for level in range(len(codebook_sizes))]
+    rules: list[Expectation] = [
+        gxe.ExpectColumnValuesToBeInSet(
+            column="coverage",
+            value_set=["ok"],
+            meta={
+                "what": "are {seen} instead of ok (missing: an input item without a semantic ID; "
+                "extra: a semantic ID for an item not in the input)"
+            },
+        ),
+        gxe.ExpectColumnValuesToBeUnique(column=ID_COLUMN, meta={"what": "appear more than once in the output"}),
+    ]
+    for level, (column, size) in enumerate(zip(levels, codebook_sizes, strict=True)):
+        rules.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=column,
+                min_value=0,
+                max_value=int(size) - 1,
+                meta={"what": f"have level-{level} codes ({{seen}}) outside [0, {size})"},
+            )
+        )
+    rules.append(
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[*levels, "dedup"], meta={"what": "share their codes + dedup with another item"}
+        )
+    )
+    rules.append(
+        gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
+            column="prefix",
+            min_value=min_unique_ratio,
+            meta={"what": f"unique-ID ratio (codes before dedup) must be >= min_unique_ratio={min_unique_ratio}"},
+        )
+    )
+    for level, (column, size) in enumerate(zip(levels, codebook_sizes, strict=True)):
+        needed = max(1, math.ceil(min_usage * int(size)))
+        rules.append(
+            gxe.ExpectColumnUniqueValueCountToBeBetween(
+                column=column,
+                min_value=needed,
+                meta={"what": f"level {level} must use >= {needed} of its {size} codes (min_usage={min_usage})"},
+            )
+        )
+    return rules
+
+
+def quality_expectations(max_recon_mse: float) -> list[Expectation]:
+    """Rules for the one-row frame of model-level metrics."""
+    gxe = expectations_module()
+    return [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="recon_mse",
+            min_value=0,
+            max_value=max_recon_mse,
+            meta={"what": f"have a reconstruction MSE ({{seen}}) above max_recon_mse={max_recon_mse}"},
+        )
+    ]

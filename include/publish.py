@@ -1,0 +1,239 @@
+"""Stage `publish`: make a validated snapshot visible to consumers, atomically and without going backwards.
+
+Layout under the publish root::
+
+    {publish_root}/{snapshot}/        one version per snapshot: semantic_ids.parquet, model/, manifest.json,
+                                      validation/*.json, semantic_id_dict.json (when export_json)
+    {publish_root}/latest             symlink -> the newest published snapshot (relative target)
+    {publish_root}/latest.json        the same pointer as a file, for readers that cannot follow symlinks
+
+Consumers either see the previous version or the complete new one: files are written into a hidden staging
+folder on the same filesystem and renamed into place; `latest` is switched by renaming a fresh symlink over
+it. A backfill of old days publishes their versions but leaves `latest` on the newest snapshot. A file lock
+serialises publishers, so two runs finishing together cannot interleave the compare-and-switch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from include.files import read_json, sha256_file, sha256_tree, write_json_atomic
+from include.layout import RunFolder
+from include.snapshot import parse_snapshot
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+LATEST_JSON = "latest.json"
+MANIFEST = "manifest.json"
+JSON_DICT = "semantic_id_dict.json"
+LOCK_FILE = ".publish.lock"
+SKIPPED_MODEL_PARTS = ("checkpoint",)  # optimizer state for resuming: large and useless to consumers
+
+
+class PublishError(RuntimeError):
+    """Publishing was refused: an artifact is missing or its validation did not pass."""
+
+
+def publish(
+    snapshot: str,
+    work_dir: str | Path,
+    publish_root: str | Path,
+    *,
+    export_json: bool = False,
+    run_id: str | None = None,
+    dag_id: str | None = None,
+    params: dict[str, Any] | None = None,
+    upstream: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Publish `{work_dir}` as version `{publish_root}/{snapshot}/` and move `latest` if not older.
+
+    `upstream` holds the small result dicts of earlier stages (load, train, encode) whose counts and
+    metrics go into the manifest. Returns `{version_path, latest, moved_latest, manifest, n_items}`.
+    """
+    snapshot = parse_snapshot(snapshot)
+    folder = RunFolder(Path(work_dir))
+    root = Path(publish_root)
+    upstream = upstream or {}
+    _check_ready(folder)
+    root.mkdir(parents=True, exist_ok=True)
+
+    with _publish_lock(root):
+        _remove_leftovers(root, snapshot)
+        staging = root / f".staging-{snapshot}-{uuid.uuid4().hex[:8]}"
+        try:
+            manifest = _stage(staging, folder, snapshot, export_json, run_id, dag_id, params or {}, upstream)
+            version = _swap_in(staging, root / snapshot)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        latest, moved = _move_latest(root, snapshot, run_id)
+    log.info("publish: %s (latest -> %s, moved: %s)", version, latest, moved)
+    return {
+        "version_path": str(version),
+        "latest": latest,
+        "moved_latest": moved,
+        "manifest": str(version / MANIFEST),
+        "n_items": manifest["counts"]["n_items"],
+    }
+
+
+def read_latest(publish_root: str | Path) -> str | None:
+    """The snapshot `latest` points to, or None before the first publish."""
+    link = Path(publish_root) / LATEST
+    if link.is_symlink():
+        return Path(os.readlink(link)).name
+    pointer = Path(publish_root) / LATEST_JSON
+    if pointer.is_file():
+        return str(read_json(pointer)["snapshot"])
+    return None
+
+
+def _check_ready(folder: RunFolder) -> None:
+    """Refuse to publish anything that did not pass both validation suites."""
+    needed = [folder.semantic_ids, folder.model_dir / "config.json", folder.input_report, folder.codes_report]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise PublishError(f"cannot publish {folder.root}: missing {missing}; run the upstream tasks first")
+    for report in (folder.input_report, folder.codes_report):
+        if not read_json(report).get("success"):
+            raise PublishError(f"cannot publish {folder.root}: validation report {report} did not pass")
+
+
+def _stage(
+    staging: Path,
+    folder: RunFolder,
+    snapshot: str,
+    export_json: bool,
+    run_id: str | None,
+    dag_id: str | None,
+    params: dict[str, Any],
+    upstream: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Fill the staging folder; the manifest is written last, so a complete manifest means a complete copy."""
+    import pyarrow.parquet as pq
+
+    staging.mkdir()
+    shutil.copy2(folder.semantic_ids, staging / "semantic_ids.parquet")
+    shutil.copytree(folder.model_dir, staging / "model", ignore=shutil.ignore_patterns(*SKIPPED_MODEL_PARTS))
+    (staging / "validation").mkdir()
+    for report in (folder.input_report, folder.codes_report):
+        shutil.copy2(report, staging / "validation" / report.name)
+    n_json = None
+    if export_json:
+        from rqvae.io import write_json_dict
+
+        n_json = write_json_dict(staging / "semantic_ids.parquet", staging / JSON_DICT)
+
+    _make_readable(staging)
+    metadata = pq.ParquetFile(staging / "semantic_ids.parquet").metadata
+    model_checksum, _ = sha256_tree(staging / "model")
+    input_report = read_json(folder.input_report)
+    codes_report = read_json(folder.codes_report)
+    load, train, encode = (upstream.get(k, {}) for k in ("load_embeddings", "train_rqvae", "encode_items"))
+    files = {
+        p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(staging.rglob("*"))
+        if p.is_file()
+    }
+    manifest = {
+        "snapshot": snapshot,
+        "version": snapshot,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "airflow": {"dag_id": dag_id, "run_id": run_id},
+        "counts": {
+            "n_items": metadata.num_rows,
+            "n_input_items": load.get("n_items", input_report.get("n_items")),
+            "dim": load.get("dim", input_report.get("dim")),
+            "json_items": n_json,
+        },
+        "config": {"model": read_json(folder.model_dir / "config.json"), "params": params},
+        "metrics": {"train": train.get("metrics", {}), "encode": encode, "codes": codes_report.get("metrics", {})},
+        "validation": {"input": _brief(input_report), "codes": _brief(codes_report)},
+        "checksums": {
+            "input": load.get("checksum") or sha256_file(folder.embeddings),
+            "model": model_checksum,
+            "semantic_ids": files["semantic_ids.parquet"]["sha256"],
+        },
+        "files": files,
+    }
+    write_json_atomic(staging / MANIFEST, manifest)
+    return manifest
+
+
+def _make_readable(folder: Path) -> None:
+    """Published files are for every consumer: temp-file writers create them 0600, copies keep that mode."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _brief(report: dict[str, Any]) -> dict[str, Any]:
+    """The validation summary the manifest keeps (the full reports are copied beside it)."""
+    return {k: report.get(k) for k in ("suite", "success", "evaluated", "failed", "seconds")}
+
+
+def _swap_in(staging: Path, final: Path) -> Path:
+    """Rename staging to its final name; an existing version of the same snapshot is moved aside first.
+
+    Two renames (old aside, new in) rather than one because a directory cannot replace a non-empty one;
+    the gap is microseconds and `latest` keeps naming the snapshot, which exists again right after.
+    """
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+        os.rename(staging, final)
+        shutil.rmtree(old)
+        log.info("replaced the earlier version of %s", final.name)
+    else:
+        os.rename(staging, final)
+    return final
+
+
+def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bool]:
+    """Point `latest` at `snapshot` unless it already points to a newer one; returns (latest, moved)."""
+    current = read_latest(root)
+    if current is not None and current > snapshot:
+        log.info("latest stays at %s: %s is older (a backfill)", current, snapshot)
+        return current, False
+    tmp_link = root / f".{LATEST}-{uuid.uuid4().hex[:8]}"
+    os.symlink(snapshot, tmp_link)
+    os.replace(tmp_link, root / LATEST)
+    write_json_atomic(
+        root / LATEST_JSON,
+        {
+            "snapshot": snapshot,
+            "path": snapshot,
+            "run_id": run_id,
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return snapshot, True
+
+
+def _remove_leftovers(root: Path, snapshot: str) -> None:
+    """Delete staging / moved-aside folders of this snapshot left by a crashed publish (we hold the lock)."""
+    for pattern in (f".staging-{snapshot}-*", f".old-{snapshot}-*"):
+        for leftover in root.glob(pattern):
+            log.warning("removing leftover %s from an interrupted publish", leftover)
+            shutil.rmtree(leftover)
+
+
+@contextmanager
+def _publish_lock(root: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `{root}/.publish.lock`, held while versions and `latest` change."""
+    with open(root / LOCK_FILE, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,141 @@
+"""Stage `validate_codes`: check the semantic IDs against the input before anyone can consume them.
+
+The output is joined with the input ids (an outer join), so one frame answers both "is every input item
+covered exactly once" and "is there an ID for an item we never had". Per-row rules (coverage, code ranges,
+uniqueness of codes + dedup) and quality rules (unique-ID ratio, per-level codebook usage) run on that
+frame; model-level numbers (reconstruction MSE) run on a one-row frame. The report is saved next to the
+artifacts and copied into the published version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from include.files import jsonable, write_json_atomic
+from include.gx_suites import (
+    ID_COLUMN,
+    Batch,
+    codes_expectations,
+    quality_expectations,
+    run_suite,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def joined_frame(input_ids: np.ndarray, ids: np.ndarray, codes: np.ndarray, dedup: np.ndarray) -> pd.DataFrame:
+    """Outer join of input ids and output rows: item_id, coverage (ok/missing/extra), code_*, dedup, prefix.
+
+    `prefix` is one integer per distinct code tuple (before dedup), the column the unique-ratio rule counts.
+    """
+    import pandas as pd
+
+    levels = codes.shape[1]
+    output = pd.DataFrame({ID_COLUMN: ids.astype("int64")})
+    for level in range(levels):
+        output[f"code_{level}"] = codes[:, level].astype("int64")
+    output["dedup"] = dedup.astype("int64")
+    output["prefix"] = _tuple_keys(codes)
+    source = pd.DataFrame({ID_COLUMN: pd.unique(input_ids.astype("int64")), "_input": True})
+    frame = source.merge(output, on=ID_COLUMN, how="outer", indicator=True)
+    frame["coverage"] = frame["_merge"].map({"both": "ok", "left_only": "missing", "right_only": "extra"})
+    frame = frame.drop(columns=["_input", "_merge"])
+    frame["coverage"] = frame["coverage"].astype(str)
+    for column in [*(f"code_{level}" for level in range(levels)), "dedup", "prefix"]:
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _tuple_keys(codes: np.ndarray) -> np.ndarray:
+    """Exact integer key per code tuple: mixed radix over each level's observed range, else np.unique rows."""
+    import numpy as np
+
+    matrix = np.asarray(codes, dtype=np.int64)
+    if matrix.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    low = matrix.min(axis=0)
+    spans = matrix.max(axis=0) - low + 1
+    if float(np.prod(spans.astype(np.float64))) < 2.0**62:
+        key = np.zeros(matrix.shape[0], dtype=np.int64)
+        for level in range(matrix.shape[1]):
+            key = key * int(spans[level]) + (matrix[:, level] - low[level])
+        return key
+    _, inverse = np.unique(matrix, axis=0, return_inverse=True)
+    return inverse.ravel().astype(np.int64)
+
+
+def validate_codes(
+    semantic_ids: str | Path,
+    artifact: str | Path,
+    report_path: str | Path,
+    *,
+    codebook_sizes: Sequence[int],
+    recon_mse: float | None,
+    min_unique_ratio: float = 0.5,
+    min_usage: float = 0.5,
+    max_recon_mse: float = 0.05,
+) -> dict[str, Any]:
+    """Run the codes suite; save the report; raise ValidationFailed listing each failed rule.
+
+    `codebook_sizes` is the K of each level (from the trained model's config) and `recon_mse` the encoder's
+    reconstruction error over all items. Returns `{ok, n_items, metrics, report, evaluated, seconds}`.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from rqvae.io import read_semantic_ids
+    from rqvae.metrics import code_metrics
+
+    if recon_mse is None:
+        raise ValueError("validate_codes needs the encoder's recon_mse (encode_items reports it)")
+    input_ids = pq.read_table(artifact, columns=[ID_COLUMN]).column(ID_COLUMN).to_numpy()
+    ids, codes, dedup = read_semantic_ids(semantic_ids)
+    sizes = [int(k) for k in codebook_sizes]
+    if codes.shape[1] != len(sizes):
+        raise ValueError(f"{semantic_ids} has {codes.shape[1]} code levels but the model has {len(sizes)}")
+    frame = joined_frame(np.asarray(input_ids), ids, codes, dedup)
+    in_range = bool(((codes >= 0) & (codes < np.asarray(sizes))).all()) if len(codes) else False
+    metrics = code_metrics(codes, sizes) if in_range else {"n_items": int(len(ids))}
+    metrics["recon_mse"] = float(recon_mse)
+    log.info("validate_codes: %d output rows, %d input ids, metrics %s", len(ids), len(input_ids), metrics)
+    result = run_suite(
+        "codes",
+        [
+            Batch("rows", frame, codes_expectations(sizes, min_unique_ratio, min_usage), index_columns=[ID_COLUMN]),
+            Batch("quality", pd.DataFrame({"recon_mse": [float(recon_mse)]}), quality_expectations(max_recon_mse)),
+        ],
+    )
+    report = {
+        **result.to_dict(),
+        "semantic_ids": str(semantic_ids),
+        "artifact": str(artifact),
+        "n_items": int(len(ids)),
+        "n_input_items": int(len(input_ids)),
+        "metrics": metrics,
+        "params": {
+            "codebook_sizes": sizes,
+            "min_unique_ratio": min_unique_ratio,
+            "min_usage": min_usage,
+            "max_recon_mse": max_recon_mse,
+        },
+    }
+    write_json_atomic(report_path, jsonable(report))
+    result.raise_for_failures(str(report_path))
+    return jsonable(
+        {
+            "ok": True,
+            "n_items": int(len(ids)),
+            "metrics": metrics,
+            "report": str(report_path),
+            "evaluated": len(result.checks),
+            "seconds": result.seconds,
+        }
+    )

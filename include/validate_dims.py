@@ -1,0 +1,145 @@
+"""Stage `validate_dims`: check the loaded embeddings before a GPU hour is spent training on them.
+
+Per-row statistics (vector length, NaN/Inf count, L2 norm, largest |value|, the id) are computed with
+pyarrow + numpy one row group at a time, so a multi-million-item artifact never sits in memory as Python
+objects; only this compact frame (about 40 bytes a row) goes to the Great Expectations suite.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from include.files import write_json_atomic
+from include.gx_suites import ID_COLUMN, ROW_COLUMN, Batch, input_expectations, run_suite
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ABS = 1e3
+
+
+def row_stats(artifact: str | Path) -> pd.DataFrame:
+    """One row per item: item_id (nullable), row, dim, nonfinite, norm, max_abs, streamed by row group."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(artifact)
+    parts: list[dict[str, np.ndarray]] = []
+    offset = 0
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group, columns=[ID_COLUMN, "embedding"])
+        stats = _group_stats(table)
+        stats[ROW_COLUMN] = np.arange(offset, offset + table.num_rows, dtype=np.int64)
+        offset += table.num_rows
+        parts.append(stats)
+    columns = [ID_COLUMN, ROW_COLUMN, "dim", "nonfinite", "norm", "max_abs"]
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="Int64" if c == ID_COLUMN else "float64") for c in columns})
+    merged = {c: np.concatenate([p[c] for p in parts]) for c in columns if c != ID_COLUMN}
+    ids = np.concatenate([p[ID_COLUMN] for p in parts])
+    id_null = np.concatenate([p["id_null"] for p in parts])
+    frame = pd.DataFrame({ID_COLUMN: pd.arrays.IntegerArray(ids, id_null), **merged})
+    return frame[columns]
+
+
+def _group_stats(table: pa.Table) -> dict[str, np.ndarray]:
+    """Statistics of one row group; a fast reshape path when every row has the same length."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = table.column(ID_COLUMN).combine_chunks()
+    id_null = ids.is_null().to_numpy(zero_copy_only=False)
+    id_values = ids.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    vectors = table.column("embedding").combine_chunks()
+    if pa.types.is_fixed_size_list(vectors.type):
+        vectors = vectors.cast(pa.list_(vectors.type.value_type))
+    lengths = pc.list_value_length(vectors).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values_arr = pc.list_flatten(vectors)  # null vectors contribute nothing; null elements become NaN
+    values = values_arr.fill_null(float("nan")).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    n = len(lengths)
+
+    nonfinite = np.zeros(n, dtype=np.int64)
+    sumsq = np.zeros(n, dtype=np.float64)
+    max_abs = np.zeros(n, dtype=np.float64)
+    width = int(lengths[0]) if n else 0
+    if n and width > 0 and bool((lengths == width).all()):
+        matrix = values.reshape(n, width)
+        nonfinite = (~np.isfinite(matrix)).sum(axis=1)
+        sumsq = np.einsum("ij,ij->i", matrix, matrix)
+        max_abs = np.abs(matrix).max(axis=1)
+    elif values.size:
+        # Ragged group: reduce over each row's slice. Empty rows keep zeros; consecutive non-empty starts
+        # delimit exactly each row's values, which is what reduceat needs.
+        filled = lengths > 0
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[filled]
+        nonfinite[filled] = np.add.reduceat((~np.isfinite(values)).astype(np.int64), starts)
+        sumsq[filled] = np.add.reduceat(values * values, starts)
+        max_abs[filled] = np.maximum.reduceat(np.abs(values), starts)
+    return {
+        ID_COLUMN: id_values,
+        "id_null": id_null,
+        "dim": lengths.astype(np.int32),
+        "nonfinite": nonfinite.astype(np.int32),
+        "norm": np.sqrt(sumsq),
+        "max_abs": max_abs,
+    }
+
+
+def validate_dims(
+    artifact: str | Path,
+    report_path: str | Path,
+    *,
+    expected_dim: int = 0,
+    min_items: int = 1,
+    min_norm: float = 0.0,
+    max_norm: float = 1e6,
+    max_abs: float = DEFAULT_MAX_ABS,
+) -> dict[str, Any]:
+    """Run the input suite on the artifact's row statistics; save the report; raise when a rule fails.
+
+    `expected_dim=0` infers the dimension as the most common vector length and then requires every row to
+    have it. Returns `{ok, n_items, dim, report, evaluated, seconds}`.
+    """
+    stats = row_stats(artifact)
+    dims = stats["dim"][stats["dim"] > 0]
+    inferred = int(dims.mode().iloc[0]) if len(dims) else 0
+    dim = int(expected_dim) if expected_dim else inferred
+    log.info(
+        "validate_dims: %d rows from %s, dim %d (%s), norms within [%s, %s]",
+        len(stats), artifact, dim, "param" if expected_dim else "inferred", min_norm, max_norm,
+    )
+    rules = input_expectations(dim, min_items, min_norm, max_norm, max_abs)
+    result = run_suite("input", [Batch("rows", stats, rules, index_columns=[ID_COLUMN, ROW_COLUMN])])
+    report = {
+        **result.to_dict(),
+        "artifact": str(artifact),
+        "n_items": len(stats),
+        "dim": dim,
+        "dim_source": "param" if expected_dim else "inferred",
+        "params": {
+            "expected_dim": expected_dim,
+            "min_items": min_items,
+            "min_norm": min_norm,
+            "max_norm": max_norm,
+            "max_abs": max_abs,
+        },
+    }
+    write_json_atomic(report_path, report)
+    result.raise_for_failures(str(report_path))
+    return {
+        "ok": True,
+        "n_items": len(stats),
+        "dim": dim,
+        "report": str(report_path),
+        "evaluated": len(result.checks),
+        "seconds": result.seconds,
+    }

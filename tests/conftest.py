@@ -1,0 +1,64 @@
+"""Shared test setup: an isolated Airflow (SQLite in a temp folder) and isolated pipeline roots per session.
+
+Airflow reads its configuration once, when it is first imported, so the environment is set here at
+collection time, before any test module imports airflow. Nothing touches the developer's `var/airflow` or
+`var/data`. The repository root goes on `sys.path` (and PYTHONPATH, for subprocesses) because `include/`
+is a top-level package of the project, as it is for the Airflow workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="rqvae-tests-"))
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TEST_ENV = {
+    "AIRFLOW_HOME": str(SESSION_DIR / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+    "AIRFLOW__CORE__PARALLELISM": "4",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{SESSION_DIR / 'airflow' / 'airflow.db'}",
+    "RQVAE_EMBEDDINGS_ROOT": str(SESSION_DIR / "data" / "embeddings"),
+    "RQVAE_WORK_ROOT": str(SESSION_DIR / "data" / "work"),
+    "RQVAE_PUBLISH_ROOT": str(SESSION_DIR / "data" / "published"),
+    # Short waits so a sensor timeout or an unexpected retry costs seconds, not the production minutes.
+    "RQVAE_SENSOR_POKE_S": "1",
+    "RQVAE_RETRY_DELAY_S": "1",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+}
+os.environ.update(TEST_ENV)
+(SESSION_DIR / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Create the metadata DB once per session (about 3 s on SQLite)."""
+    from airflow.utils import db
+
+    db.initdb()
+    return Path(TEST_ENV["AIRFLOW_HOME"])
+
+
+@pytest.fixture(scope="session")
+def pipeline_dag():
+    """The DAG as Airflow's own DagBag parses it from the dags folder (import errors fail the fixture)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.dags["rqvae_semantic_ids"]
