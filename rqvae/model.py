@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -20,6 +21,8 @@ from .kmeans import METHODS, KMeansMethod
 from .quantizer import ResidualQuantizer
 
 logger = logging.getLogger(__name__)
+
+PARALLEL_ROWS = 4096  # rows per thread-pool block when encoding on CPU
 
 
 class RQVAEOutput(NamedTuple):
@@ -219,7 +222,25 @@ class RQVAE(nn.Module):
         x = self._prepare(x)
         if not self.initialized:
             raise RuntimeError("RQVAE codebooks are not initialised: train the model or call initialize(x) first")
-        return self.quantizer.assign(self.encode_latent(x))
+        workers = torch.get_num_threads()
+        if self.device.type != "cpu" or workers < 2 or x.shape[0] < 2 * PARALLEL_ROWS:
+            return self.quantizer.assign(self.encode_latent(x))
+        # Small per-block ops barely use intra-op threads on CPU; blocks on a thread pool use every core.
+        out = torch.empty(x.shape[0], self.num_codebooks, dtype=torch.long)
+        blocks = range(0, x.shape[0], PARALLEL_ROWS)
+
+        def run(start: int) -> None:
+            with torch.inference_mode():
+                block = x[start : start + PARALLEL_ROWS]
+                out[start : start + PARALLEL_ROWS] = self.quantizer.assign(self.encode_latent(block))
+
+        torch.set_num_threads(1)  # one thread per block, no nested intra-op teams; restored below
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run, blocks))
+        finally:
+            torch.set_num_threads(workers)
+        return out
 
     def _get_codebook(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The users' per-level view: a list of L LongTensors of shape [B]."""

@@ -188,3 +188,25 @@ def test_unknown_modes_are_refused_with_the_valid_ones(bad: dict, data: torch.Te
     with pytest.raises(ValueError, match="expected one of"):
         model = RQVAE(16, [16], 16, 2, 16, device="cpu", **bad)
         model.initialize(data[:200])
+
+
+@pytest.mark.parametrize("k", [16, 256, 8192])
+def test_packed_search_returns_a_nearest_codeword(k: int) -> None:
+    from rqvae.quantizer import Distance, _search_table, nearest_codeword
+
+    g = torch.Generator().manual_seed(k)
+    book, r = torch.randn(k, 8, generator=g), torch.randn(3000, 8, generator=g)
+    idx = nearest_codeword(r, *_search_table(book, Distance.L2))
+    exact = torch.cdist(r.double(), book.double()) ** 2
+    chosen = exact.gather(1, idx.unsqueeze(1)).squeeze(1)
+    best = exact.min(1).values
+    assert bool(((chosen - best) <= 1e-4 * best.clamp_min(1e-6)).all())
+    assert float((idx == exact.argmin(1)).float().mean()) > 0.99
+
+
+def test_parallel_encode_equals_single_block_encode(trained: RQVAE) -> None:
+    x = torch.from_numpy(clustered(20_000, 16, seed=9))
+    trained.eval()
+    whole = trained.encode(x)  # thread-pool path on multi-core CPUs
+    blocks = torch.cat([trained.quantizer.assign(trained.encode_latent(b)) for b in x.split(997)])
+    assert torch.equal(whole, blocks)
