@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench bench-scale clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,6 @@ bench: venv
 
 clean:
 	rm -rf var build .pytest_cache .ruff_cache
+
+bench-scale: venv
+	$(BIN)/python bench/scale.py

@@ -12,13 +12,16 @@ from typing import Literal
 
 import torch
 
+from .search import Distance, nearest_codeword, search_table
+
 logger = logging.getLogger(__name__)
 
 KMeansFn = Callable[[torch.Tensor, int], torch.Tensor]
 METHODS = ("kmeans", "bkmeans", "none")
 KMeansMethod = Literal["kmeans", "bkmeans", "none"] | KMeansFn
 
-_CHUNK = 16384  # rows per distance block: bounds the [chunk, k] matrix, keeps it cache-friendly
+_CHUNK = 4096  # rows per distance block: bounds the [k, chunk] matrix, keeps it cache-friendly
+PP_SAMPLE = 32_768  # points k-means++ seeding draws from
 
 
 def sq_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -30,11 +33,11 @@ def sq_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 def nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of and squared distance to the nearest centroid, computed in row blocks."""
+    keys, bias, _ = search_table(centroids, Distance.L2)
     idx = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[0], _CHUNK):
-        d = sq_distances(x[start : start + _CHUNK], centroids)
-        dist[start : start + _CHUNK], idx[start : start + _CHUNK] = d.min(1)
+        idx[start : start + _CHUNK] = nearest_codeword(x[start : start + _CHUNK], keys, bias, True)
+    dist = ((x - centroids[idx]) ** 2).sum(1)
     return idx, dist
 
 
@@ -51,21 +54,29 @@ def random_init(x: torch.Tensor, k: int, generator: torch.Generator | None = Non
 
 
 def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ seeding: each new centre drawn with probability proportional to squared distance."""
+    """k-means++ seeding: each new centre drawn with probability proportional to squared distance.
+
+    Seeding runs on a random subsample of at most max(PP_SAMPLE, 16 k) points: k sequential draws over the full
+    sample would cost more than all Lloyd iterations, for no measurable gain in the final codebook.
+    """
     n = x.shape[0]
     if n <= k:
         return random_init(x, k, generator)
-    first = int(torch.randint(0, n, (1,), generator=generator, device="cpu"))
+    m = min(n, max(PP_SAMPLE, 16 * k))
+    if m < n:
+        x = x[torch.randperm(n, generator=generator, device="cpu")[:m].to(x.device)]
+    first = int(torch.randint(0, m, (1,), generator=generator, device="cpu"))
     centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
     centroids[0] = x[first]
     closest = sq_distances(x, centroids[:1]).squeeze(1)
+    uniform = torch.rand(k, generator=generator, device="cpu", dtype=torch.float64)
     for i in range(1, k):
-        weights = closest.double().cpu()
-        total = float(weights.sum())
+        cdf = torch.cumsum(closest.double(), 0)
+        total = float(cdf[-1])
         if total <= 0.0:  # every point already coincides with a centre: fill the rest randomly
             centroids[i:] = random_init(x, k - i, generator)
             break
-        pick = int(torch.multinomial(weights, 1, generator=generator))
+        pick = min(int(torch.searchsorted(cdf, uniform[i].to(cdf.device) * total)), m - 1)
         centroids[i] = x[pick]
         closest = torch.minimum(closest, sq_distances(x, centroids[i : i + 1]).squeeze(1))
     return centroids

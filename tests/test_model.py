@@ -192,11 +192,11 @@ def test_unknown_modes_are_refused_with_the_valid_ones(bad: dict, data: torch.Te
 
 @pytest.mark.parametrize("k", [16, 256, 8192])
 def test_packed_search_returns_a_nearest_codeword(k: int) -> None:
-    from rqvae.quantizer import Distance, _search_table, nearest_codeword
+    from rqvae.search import Distance, nearest_codeword, search_table
 
     g = torch.Generator().manual_seed(k)
     book, r = torch.randn(k, 8, generator=g), torch.randn(3000, 8, generator=g)
-    idx = nearest_codeword(r, *_search_table(book, Distance.L2))
+    idx = nearest_codeword(r, *search_table(book, Distance.L2))
     exact = torch.cdist(r.double(), book.double()) ** 2
     chosen = exact.gather(1, idx.unsqueeze(1)).squeeze(1)
     best = exact.min(1).values

@@ -1,0 +1,249 @@
+"""Seed-scale benchmark: the pipeline's stages on 5,689,519 x 32 items, each in its own process, with wall time
+and peak RSS; encoding throughput against faiss ResidualQuantizer on the same model size in the same run; a
+scaling table (100k, 1M, 5.7M); optionally the whole DAG through ``airflow dags test``.
+
+    python bench/scale.py                      # all of it (make bench-scale)
+    python bench/scale.py --n 1000000 --no-dag # smaller, quicker
+
+Writes the ``scale`` section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import replace_section  # noqa: E402
+
+SEED_ITEMS = 5_689_519
+SNAPSHOT = "2026-01-01"
+
+# Each stage runs in a fresh interpreter so its peak RSS is its own; the child prints one JSON line.
+STAGE_CODE = """
+import json, sys
+sys.path.insert(0, {root!r})
+args = json.loads(sys.argv[1])
+stage = args.pop("stage")
+if stage == "encode_array":
+    import time, numpy as np
+    from rqvae.checkpoint import load_model
+    from rqvae.encode import encode_array
+    from rqvae.io import read_embeddings
+    x = read_embeddings(args["artifact"]).vectors
+    model = load_model(args["model_dir"])
+    times = []
+    for _ in range(args["repeats"]):
+        t = time.perf_counter(); encode_array(model, x); times.append(time.perf_counter() - t)
+    print(json.dumps({{"times": times, "n": len(x)}}))
+elif stage == "faiss_encode":
+    import time, faiss, numpy as np
+    from rqvae.io import read_embeddings
+    x = read_embeddings(args["artifact"]).vectors
+    rq = faiss.ResidualQuantizer(x.shape[1], args["levels"], 8)
+    rq.max_beam_size = 1
+    rng = np.random.default_rng(0)
+    rq.train(x[rng.choice(len(x), min(len(x), 100_000), replace=False)])
+    times = []
+    for _ in range(args["repeats"]):
+        t = time.perf_counter(); rq.compute_codes(x); times.append(time.perf_counter() - t)
+    print(json.dumps({{"times": times, "n": len(x), "threads": faiss.omp_get_max_threads()}}))
+else:
+    import importlib
+    fn = getattr(importlib.import_module("include." + stage), stage)
+    positional = args.pop("_args")
+    print(json.dumps(fn(*positional, **args), default=str))
+"""
+
+
+def run_stage(stage: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one stage in a child process; returns its result plus wall seconds and the child's own peak RSS."""
+    payload = json.dumps({"stage": stage, "_args": list(args), **kwargs})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", STAGE_CODE.format(root=str(ROOT)), payload],
+                                stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's rusage, not the max over all children
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {"result": result, "seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024}  # KiB on Linux
+
+
+def ensure_snapshot(root: Path, n: int, dim: int) -> Path:
+    from rqvae.synth import synth
+
+    folder = root / "embeddings" / f"n{n}" / SNAPSHOT
+    if not (folder / "_SUCCESS").exists():
+        print(f"generating {n:,} x {dim} with rqvae synth -> {folder}", flush=True)
+        t0 = time.perf_counter()
+        synth(folder, n=n, dim=dim, seed=0)
+        print(f"  synth took {time.perf_counter() - t0:.1f}s", flush=True)
+    return folder
+
+
+def measure_pipeline(root: Path, snapshot_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    work = root / "work" / snapshot_dir.parent.name / SNAPSHOT
+    publish_root = root / "published" / snapshot_dir.parent.name
+    figures: dict[str, Any] = {}
+
+    def step(name: str, *a: Any, **kw: Any) -> dict[str, Any]:
+        r = run_stage(name, *a, **kw)
+        figures[name] = {"seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"]}
+        print(f"  {name:16s} {r['seconds']:7.1f}s  peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
+        return r["result"]
+
+    load = step("load_embeddings", str(snapshot_dir), str(work))
+    step("validate_dims", load["path"], str(work / "validation" / "input.json"))
+    train = step("train_rqvae", load["path"], str(work), num_codebooks=args.levels, codebook_size=256,
+                 epochs=args.epochs, max_train_items=args.max_train_items, device="cpu")
+    enc = step("encode_items", train["model_path"], load["path"], str(work), device="cpu", total=load["n_items"])
+    step("validate_codes", enc["path"], load["path"], str(work / "validation" / "codes.json"),
+         codebook_sizes=enc["codebook_size"], recon_mse=enc["recon_mse"])
+    step("publish", SNAPSHOT, str(work), str(publish_root), export_json=True,
+         upstream={"load_embeddings": load, "train_rqvae": train, "encode_items": enc})
+    figures["n_items"] = load["n_items"]
+    figures["encode_items_per_s"] = enc.get("items_per_second")
+    figures["unique_ratio"] = enc["unique_ratio"]
+    figures["recon_mse"] = enc["recon_mse"]
+    figures["artifact"] = load["path"]
+    figures["model_dir"] = train["model_path"]
+    return figures
+
+
+def measure_encode(artifact: str, model_dir: str, levels: int, repeats: int) -> dict[str, Any]:
+    ours = run_stage("encode_array", artifact=artifact, model_dir=model_dir, repeats=repeats)
+    peer = run_stage("faiss_encode", artifact=artifact, levels=levels, repeats=repeats)
+    n = ours["result"]["n"]
+    ours_rate = n / statistics.median(ours["result"]["times"])
+    peer_rate = n / statistics.median(peer["result"]["times"])
+    return {"ours_items_per_s": ours_rate, "faiss_items_per_s": peer_rate, "ratio": ours_rate / peer_rate,
+            "repeats": repeats, "n": n}
+
+
+def measure_dag(snapshot_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Whole DAG with `airflow dags test` on a project-local SQLite home, roots pointed at the bench data."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from airflow_env import airflow_env
+
+    env = {**os.environ, **airflow_env()}
+    home = ROOT / "var" / "bench" / "airflow"
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "RQVAE_EMBEDDINGS_ROOT": str(snapshot_dir.parent),
+        "RQVAE_WORK_ROOT": str(snapshot_dir.parents[2] / "dag-work"),
+        "RQVAE_PUBLISH_ROOT": str(snapshot_dir.parents[2] / "dag-published"),
+    })
+    airflow = str(Path(sys.executable).parent / "airflow")
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([airflow, "pools", "set", env.get("RQVAE_GPU_POOL", "rqvae_gpu"), "1", "gpu"], env=env,
+                   check=True, capture_output=True)
+    conf = json.dumps({"snapshot": SNAPSHOT, "num_codebooks": args.levels, "epochs": args.epochs,
+                       "max_train_items": args.max_train_items, "export_json": True})
+    t0 = time.perf_counter()
+    proc = subprocess.run([airflow, "dags", "test", "rqvae_semantic_ids", SNAPSHOT, "--conf", conf], env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    ok = proc.returncode == 0 and "state=success" in (proc.stdout + proc.stderr).replace(" ", "")
+    return {"seconds": wall, "ok": ok, "returncode": proc.returncode}
+
+
+def to_markdown(n: int, dim: int, levels: int, pipeline: dict, encode: dict, scaling: list[dict],
+                dag: dict | None) -> str:
+    cores = os.cpu_count()
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {cores} CPU cores, no GPU; {n:,} x {dim} "
+        f"synthetic items (`rqvae synth`), {levels} x 256 codes. Each stage ran in its own process (peak RSS is "
+        "that process's). Command: `make bench-scale`.",
+        "",
+        "| stage | seconds | peak RSS (MiB) |",
+        "|---|---|---|",
+    ]
+    for stage in ("load_embeddings", "validate_dims", "train_rqvae", "encode_items", "validate_codes", "publish"):
+        lines.append(f"| {stage} | {pipeline[stage]['seconds']:.1f} | {pipeline[stage]['peak_rss_mib']:.0f} |")
+    total = sum(pipeline[s]["seconds"] for s in ("load_embeddings", "validate_dims", "train_rqvae",
+                                                  "encode_items", "validate_codes", "publish"))
+    lines.append(f"| **stages total** | **{total:.1f}** | |")
+    if dag is not None:
+        lines.append(f"| whole DAG (`airflow dags test`, {'success' if dag['ok'] else 'FAILED'}) | "
+                     f"{dag['seconds']:.1f} | |")
+    lines += [
+        "",
+        f"Encoding throughput, median of {encode['repeats']} passes over all {encode['n']:,} items, same data and "
+        f"model size ({levels} x 256), same run:",
+        "",
+        "| encoder | items/s | ratio |",
+        "|---|---|---|",
+        f"| rqvae `encode_array` (CPU, {cores} threads) | {encode['ours_items_per_s']:,.0f} | "
+        f"{encode['ratio']:.2f} |",
+        f"| faiss ResidualQuantizer beam 1 `compute_codes` | {encode['faiss_items_per_s']:,.0f} | 1.00 |",
+        "",
+        "Scaling of `encode_items` (stream in, encode, dedup, write Parquet), each size its own process:",
+        "",
+        "| items | seconds | items/s | peak RSS (MiB) |",
+        "|---|---|---|---|",
+    ]
+    for s in scaling:
+        lines.append(f"| {s['n']:,} | {s['seconds']:.1f} | {s['n'] / s['seconds']:,.0f} | {s['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=SEED_ITEMS)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--levels", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--max-train-items", type=int, default=1_000_000)
+    parser.add_argument("--sizes", default="100000,1000000", help="extra sizes for the scaling table")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-dag", action="store_true", help="skip the whole-DAG run")
+    parser.add_argument("--root", default=str(ROOT / "var" / "bench" / "scale"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+
+    scaling = []
+    for n in [int(s) for s in args.sizes.split(",") if s] + [args.n]:
+        snap = ensure_snapshot(root, n, args.dim)
+        print(f"pipeline stages on {n:,} items:", flush=True)
+        figures = measure_pipeline(root, snap, args)
+        scaling.append({"n": n, **figures["encode_items"]})
+    pipeline = figures
+    print("encode throughput (ours vs faiss, same run):", flush=True)
+    encode = measure_encode(pipeline["artifact"], pipeline["model_dir"], args.levels, args.repeats)
+    print(f"  ours {encode['ours_items_per_s']:,.0f}/s, faiss {encode['faiss_items_per_s']:,.0f}/s, "
+          f"ratio {encode['ratio']:.2f}", flush=True)
+    dag = None
+    if not args.no_dag:
+        print("whole DAG via airflow dags test:", flush=True)
+        dag = measure_dag(ensure_snapshot(root, args.n, args.dim), args)
+        print(f"  {dag['seconds']:.1f}s ok={dag['ok']}", flush=True)
+    table = to_markdown(args.n, args.dim, args.levels, pipeline, encode, scaling, dag)
+    print()
+    print(table)
+    replace_section(Path(args.out), "scale", "## Seed scale: 5.7M x 32 on one CPU box", table)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
