@@ -48,7 +48,9 @@ from airflow.sdk import (
 DAG_ID = "rqvae_semantic_ids"
 GPU_QUEUE = os.environ.get("RQVAE_GPU_QUEUE", "gpu")
 GPU_POOL = os.environ.get("RQVAE_GPU_POOL", "default_pool")
-SCHEDULE = os.environ.get("RQVAE_SCHEDULE", "0 6 * * *")
+# Midnight UTC, so a run's logical date is its snapshot day and `backfill create --from-date D1 --to-date D2`
+# covers D1..D2 inclusive; the sensor then waits (rescheduling, no slot held) until upstream marks the day done.
+SCHEDULE = os.environ.get("RQVAE_SCHEDULE", "0 0 * * *")
 MAX_ACTIVE_RUNS = int(os.environ.get("RQVAE_MAX_ACTIVE_RUNS", "2"))
 RETRIES = int(os.environ.get("RQVAE_RETRIES", "2"))
 RETRY_DELAY_S = int(os.environ.get("RQVAE_RETRY_DELAY_S", "300"))
@@ -83,8 +85,9 @@ PARAMS = {
         "",
         type="string",
         title="Embeddings root",
-        description="Folder holding {snapshot}/ sub-folders: empty = the configured root; a relative path "
-        "is taken under it (absolute paths must stay inside it).",
+        description="Folder holding {snapshot}/ sub-folders: empty = the configured root; a sub-folder "
+        "(e.g. movielens) reads {root}/movielens/{snapshot}/ and gets its own work and publish namespace. "
+        "Paths must stay inside the configured root.",
         section="Input",
     ),
     "sensor_timeout": Param(
@@ -242,14 +245,14 @@ def rqvae_semantic_ids() -> None:
         context = get_current_context()
         params = context["params"]
         dag_run = context["dag_run"]
-        roots = settings.load_roots(settings.airflow_variable_getter())
+        configured = settings.load_roots(settings.airflow_variable_getter())
+        roots = settings.dataset_roots(configured, params.get("embeddings_root"))
         name = snapshot.resolve_snapshot(params.get("snapshot"), dag_run.logical_date, dag_run.run_after)
-        embeddings_root = settings.resolve_under(roots.embeddings, params.get("embeddings_root"))
-        snapshot_dir = settings.resolve_under(embeddings_root, name)
+        snapshot_dir = roots.embeddings / name
         run = {
             "snapshot": name,
             "snapshot_dir": str(snapshot_dir),
-            "work_dir": str(settings.resolve_under(roots.work, name)),
+            "work_dir": str(roots.work / name),
             "publish_root": str(roots.publish),
         }
         if snapshot.snapshot_ready(snapshot_dir):

@@ -1,10 +1,10 @@
 """Where the pipeline reads and writes: three roots, configured once, never taken blindly from a user.
 
 The roots come from environment variables (set per deployment), then from Airflow Variables of the same
-lowercase names (editable in the UI without a redeploy), then default to `var/data/...` inside this project
-so a fresh clone runs the demo with no setup. Path params typed into the trigger form are resolved with
-:func:`resolve_under`, which keeps them inside the configured roots: a form field must not become a way to
-read or overwrite arbitrary files on the workers.
+lowercase names (editable in the UI without a redeploy), then default to `var/data/{embeddings,work,published}`
+inside this project so a fresh clone runs the demo with no setup. Path params typed into the trigger form
+are resolved with :func:`resolve_under`, which keeps them inside the configured roots: a form field must not
+become a way to read or overwrite arbitrary files on the workers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ ROOT_ENV_VARS = {
     "work": "RQVAE_WORK_ROOT",
     "publish": "RQVAE_PUBLISH_ROOT",
 }
+
+DEFAULT_FOLDERS = {"embeddings": "embeddings", "work": "work", "publish": "published"}
 
 VariableGetter = Callable[[str], "str | None"]
 
@@ -66,12 +68,24 @@ def load_roots(variable_getter: VariableGetter | None = None) -> Roots:
             value = (variable_getter(env_var.lower()) or "").strip()
             source = f"Airflow Variable {env_var.lower()}"
         if not value:
-            found[kind] = default_data_dir() / kind
+            found[kind] = default_data_dir() / DEFAULT_FOLDERS[kind]
             source = "default"
         else:
             found[kind] = _absolute(Path(value).expanduser())
         log.debug("%s root %s (from %s)", kind, found[kind], source)
     return Roots(embeddings=found["embeddings"], work=found["work"], publish=found["publish"])
+
+
+def dataset_roots(roots: Roots, embeddings_root: str | Path | None) -> Roots:
+    """Roots for a run reading `embeddings_root` (the form's param): its own work and publish namespace.
+
+    Empty means the configured roots unchanged. A sub-folder (e.g. `movielens`) reads
+    `{embeddings}/movielens/{snapshot}/` and writes `{work}/movielens/...` and `{publish}/movielens/...`,
+    with its own `latest`, so two data sets with snapshots of the same day never share a folder.
+    """
+    source = resolve_under(roots.embeddings, embeddings_root)
+    namespace = source.relative_to(roots.embeddings)
+    return Roots(embeddings=source, work=roots.work / namespace, publish=roots.publish / namespace)
 
 
 def airflow_variable_getter() -> VariableGetter:

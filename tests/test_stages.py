@@ -79,7 +79,17 @@ def test_roots_come_from_env_then_variables_then_project_default(monkeypatch, tm
     assert roots.work == tmp_path / "work"
     assert roots.publish == tmp_path / "pub"
     assert roots.embeddings == settings.project_dir() / "var" / "data" / "embeddings"
-    assert settings.load_roots().publish == settings.project_dir() / "var" / "data" / "publish"
+    assert settings.load_roots().publish == settings.project_dir() / "var" / "data" / "published"
+
+
+def test_a_sub_dataset_gets_its_own_work_and_publish_namespace(tmp_path):
+    roots = settings.Roots(tmp_path / "emb", tmp_path / "work", tmp_path / "pub")
+    assert settings.dataset_roots(roots, "") == roots
+    movielens = settings.dataset_roots(roots, "movielens")
+    assert movielens == settings.Roots(tmp_path / "emb" / "movielens", tmp_path / "work" / "movielens",
+                                       tmp_path / "pub" / "movielens")
+    with pytest.raises(settings.PathOutsideRootError):
+        settings.dataset_roots(roots, "../work")
 
 
 # ----------------------------------------------------------------------------------------------- snapshots

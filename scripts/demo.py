@@ -1,0 +1,176 @@
+"""`make demo`: run the real DAG once on a sample snapshot and show what it published.
+
+Steps: an Airflow home inside the project (SQLite, LocalExecutor, parallelism 4; see airflow_env.py), the
+metadata DB migrated, the GPU pool created, a synthetic snapshot (200k x 32 by default) written to
+`{embeddings_root}/{today}/` unless it is already there, then `airflow dags test rqvae_semantic_ids {today}`:
+the same code path as a scheduled run, in one process. When the shared MovieLens set sits beside the
+project (`../shared/data/movielens_small`, or $RQVAE_MOVIELENS), it is run too, as the `movielens` data set.
+Prints the published folder, the manifest's metrics and each task's duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from airflow_env import GPU_POOL_SLOTS, REPO, airflow_env  # noqa: E402
+
+DAG_ID = "rqvae_semantic_ids"
+BIN = Path(sys.executable).parent
+MOVIELENS = REPO.parent / "shared" / "data" / "movielens_small" / "embeddings.parquet"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=200_000, help="synthetic items (default 200000)")
+    parser.add_argument("--dim", type=int, default=32, help="synthetic dimension (default 32)")
+    parser.add_argument("--date", default=None, help="snapshot date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--conf", default="{}", help="extra run conf as JSON, e.g. '{\"epochs\": 2}'")
+    parser.add_argument("--no-movielens", action="store_true", help="skip the MovieLens data set")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    os.environ.update(airflow_env())
+    sys.path.insert(0, str(REPO))
+    from include.settings import load_roots
+    from include.snapshot import parse_snapshot
+
+    snapshot = parse_snapshot(args.date or datetime.now(UTC).date().isoformat())
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    logs = home / "demo-logs"
+    logs.mkdir(exist_ok=True)
+    step("Airflow home", f"{home} (SQLite, LocalExecutor)")
+    airflow(["db", "migrate"], logs / "db-migrate.log")
+    pool = os.environ["RQVAE_GPU_POOL"]
+    airflow(["pools", "set", pool, str(GPU_POOL_SLOTS), "GPU slots for train_rqvae and encode_items"],
+            logs / "pools.log")
+
+    roots = load_roots()
+    runs = [("synthetic", {}, ensure_synthetic(roots.embeddings / snapshot, args.items, args.dim))]
+    movielens = Path(os.environ.get("RQVAE_MOVIELENS", MOVIELENS))
+    if not args.no_movielens and movielens.is_file():
+        runs.append(("movielens", {"embeddings_root": "movielens"},
+                     ensure_linked(movielens, roots.embeddings / "movielens" / snapshot)))
+
+    failed = False
+    for name, conf, source in runs:
+        conf = {**conf, **json.loads(args.conf)}
+        log = logs / f"dags-test-{name}-{snapshot}.log"
+        step(f"run [{name}]", f"airflow dags test {DAG_ID} {snapshot} -c '{json.dumps(conf)}'  (input {source})")
+        t0 = time.perf_counter()
+        code = airflow(["dags", "test", DAG_ID, snapshot, "-c", json.dumps(conf)], log, check=False)
+        print(f"   finished in {time.perf_counter() - t0:.1f}s, exit code {code}; full log: {log}")
+        publish_root = roots.publish / ("movielens" if name == "movielens" else "")
+        report(snapshot, publish_root, code == 0)
+        failed = failed or code != 0
+    step("demo wall time", f"{time.perf_counter() - started:.1f}s")
+    return 1 if failed else 0
+
+
+def step(title: str, detail: str) -> None:
+    print(f"== {title}: {detail}", flush=True)
+
+
+def airflow(argv: list[str], log: Path, check: bool = True) -> int:
+    """Run an `airflow` CLI command with its output in a log file (the task logs are long)."""
+    with open(log, "w") as out:
+        code = subprocess.run([str(BIN / "airflow"), *argv], stdout=out, stderr=subprocess.STDOUT).returncode
+    if check and code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise SystemExit(f"airflow {' '.join(argv)} failed (exit {code}); end of {log}:\n{tail}")
+    return code
+
+
+def ensure_synthetic(folder: Path, items: int, dim: int) -> Path:
+    """Write the synthetic snapshot unless a complete one is there (an incomplete one is rewritten)."""
+    from include.snapshot import snapshot_ready
+
+    if snapshot_ready(folder):
+        step("snapshot", f"{folder} already complete, reused")
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    from rqvae.synth import synth
+
+    t0 = time.perf_counter()
+    synth(folder, items, dim=dim, seed=0)
+    step("snapshot", f"{items} x {dim} synthetic items written to {folder} in {time.perf_counter() - t0:.1f}s")
+    return folder
+
+
+def ensure_linked(source: Path, folder: Path) -> Path:
+    """A snapshot folder whose data file is a symlink to the shared file (no copy), plus `_SUCCESS`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / source.name
+    if not link.exists():
+        link.symlink_to(os.path.relpath(source.resolve(), folder))
+    (folder / "_SUCCESS").touch()
+    return folder
+
+
+def report(snapshot: str, publish_root: Path, succeeded: bool) -> None:
+    """Print the run's task durations (from the metadata DB) and, when it published, the manifest."""
+    for task_id, state, seconds in task_durations(snapshot):
+        print(f"   {task_id:<22} {state:<16} {seconds:8.1f}s")
+    version = publish_root / snapshot
+    if not succeeded or not (version / "manifest.json").is_file():
+        print("   nothing published")
+        return
+    manifest = json.loads((version / "manifest.json").read_text())
+    train = manifest["metrics"]["train"]
+    codes = manifest["metrics"]["codes"]
+    latest = publish_root / "latest"
+    print(f"   published: {version}  (latest -> {os.readlink(latest) if latest.is_symlink() else None})")
+    print(f"   files: {', '.join(sorted(manifest['files']))}")
+    print(
+        f"   items {manifest['counts']['n_items']}, dim {manifest['counts']['dim']}, "
+        f"codebooks {manifest['config']['model']['model']['codebook_size']}, device {train.get('device')}"
+    )
+    print(
+        f"   recon_mse {codes.get('recon_mse'):.5f}, unique_ratio {codes.get('unique_ratio')}, "
+        f"collision_rate {codes.get('collision_rate')}, max_bucket {codes.get('max_bucket')}, "
+        f"usage {codes.get('usage')}, perplexity {codes.get('perplexity')}"
+    )
+    print(
+        f"   validation: input {manifest['validation']['input']['evaluated']} rules passed, "
+        f"codes {manifest['validation']['codes']['evaluated']} rules passed"
+    )
+
+
+def task_durations(snapshot: str) -> list[tuple[str, str, float]]:
+    """Task states and durations of the latest run for this logical date, read from the metadata DB."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    day = datetime.fromisoformat(snapshot).replace(tzinfo=UTC)
+    with create_session() as session:
+        run = session.scalars(
+            select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.logical_date == day).order_by(DagRun.id.desc())
+        ).first()
+        if run is None:
+            return []
+        tis = session.scalars(
+            select(TaskInstance).where(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run.run_id)
+        ).all()
+        order = {t: i for i, t in enumerate(
+            ["wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "encode_items",
+             "validate_codes", "publish"])}
+        return sorted(
+            ((ti.task_id, str(ti.state), float(ti.duration or 0.0)) for ti in tis),
+            key=lambda row: order.get(row[0], 99),
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
