@@ -40,6 +40,9 @@ def default_architecture(input_dim: int) -> tuple[list[int], int]:
     return [max(8, input_dim // 2), latent], latent
 
 
+METHODS = ("rqvae", "rqkmeans")  # rqkmeans: residual k-means only (identity encoder/decoder, no training steps)
+
+
 class _Strict:
     """from_dict / to_dict with unknown keys refused."""
 
@@ -57,7 +60,12 @@ class _Strict:
 
 @dataclass
 class ModelConfig(_Strict):
-    """Architecture of an RQVAE. ``latent_dim=0`` means the input dimension (identity-initialised encoder)."""
+    """Architecture of an RQVAE. ``latent_dim=0`` means the input dimension (identity-initialised encoder).
+
+    ``method="rqkmeans"`` stops after the residual k-means initialisation (no learned encoder/decoder);
+    ``gradient`` is "ste" (straight-through) or "rotation" (rotation trick); ``last_level_balance`` > 0
+    penalises popular last-level codes (see ResidualQuantizer.fit_last_level_balance_).
+    """
 
     input_dim: int
     num_codebooks: int = 3
@@ -70,8 +78,15 @@ class ModelConfig(_Strict):
     distances_method: str = "l2"
     loss_beta: float = 0.25
     center: bool = True
+    gradient: str = "ste"
+    method: str = "rqvae"
+    last_level_balance: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
+        if self.last_level_balance < 0:
+            raise ValueError(f"last_level_balance must be >= 0, got {self.last_level_balance}")
         if self.input_dim < 1:
             raise ValueError(f"input_dim must be >= 1, got {self.input_dim}")
         self.codebook_size = codebook_sizes(self.codebook_size, self.num_codebooks)
@@ -84,6 +99,8 @@ class ModelConfig(_Strict):
         """Keyword arguments for ``RQVAE(...)``."""
         kwargs = self.to_dict()
         kwargs["latent_dim"] = self.latent_dim or self.input_dim
+        for training_only in ("method", "last_level_balance"):
+            kwargs.pop(training_only)
         return kwargs
 
 

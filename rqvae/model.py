@@ -88,6 +88,7 @@ class RQVAE(nn.Module):
         device: str | torch.device | None = "auto",
         *,
         center: bool = True,
+        gradient: str = "ste",
     ) -> None:
         super().__init__()
         if hidden_channels is None or latent_dim is None:
@@ -109,7 +110,9 @@ class RQVAE(nn.Module):
         self.center = bool(center)
         self.encoder = SkipMLP(self.input_dim, self.hidden_channels, self.latent_dim)
         self.decoder = SkipMLP(self.latent_dim, list(reversed(self.hidden_channels)), self.input_dim)
-        self.quantizer = ResidualQuantizer(self.latent_dim, sizes, shared_codebook, distances_method, loss_beta)
+        self.quantizer = ResidualQuantizer(
+            self.latent_dim, sizes, shared_codebook, distances_method, loss_beta, gradient
+        )
         self.register_buffer("input_mean", torch.zeros(self.input_dim))
         logger.info(
             "RQVAE: input %d -> hidden %s -> latent %d; %d levels x %s codes (%s, %s%s)",
@@ -154,6 +157,7 @@ class RQVAE(nn.Module):
             "distances_method": self.quantizer.distance.value,
             "loss_beta": self.quantizer.beta,
             "center": self.center,
+            "gradient": self.quantizer.gradient,
         }
 
     # ---- data-dependent initialisation ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from .search import Distance, distances, nearest_codeword, search_table
 
 logger = logging.getLogger(__name__)
 
+GRADIENTS = ("ste", "rotation")
 SEARCH_CHUNK = 1024  # rows per distance block in the fast path: [1024, K] stays in cache
 
 
@@ -39,8 +40,12 @@ class ResidualQuantizer(nn.Module):
         shared: bool = False,
         distance: str = "l2",
         beta: float = 0.25,
+        gradient: str = "ste",
     ) -> None:
         super().__init__()
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient {gradient!r}; expected one of {list(GRADIENTS)}")
+        self.gradient = gradient
         if shared and len(set(codebook_sizes)) != 1:
             raise ValueError(f"shared_codebook=True needs one size for every level, got {codebook_sizes}")
         self.dim = dim
@@ -54,6 +59,8 @@ class ResidualQuantizer(nn.Module):
         )
         # a buffer, not an attribute: whether k-means ran must survive save/load
         self.register_buffer("initialized", torch.tensor(False))
+        # fixed per-code penalty on the last level's distances (see fit_last_level_balance_); zeros = plain search
+        self.register_buffer("last_level_bias", torch.zeros(codebook_sizes[-1]))
 
     @property
     def num_levels(self) -> int:
@@ -70,7 +77,13 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def search(self, r: torch.Tensor, level: int) -> torch.Tensor:
         """Nearest codeword index [B] at a level (see :func:`nearest_codeword`)."""
-        return nearest_codeword(r, *search_table(self.codebook(level).to(r.dtype), self.distance))
+        return nearest_codeword(r, *self._table(self.codebook(level).detach().to(r.dtype), level))
+
+    def _table(self, book: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        keys, bias, l2 = search_table(book, self.distance)
+        if level == self.num_levels - 1:
+            bias = bias + self.last_level_bias.to(bias.dtype).unsqueeze(1)
+        return keys, bias, l2
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantise z [B, D]; returns codes, the quantised latent with gradients, and the VQ loss."""
@@ -92,7 +105,7 @@ class ResidualQuantizer(nn.Module):
             residual = residual - codeword.detach()
         q = torch.stack(selected).sum(0)
         # value == q; d/dz == identity (straight-through), d/dq == identity (codebooks see the recon gradient)
-        quantized = q + (z - z.detach())
+        quantized = q + (z - z.detach()) if self.gradient == "ste" else rotate_onto(z, q)
         return QuantizerOutput(quantized, torch.stack(codes, 1), loss, residuals)
 
     @torch.no_grad()
@@ -100,7 +113,7 @@ class ResidualQuantizer(nn.Module):
         """Codes [B, L] for z, in cache-sized row blocks: the inference fast path (no graph, no loss)."""
         out = torch.empty(z.shape[0], self.num_levels, dtype=torch.long, device=z.device)
         books = [self.codebook(level).detach().to(z.dtype) for level in range(self.num_levels)]
-        tables = [search_table(b, self.distance) for b in books]
+        tables = [self._table(b, level) for level, b in enumerate(books)]
         for start in range(0, z.shape[0], chunk):
             r = z[start : start + chunk].clone()
             for level, (book, table) in enumerate(zip(books, tables, strict=True)):
@@ -151,6 +164,26 @@ class ResidualQuantizer(nn.Module):
         logger.info("codebooks initialised on %d vectors (%s, %d iterations)", z.shape[0], _name(method), iters)
 
     @torch.no_grad()
+    def fit_last_level_balance_(self, z: torch.Tensor, strength: float) -> None:
+        """Penalise popular last-level codes by a fixed per-code term added to their distances.
+
+        The penalty is ``strength * typical distance * log(count / mean count)``, measured once on z (a sample)
+        and then frozen, so an item's codes still depend on the item alone. Spreading items over more
+        last-level codes raises the unique-ID ratio at a small reconstruction cost.
+        """
+        self.last_level_bias.zero_()
+        if strength <= 0:
+            return
+        level = self.num_levels - 1
+        residual = self.residuals_of(z)[level]
+        book = self.codebook(level).detach()
+        idx = self.search(residual, level)
+        counts = torch.bincount(idx, minlength=book.shape[0]).double()
+        typical = ((residual - book[idx]) ** 2).sum(1).median().double()
+        ratio = (counts + 1.0) / (counts.mean() + 1.0)
+        self.last_level_bias.copy_((strength * typical * torch.log(ratio)).to(self.last_level_bias.dtype))
+
+    @torch.no_grad()
     def reseed_dead_codes_(
         self, counts: torch.Tensor, residuals: list[torch.Tensor], generator: torch.Generator | None = None
     ) -> int:
@@ -179,3 +212,15 @@ class ResidualQuantizer(nn.Module):
 def _name(method: KMeansMethod) -> str:
     return method if isinstance(method, str) else getattr(method, "__name__", "callable")
 
+
+
+def rotate_onto(z: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Rotation trick: returns q's value, with gradients reaching z through the fixed rotation and rescaling
+    that maps z onto q (instead of the identity of straight-through), so the encoder sees where q lies."""
+    q = q.detach()
+    z_norm = z.detach().norm(dim=1, keepdim=True).clamp_min(eps)
+    q_norm = q.norm(dim=1, keepdim=True).clamp_min(eps)
+    e, q_hat = z.detach() / z_norm, q / q_norm
+    r = F.normalize(e + q_hat, dim=1, eps=eps)
+    rotated = z - 2 * r * (r * z).sum(1, keepdim=True) + 2 * q_hat * (e * z).sum(1, keepdim=True)
+    return rotated * (q_norm / z_norm)

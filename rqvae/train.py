@@ -146,7 +146,7 @@ def train(
     model = RQVAE(**model_cfg.model_kwargs(), device=device)
     opt = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    total_steps = 0 if model_cfg.method == "rqkmeans" else (cfg.max_steps or cfg.epochs * steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup_frac))
     eval_x = x_all[torch.from_numpy(np.sort(rng.choice(n, min(n, cfg.eval_items), replace=False))).to(device)]
@@ -226,11 +226,15 @@ def train(
             _save_checkpoint(ckpt, model, opt, sched, epoch, {**meta, "history": history, "init": init_metrics})
 
     model.eval()
+    if model_cfg.last_level_balance > 0:
+        with torch.no_grad():
+            model.quantizer.fit_last_level_balance_(model.encode_latent(eval_x), model_cfg.last_level_balance)
     final = evaluate(model, eval_x)
     metrics = {
         **final,
         "n_train": n,
         "epochs": epochs,
+        "method": model_cfg.method,
         "steps": step,
         "device": device.type,
         "train_seconds": round(time.perf_counter() - t_start, 3),
