@@ -26,7 +26,12 @@ test: venv lint
 demo: venv
 	$(BIN)/python scripts/demo.py
 
-bench: venv
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/quality.py
 
 clean:

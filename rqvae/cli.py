@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=int, help="latent size; 0 = input dimension (default)")
     p.add_argument("--hidden", type=_int_list, help="hidden widths of the MLP branch, e.g. 64 or 128,64")
     p.add_argument("--distance", choices=["l2", "euclidean", "cosine"], help="code search distance")
-    p.add_argument("--kmeans-method", choices=["kmeans", "bkmeans", "none"], help="codebook initialisation")
+    p.add_argument("--kmeans-method", choices=["progressive", "kmeans", "bkmeans", "none"],
+                   help="codebook initialisation (default progressive: k-means over growing principal dims)")
     p.add_argument("--shared-codebook", action="store_true", default=None, help="one codebook for all levels")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

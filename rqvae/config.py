@@ -73,7 +73,7 @@ class ModelConfig(_Strict):
     latent_dim: int = 0
     hidden_channels: list[int] | None = None
     shared_codebook: bool = False
-    kmeans_method: str = "kmeans"
+    kmeans_method: str = "progressive"
     kmeans_iters: int = 20
     distances_method: str = "l2"
     loss_beta: float = 0.25

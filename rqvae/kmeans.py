@@ -17,8 +17,8 @@ from .search import Distance, nearest_codeword, search_table
 logger = logging.getLogger(__name__)
 
 KMeansFn = Callable[[torch.Tensor, int], torch.Tensor]
-METHODS = ("kmeans", "bkmeans", "none")
-KMeansMethod = Literal["kmeans", "bkmeans", "none"] | KMeansFn
+METHODS = ("kmeans", "progressive", "bkmeans", "none")
+KMeansMethod = Literal["kmeans", "progressive", "bkmeans", "none"] | KMeansFn
 
 _CHUNK = 4096  # rows per distance block: bounds the [k, chunk] matrix, keeps it cache-friendly
 PP_SAMPLE = 32_768  # points k-means++ seeding draws from
@@ -83,16 +83,29 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator | None = None)
 
 
 def _update(x: torch.Tensor, assign: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Mean of each cluster; an empty cluster takes the point worst served by its current centre."""
+    """Mean of each cluster; an empty cluster splits a populous one.
+
+    The split (the empty centre takes a slightly perturbed copy of a centre drawn in proportion to its
+    cluster's size, and the two move apart) keeps clusters even. Moving empty centres onto outliers instead
+    creates singleton clusters and collapses the usage of deeper levels in high dimensions.
+    """
     k = centroids.shape[0]
     sums = torch.zeros_like(centroids).index_add_(0, assign, x)
     counts = torch.bincount(assign, minlength=k).to(x.dtype)
     new = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centroids)
-    empty = torch.nonzero(counts == 0).flatten()
-    if empty.numel():
-        err = ((x - new[assign]) ** 2).sum(1)
-        worst = torch.topk(err, min(empty.numel(), x.shape[0])).indices
-        new[empty[: worst.numel()]] = x[worst]
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if not empty:
+        return new
+    weights = (counts - 1).clamp_min(0).double().cpu()
+    gen = torch.Generator().manual_seed(int(assign.shape[0]) + len(empty))  # deterministic per call
+    eps = 1.0 / 1024
+    for e in empty:
+        if float(weights.sum()) <= 0:
+            break
+        src = int(torch.multinomial(weights, 1, generator=gen))
+        new[e] = new[src] * (1 + eps)
+        new[src] = new[src] * (1 - eps)
+        weights[src] = weights[e] = (weights[src] - 1) / 2  # the two halves share the source's points
     return new
 
 
@@ -107,6 +120,40 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int) -> torch.Tensor:
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
     """k-means++ seeded Lloyd k-means: the codebook initialisation residual k-means (faiss RQ) uses."""
     return lloyd(x, kmeans_pp(x, k, generator), iters)
+
+
+def progressive_kmeans(
+    x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None, steps: int = 8
+) -> torch.Tensor:
+    """k-means over progressively more principal dimensions, each stage starting from the last one's clusters.
+
+    In high dimensions (and on the near-isotropic residuals of deeper levels) plain Lloyd from k-means++ seeds
+    settles in very uneven clusters: on MovieLens 384-d, level-3 perplexity 33 of 256. Clustering first along
+    the few directions of largest variance and adding dimensions geometrically (1, 2, 4, ... d) keeps the
+    clusters even (perplexity ~245) and lowers the error, as faiss's ResidualQuantizer does by default.
+    """
+    n, d = x.shape
+    if n <= k:
+        return random_init(x, k, generator)
+    mean = x.mean(0)
+    xc = x - mean
+    sample = xc[torch.randperm(n, generator=generator, device="cpu")[:50_000].to(x.device)]
+    _, _, vh = torch.linalg.svd(sample.double(), full_matrices=False)
+    vh = vh.to(x.dtype)
+    rotated = xc @ vh.t()
+    dims = sorted({max(1, round(d ** ((i + 1) / steps))) for i in range(steps)} | {d})
+    stage_iters = max(5, iters // 2)
+    full: torch.Tensor | None = None
+    for dim in dims:
+        part = rotated[:, :dim].contiguous()
+        start = kmeans_pp(part, k, generator) if full is None else full[:, :dim].contiguous()
+        assign, _ = nearest(part, lloyd(part, start, stage_iters))
+        sums = torch.zeros(k, d, dtype=x.dtype, device=x.device).index_add_(0, assign, rotated)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype).unsqueeze(1)
+        means = sums / counts.clamp_min(1)
+        full = torch.where(counts > 0, means, full if full is not None else means)
+    assert full is not None
+    return full @ vh + mean
 
 
 def balanced_assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -168,6 +215,8 @@ def fit_codebook(
         return out
     if method == "kmeans":
         return kmeans(x, k, iters, generator)
+    if method == "progressive":
+        return progressive_kmeans(x, k, iters, generator)
     if method == "bkmeans":
         return balanced_kmeans(x, k, iters, generator)
     if method == "none":

@@ -84,3 +84,24 @@ def test_dedup_numbers_items_of_a_tuple_by_item_id() -> None:
     assert dedup.tolist() == [2, 0, 0, 1, 1]
     full = np.column_stack([codes, dedup])
     assert len(np.unique(full, axis=0)) == len(ids)
+
+
+def test_progressive_kmeans_keeps_high_dimensional_clusters_even() -> None:
+    # near-isotropic 96-d data: plain Lloyd from k-means++ seeds leaves very uneven clusters
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6000, 96, generator=g) * torch.linspace(2.0, 0.5, 96)
+    k = 64
+
+    def perplexity(centres: torch.Tensor) -> float:
+        p = torch.bincount(nearest(x, centres)[0], minlength=k).double() / len(x)
+        p = p[p > 0]
+        return float(torch.exp(-(p * p.log()).sum()))
+
+    def sse(centres: torch.Tensor) -> float:
+        return float(nearest(x, centres)[1].sum())
+
+    plain = fit_codebook(x, k, "kmeans", 20, torch.Generator().manual_seed(0))
+    prog = fit_codebook(x, k, "progressive", 20, torch.Generator().manual_seed(0))
+    assert prog.shape == (k, 96)
+    assert perplexity(prog) > perplexity(plain)
+    assert sse(prog) <= sse(plain) * 1.01
