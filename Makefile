@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 
-.PHONY: venv test lint demo bench bench-scale clean
+.PHONY: venv test lint demo airflow bench bench-scale clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: venv lint
 
 demo: venv
 	$(BIN)/python scripts/demo.py
+
+# The Airflow UI (airflow standalone) with the demo's settings: log in as admin, trigger with the params form.
+airflow: venv
+	scripts/airflow_standalone.sh
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
