@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,14 @@ def pipeline_dag():
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}, bag.import_errors
     return bag.dags["rqvae_semantic_ids"]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """Fresh embeddings / work / publish roots for one module's DAG runs, set in the environment."""
+    base = tmp_path_factory.mktemp("roots")
+    found = {"embeddings": base / "embeddings", "work": base / "work", "publish": base / "published"}
+    with pytest.MonkeyPatch.context() as patch:
+        for kind, path in found.items():
+            patch.setenv(f"RQVAE_{kind.upper()}_ROOT", str(path))
+        yield found

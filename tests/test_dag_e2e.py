@@ -1,82 +1,22 @@
 """End-to-end runs of the real DAG with `dag.test()` (Airflow on SQLite, tasks in-process, small data).
 
-Each scenario gets its own roots (the tasks read them from the environment at run time), so the published
-folders seen here come from these runs only.
+Each module gets its own roots (the `roots` fixture; the tasks read them from the environment at run time), so
+the published folders seen here come from these runs only. The run helpers live in tests/helpers.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import DIM, TASK_IDS, latest, make_snapshot, run, states, xcoms
+
 pytestmark = pytest.mark.airflow
-
-DIM = 16
-SMALL = {
-    "num_codebooks": 2,
-    "codebook_size": 16,
-    "epochs": 1,
-    "batch_size": 256,
-    "expected_dim": DIM,
-    "min_items": 500,
-    "min_unique_ratio": 0.01,
-    "min_usage": 0.5,
-    "max_recon_mse": 0.05,
-}
-TASK_IDS = [
-    "wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "encode_items", "validate_codes",
-    "publish",
-]
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory) -> Iterator[dict[str, Path]]:
-    """Fresh embeddings / work / publish roots for one module's scenarios, set in the environment."""
-    base = tmp_path_factory.mktemp("roots")
-    found = {"embeddings": base / "embeddings", "work": base / "work", "publish": base / "published"}
-    with pytest.MonkeyPatch.context() as patch:
-        for kind, path in found.items():
-            patch.setenv(f"RQVAE_{kind.upper()}_ROOT", str(path))
-        yield found
-
-
-def make_snapshot(roots: dict[str, Path], snapshot: str, n: int = 3000, seed: int = 0) -> Path:
-    from rqvae.synth import synth
-
-    return synth(roots["embeddings"] / snapshot, n, dim=DIM, seed=seed)
-
-
-def run(dag, snapshot: str, **conf):
-    """Run the DAG for the day `snapshot` (its logical date), the way a scheduled or backfill run would."""
-    day = datetime.fromisoformat(snapshot).replace(tzinfo=UTC)
-    return dag.test(logical_date=day, run_conf={**SMALL, **conf})
-
-
-def states(dag_run) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
-
-
-def xcoms(dag_run) -> dict[str, object]:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, key="return_value"))
-        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
-
-
-def latest(roots) -> str | None:
-    from include.publish import read_latest
-
-    return read_latest(roots["publish"])
 
 
 def test_run_publishes_a_version_and_moves_latest(airflow_db, pipeline_dag, roots):

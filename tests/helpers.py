@@ -1,0 +1,67 @@
+"""Helpers shared by the tests that run the real DAG with `dag.test()` (Airflow on SQLite, tasks in-process).
+
+The `roots` fixture (tests/conftest.py) gives a module its own embeddings / work / publish roots; these
+functions run the DAG for one snapshot day and read back task states, XComs and the `latest` pointer.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+DIM = 16
+# Small enough that a run takes seconds on 2 CPU cores, large enough that the quality gates are meaningful.
+SMALL = {
+    "num_codebooks": 2,
+    "codebook_size": 16,
+    "epochs": 1,
+    "batch_size": 256,
+    "expected_dim": DIM,
+    "min_items": 500,
+    "min_unique_ratio": 0.01,
+    "min_usage": 0.5,
+    "max_recon_mse": 0.05,
+}
+TASK_IDS = [
+    "wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "encode_items", "validate_codes",
+    "publish",
+]
+
+
+def make_snapshot(roots: dict[str, Path], snapshot: str, n: int = 3000, seed: int = 0) -> Path:
+    """A complete synthetic snapshot (Parquet parts + `_SUCCESS`) under the embeddings root."""
+    from rqvae.synth import synth
+
+    return synth(roots["embeddings"] / snapshot, n, dim=DIM, seed=seed)
+
+
+def run(dag, snapshot: str, **conf):
+    """Run the DAG for the day `snapshot` (its logical date), the way a scheduled or backfill run would."""
+    day = datetime.fromisoformat(snapshot).replace(tzinfo=UTC)
+    return dag.test(logical_date=day, run_conf={**SMALL, **conf})
+
+
+def states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def xcoms(dag_run) -> dict[str, object]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, key="return_value"))
+        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+
+
+def latest(roots: dict[str, Path]) -> str | None:
+    from include.publish import read_latest
+
+    return read_latest(roots["publish"])
+
+
+def tree(folder: Path) -> set[str]:
+    """Every path under `folder` (relative, symlinks not followed): the before/after picture of a root."""
+    if not folder.exists():
+        return set()
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
