@@ -75,7 +75,7 @@ FAIL_ON_BAD_INPUT = ExceptionRetryPolicy(
 PARAMS = {
     "snapshot": Param(
         "",
-        type="string",
+        type=["null", "string"],  # optional in the UI form: a plain "string" is required there (Trigger disabled)
         pattern=r"^(\d{4}-\d{2}-\d{2})?$",
         title="Snapshot",
         description="Snapshot date YYYY-MM-DD to process; empty = the run's date (logical date, else run_after).",
@@ -83,7 +83,7 @@ PARAMS = {
     ),
     "embeddings_root": Param(
         "",
-        type="string",
+        type=["null", "string"],
         title="Embeddings root",
         description="Folder holding {snapshot}/ sub-folders: empty = the configured root; a sub-folder "
         "(e.g. movielens) reads {root}/movielens/{snapshot}/ and gets its own work and publish namespace. "
