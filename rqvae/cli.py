@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--allow-pickle", action="store_true", help="read .pkl inputs (runs code from the file!)")
+    p.add_argument("--expected-dim", type=int, default=0,
+                   help="refuse inputs whose vectors do not have this many values (default 0: any)")
+    p.add_argument("--min-items", type=int, default=1, help="refuse inputs with fewer rows (a truncated export)")
 
     p = add("encode", "Encode every item into semantic IDs (Parquet: item_id, codes, dedup).")
     p.add_argument("--model", required=True, help="model directory written by `rqvae train`")
@@ -145,7 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .validate import check_embeddings
 
     data = read_embeddings(args.embeddings, allow_pickle=args.allow_pickle)
-    check_embeddings(data.ids, data.vectors, path=args.embeddings)
+    check_embeddings(data.ids, data.vectors, expected_dim=args.expected_dim, min_items=args.min_items,
+                     path=args.embeddings)
     model_cfg, train_cfg = _train_configs(args, data.vectors.shape[1])
     result = train(data.vectors, model_cfg, train_cfg, out_dir=args.out, show_progress=not args.quiet)
     print(json.dumps({"model": str(args.out), **_round(result.metrics)}))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -325,10 +326,14 @@ def _locate_json_error(file: Path, id_key: str, vec_key: str, rows_ok: int, caus
 
 
 def _json_line_problem(line: bytes, id_key: str, vec_key: str) -> tuple[str | None, object]:
+    text = line.rstrip(b"\r\n")
     try:
-        obj = json.loads(line)
+        obj = json.loads(text)
     except ValueError as exc:
-        return f"broken JSON line ({exc})", None
+        # A cut-off line usually still starts with its id: recover it so the message names the item.
+        found = re.search(rb'"' + re.escape(id_key.encode()) + rb'"\s*:\s*(-?\d+)', text)
+        where = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return f"broken JSON line ({where})", int(found.group(1)) if found else None
     if not isinstance(obj, dict):
         return "JSON line is not an object", None
     item_id = obj.get(id_key)

@@ -8,6 +8,7 @@ is a top-level package of the project, as it is for the Airflow workers.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -74,3 +75,19 @@ def roots(tmp_path_factory) -> Iterator[dict[str, Path]]:
         for kind, path in found.items():
             patch.setenv(f"RQVAE_{kind.upper()}_ROOT", str(path))
         yield found
+
+
+@pytest.fixture(scope="session")
+def reliability_log() -> Iterator[list[dict]]:
+    """Outcomes the reliability tests record (bad inputs, faults, security checks), one dict each.
+
+    With RQVAE_RELIABILITY_JSON set they are written there at the end of the session; scripts/
+    reliability_report.py sets it and renders docs/reliability.md from the file, so the document always
+    says what the tests observed.
+    """
+    records: list[dict] = []
+    yield records
+    target = os.environ.get("RQVAE_RELIABILITY_JSON")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(records, indent=2, default=str) + "\n")
