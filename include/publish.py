@@ -221,11 +221,25 @@ def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bo
 
 
 def _remove_leftovers(root: Path, snapshot: str) -> None:
-    """Delete staging / moved-aside folders of this snapshot left by a crashed publish (we hold the lock)."""
-    for pattern in (f".staging-{snapshot}-*", f".old-{snapshot}-*"):
-        for leftover in root.glob(pattern):
-            log.warning("removing leftover %s from an interrupted publish", leftover)
-            shutil.rmtree(leftover)
+    """Clean up after a publish killed half way (we hold the lock, so no other publisher is mid-way).
+
+    A version moved aside whose replacement never arrived is moved back first: it is complete and `latest`
+    may name it. Then staging folders, moved-aside copies and the temp pointers of `latest` are deleted.
+    """
+    final = root / snapshot
+    for old in sorted(root.glob(f".old-{snapshot}-*")):
+        if not final.exists() and (old / MANIFEST).is_file():
+            log.warning("restoring %s: an interrupted publish had moved it aside", final)
+            os.rename(old, final)
+            continue
+        log.warning("removing leftover %s from an interrupted publish", old)
+        shutil.rmtree(old)
+    for leftover in root.glob(f".staging-{snapshot}-*"):
+        log.warning("removing leftover %s from an interrupted publish", leftover)
+        shutil.rmtree(leftover)
+    for pointer in [*root.glob(f".{LATEST}-*"), *root.glob(f".{LATEST_JSON}.tmp-*")]:
+        log.warning("removing leftover %s from an interrupted switch of %s", pointer.name, LATEST)
+        pointer.unlink()
 
 
 @contextmanager

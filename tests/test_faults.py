@@ -1,0 +1,413 @@
+"""Faults: a publish or an encode killed at each step, a killed training task retried, two snapshots at once,
+the same snapshot published twice. Whatever happens, consumers see the previous version or the complete new
+one, and a retry ends with exactly one consistent version per snapshot.
+
+A kill is simulated faithfully: the stage runs in a child process whose step function is wrapped to call
+`os._exit(137)` (what SIGKILL leaves: no `finally`, no cleanup), then the test inspects the folders and
+retries the stage in-process, as Airflow's retry of the task would.
+(The library-level kill/resume of training is tests/test_train_resume.py; the test here covers the
+`train_rqvae` stage the DAG retries.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from include import publish as publish_module
+from include.encode_items import encode_items
+from include.files import read_json, sha256_file
+from include.layout import RunFolder
+from include.load_embeddings import load_embeddings
+from include.publish import LATEST, LATEST_JSON, LOCK_FILE, MANIFEST, publish, read_latest
+from include.train_rqvae import train_rqvae
+from include.validate_codes import validate_codes
+from include.validate_dims import validate_dims
+from rqvae.io import read_semantic_ids
+from rqvae.synth import synth
+
+DIM = 16
+OLD, NEW = "2026-07-01", "2026-07-02"
+KILLED = 137
+STAGE_ARGS = {"num_codebooks": 2, "codebook_size": 16, "epochs": 1, "batch_size": 128}
+CODE_CHECKS = {"min_unique_ratio": 0.01, "min_usage": 0.25, "max_recon_mse": 1.0}
+
+
+def prepare(snapshot_dir: Path, work_dir: Path, **train_args) -> dict:
+    """Run the stages up to validate_codes: a work folder ready to publish."""
+    loaded = load_embeddings(snapshot_dir, work_dir)
+    folder = RunFolder(work_dir)
+    validate_dims(loaded["path"], folder.input_report, expected_dim=DIM, min_items=100)
+    trained = train_rqvae(loaded["path"], work_dir, **{**STAGE_ARGS, **train_args})
+    encoded = encode_items(trained["model_path"], loaded["path"], work_dir)
+    validate_codes(
+        encoded["path"], loaded["path"], folder.codes_report, codebook_sizes=encoded["codebook_size"],
+        recon_mse=encoded["recon_mse"], **CODE_CHECKS,
+    )
+    return {"loaded": loaded, "trained": trained, "encoded": encoded}
+
+
+@pytest.fixture(scope="module")
+def ready(tmp_path_factory) -> Path:
+    """One trained, encoded and validated work folder; publishing it under any snapshot name is valid."""
+    base = tmp_path_factory.mktemp("faults")
+    synth(base / "input", 800, dim=DIM, seed=4)
+    prepare(base / "input", base / "work")
+    return base / "work"
+
+
+def verify(version: Path) -> None:
+    """A published version is complete: exactly the files its manifest lists, each with its checksum."""
+    manifest = read_json(version / MANIFEST)
+    assert manifest["snapshot"] == version.name
+    found = {p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file()}
+    assert found == set(manifest["files"]) | {MANIFEST}, sorted(found ^ set(manifest["files"]))
+    for name, entry in manifest["files"].items():
+        assert sha256_file(version / name) == entry["sha256"], name
+    assert pq.ParquetFile(version / "semantic_ids.parquet").metadata.num_rows == manifest["counts"]["n_items"]
+
+
+def consistent(root: Path, versions: set[str], latest: str) -> None:
+    """The end state after any retry: these versions, all complete, both pointers agree, nothing left over."""
+    assert {p.name for p in root.iterdir() if not p.name.startswith(".")} == versions | {LATEST, LATEST_JSON}
+    assert {p.name for p in root.iterdir() if p.name.startswith(".")} == {LOCK_FILE}, "leftovers of a crash"
+    for name in versions:
+        verify(root / name)
+    assert os.readlink(root / LATEST) == latest and read_json(root / LATEST_JSON)["snapshot"] == latest
+    assert read_latest(root) == latest
+
+
+# Each fault wraps one step of include.publish in the child and exits at it, as a SIGKILL there would.
+PUBLISH_FAULTS = {
+    "staging_half_written": "p._make_readable = lambda folder: die()",
+    "staging_written": "p._stage = after(p._stage)",
+    "renamed_into_place": "p._swap_in = after(p._swap_in)",
+    "temp_link_made": "os.replace = before(os.replace, lambda src, dst: Path(dst).name == 'latest')",
+    "latest_switched_json_not": "p.write_json_atomic = before(p.write_json_atomic, "
+    "lambda path, payload: Path(path).name == 'latest.json')",
+    "old_moved_aside": "os.rename = before(os.rename, lambda src, dst: Path(src).name.startswith('.staging-'))",
+    "new_in_old_not_deleted": "p.shutil.rmtree = before(shutil.rmtree, "
+    "lambda path: Path(path).name.startswith('.old-'))",
+}
+CHILD = """
+import os, shutil, sys
+from pathlib import Path
+from include import publish as p
+
+def die():
+    os._exit({killed})
+
+def after(step):
+    def wrapped(*args, **kwargs):
+        step(*args, **kwargs)
+        die()
+    return wrapped
+
+def before(step, when):
+    def wrapped(*args, **kwargs):
+        if when(*args, **kwargs):
+            die()
+        return step(*args, **kwargs)
+    return wrapped
+
+{patch}
+p.publish(sys.argv[1], sys.argv[2], sys.argv[3], run_id="killed")
+"""
+
+
+def killed_publish(fault: str, snapshot: str, work: Path, root: Path) -> int:
+    script = CHILD.format(killed=KILLED, patch=PUBLISH_FAULTS[fault])
+    done = subprocess.run([sys.executable, "-c", script, snapshot, str(work), str(root)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == KILLED, f"the fault at {fault} did not fire: {done.stderr[-2000:]}"
+    return done.returncode
+
+
+@pytest.mark.parametrize("fault", list(PUBLISH_FAULTS))
+def test_publish_killed_at_each_step_keeps_latest_and_the_retry_completes(fault, ready, tmp_path, reliability_log):
+    root = tmp_path / "published"
+    publish(OLD, ready, root, run_id="old")
+    republish = fault in ("old_moved_aside", "new_in_old_not_deleted")
+    if republish:  # these steps exist only when a snapshot is published again
+        publish(NEW, ready, root, run_id="first")
+    before = read_latest(root)
+    killed_publish(fault, NEW, ready, root)
+
+    # What a consumer sees right after the kill.
+    verify(root / OLD)
+    if fault == "latest_switched_json_not":  # the atomic switch happened: latest is the complete new version
+        assert os.readlink(root / LATEST) == NEW and read_json(root / LATEST_JSON)["snapshot"] == OLD
+        verify(root / NEW)
+    elif fault == "old_moved_aside":  # the gap between two renames: the old copy waits beside, complete
+        assert read_latest(root) == before == NEW and not (root / NEW).exists()
+        (aside,) = root.glob(f".old-{NEW}-*")
+        verify_as(aside, NEW)
+    else:
+        assert read_latest(root) == before
+        assert (root / LATEST).resolve() == (root / before).resolve()
+        verify(root / before)
+    leftovers = sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE)
+    after_kill = read_latest(root)
+
+    if fault == "old_moved_aside":  # a first retry that fails too (disk full) must still bring the old copy back
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(publish_module, "_stage", _disk_full)
+            with pytest.raises(OSError, match="No space left"):
+                publish(NEW, ready, root, run_id="failed-retry")
+        assert read_latest(root) == NEW and (root / LATEST).resolve() == (root / NEW).resolve()
+        verify(root / NEW)
+    result = publish(NEW, ready, root, run_id="retry")  # Airflow's retry of the publish task
+    consistent(root, {OLD, NEW}, NEW)
+    assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] == "retry" and result["latest"] == NEW
+    reliability_log.append(
+        {
+            "section": "fault",
+            "fault": f"publish killed: {fault.replace('_', ' ')}",
+            "left_behind": ", ".join(_generic(n) for n in leftovers) or "nothing",
+            "latest_before": before,
+            "latest_after_kill": after_kill,
+            "after_retry": f"versions {OLD} + {NEW} complete, latest -> {NEW}, no leftovers",
+            "versions_lost": 0,
+        }
+    )
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def verify_as(folder: Path, snapshot: str) -> None:
+    """`verify` for a copy under another folder name (a version moved aside)."""
+    manifest = read_json(folder / MANIFEST)
+    assert manifest["snapshot"] == snapshot
+    for name, entry in manifest["files"].items():
+        assert sha256_file(folder / name) == entry["sha256"], name
+
+
+def _generic(name: str) -> str:
+    """`.staging-2026-07-02-1a2b3c4d` -> `.staging-2026-07-02-*`: the report shows kinds, not random suffixes."""
+    head, sep, tail = name.rpartition("-")
+    return f"{head}-*" if sep and len(tail) == 8 else name
+
+
+# ------------------------------------------------------------------------------------------------ encode
+
+ENCODE_CHILD = """
+import os, sys
+from rqvae import io
+from include.encode_items import encode_items
+fault = sys.argv[4]
+original_write, original_exit = io.SemanticIdWriter.write, io.SemanticIdWriter.__exit__
+
+def write(self, ids, codes, dedup):
+    if fault == "mid_write":
+        half = len(ids) // 2
+        original_write(self, ids[:half], codes[:half], dedup[:half])
+        self._writer.close()  # the half file is on disk, as a kill after a flushed row group leaves it
+        os._exit({killed})
+    original_write(self, ids, codes, dedup)
+
+def exit_(self, *args):
+    if fault == "before_rename" and args[0] is None:
+        self._writer.close()
+        os._exit({killed})
+    return original_exit(self, *args)
+
+io.SemanticIdWriter.write, io.SemanticIdWriter.__exit__ = write, exit_
+encode_items(sys.argv[1], sys.argv[2], sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("fault", ["mid_write", "before_rename"])
+def test_retried_encode_overwrites_its_own_output_and_never_duplicates_rows(fault, ready, tmp_path, reliability_log):
+    folder = RunFolder(ready)
+    expected_ids = pq.read_table(folder.embeddings, columns=["item_id"]).column("item_id").to_numpy()
+    first = encode_items(folder.model_dir, folder.embeddings, ready)
+    checksum = sha256_file(folder.semantic_ids)
+    ids0, codes0, dedup0 = read_semantic_ids(folder.semantic_ids)
+
+    script = ENCODE_CHILD.format(killed=KILLED)
+    done = subprocess.run([sys.executable, "-c", script, str(folder.model_dir), str(folder.embeddings), str(ready),
+                           fault], capture_output=True, text=True, timeout=120)
+    assert done.returncode == KILLED, done.stderr[-2000:]
+    assert sha256_file(folder.semantic_ids) == checksum, "a killed encode must not touch the complete output"
+    partial = folder.semantic_ids.with_name(folder.semantic_ids.name + ".tmp")
+    assert partial.exists()  # what the kill left: only the writer's own temp file
+
+    again = encode_items(folder.model_dir, folder.embeddings, ready)  # the retry
+    assert not partial.exists()
+    ids, codes, dedup = read_semantic_ids(folder.semantic_ids)
+    assert len(ids) == len(expected_ids) == first["n_items"] == again["n_items"]
+    assert len(np.unique(ids)) == len(ids), "duplicated rows"
+    assert np.array_equal(np.sort(ids), np.sort(expected_ids))
+    assert np.array_equal(ids, ids0) and np.array_equal(codes, codes0) and np.array_equal(dedup, dedup0)
+    reliability_log.append(
+        {
+            "section": "fault",
+            "fault": f"encode killed: {fault.replace('_', ' ')}",
+            "left_behind": "semantic_ids.parquet.tmp (the complete earlier output untouched)",
+            "latest_after_kill": "n/a (work folder)",
+            "after_retry": f"{len(ids)} rows, each item once, codes identical to the first run",
+            "versions_lost": 0,
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+TRAIN_CHILD = """
+import sys
+from include.train_rqvae import train_rqvae
+train_rqvae(sys.argv[1], sys.argv[2], num_codebooks=2, codebook_size=16, epochs=8, batch_size=32)
+"""
+
+
+def test_killed_train_task_resumes_from_its_checkpoint_on_retry(ready, tmp_path, reliability_log):
+    """The DAG path of a killed training: the `train_rqvae` stage rerun on the same work folder resumes."""
+    from rqvae.train import CHECKPOINT_DIR
+
+    work = tmp_path / "work"
+    work.mkdir()
+    artifact = RunFolder(ready).embeddings
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(artifact), str(work)], start_new_session=True)
+    progress = RunFolder(work).model_dir / CHECKPOINT_DIR / "progress.json"
+    deadline = time.monotonic() + 120
+    while not progress.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    saved = read_json(progress)["epoch"]
+
+    result = train_rqvae(artifact, work, num_codebooks=2, codebook_size=16, epochs=8, batch_size=32)
+    assert 1 <= saved <= result["resumed_from_epoch"] < 8
+    assert (RunFolder(work).model_dir / "model.safetensors").exists()
+    assert not (RunFolder(work).model_dir / CHECKPOINT_DIR).exists()
+    reliability_log.append(
+        {
+            "section": "fault",
+            "fault": "train_rqvae killed (SIGKILL) after its first epoch checkpoint",
+            "left_behind": f"model/checkpoint/ at epoch {saved}",
+            "latest_after_kill": "n/a (work folder)",
+            "after_retry": f"resumed from epoch {result['resumed_from_epoch']}, finished 8 epochs",
+            "versions_lost": 0,
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+
+MUTATING_EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.symlink",
+                   "shutil.copyfile", "shutil.copytree", "os.truncate", "os.chmod"}
+_AUDIT: dict[str, object] = {"labels": {}, "events": []}
+
+
+def _audit(event: str, args: tuple) -> None:
+    """Record every file path a labelled thread opens or changes (Python-level calls; see the test)."""
+    label = _AUDIT["labels"].get(threading.get_ident())  # type: ignore[union-attr]
+    if label is None or not (event == "open" or event in MUTATING_EVENTS):
+        return
+    for arg in args:
+        if isinstance(arg, str | bytes | os.PathLike):
+            _AUDIT["events"].append((label, event, os.fsdecode(arg)))  # type: ignore[union-attr]
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed; this one is inert for unlabelled threads
+
+
+def test_two_snapshots_at_once_never_touch_each_others_folders(tmp_path, reliability_log):
+    roots = {k: tmp_path / k for k in ("embeddings", "work", "published")}
+    days = {"2026-08-01": 1, "2026-08-02": 2}
+    for day, seed in days.items():
+        synth(roots["embeddings"] / day, 700, dim=DIM, seed=seed)
+    barrier = threading.Barrier(len(days))
+    errors: list[BaseException] = []
+
+    def process(day: str) -> None:
+        _AUDIT["labels"][threading.get_ident()] = day  # type: ignore[index]
+        try:
+            barrier.wait()
+            prepare(roots["embeddings"] / day, roots["work"] / day)
+            publish(day, roots["work"] / day, roots["published"], run_id=day)
+        except BaseException as exc:  # surfaced below, with the thread's traceback
+            errors.append(exc)
+        finally:
+            _AUDIT["labels"].pop(threading.get_ident(), None)  # type: ignore[union-attr]
+
+    threads = [threading.Thread(target=process, args=(day,)) for day in days]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+
+    events = list(_AUDIT["events"])  # type: ignore[arg-type]
+    _AUDIT["events"].clear()  # type: ignore[union-attr]
+    seen = {day: {path for label, _, path in events if label == day} for day in days}
+    for day, other in (tuple(days), tuple(reversed(list(days)))):
+        own = [p for p in seen[day] if str(roots["work"]) in p or str(roots["published"]) in p]
+        assert own, f"no file activity recorded for {day}"
+        foreign = [p for p in seen[day] if other in p]
+        assert not foreign, f"{day} touched {other}'s paths: {foreign[:5]}"
+    for day in days:
+        verify(roots["published"] / day)
+        published = pq.read_table(roots["published"] / day / "semantic_ids.parquet").column("item_id").to_numpy()
+        source = pq.read_table(roots["embeddings"] / day).column("item_id").to_numpy()
+        assert np.array_equal(np.sort(published), np.sort(source)), f"{day} published another snapshot's items"
+        checksum = read_json(roots["published"] / day / MANIFEST)["checksums"]["input"]
+        assert checksum == sha256_file(roots["work"] / day / "embeddings.parquet")
+    consistent(roots["published"], set(days), max(days))
+    reliability_log.append(
+        {
+            "section": "fault",
+            "fault": "two snapshots processed at the same time (two threads, load -> publish)",
+            "left_behind": f"{len(events)} file operations traced, none on the other snapshot's paths",
+            "latest_after_kill": "n/a",
+            "after_retry": f"both versions complete with their own items, latest -> {max(days)}",
+            "versions_lost": 0,
+        }
+    )
+
+
+def test_publishing_the_same_snapshot_twice_yields_one_consistent_version(ready, tmp_path, reliability_log):
+    root = tmp_path / "published"
+    publish(OLD, ready, root, run_id="old")
+    first = publish(NEW, ready, root, run_id="first")
+    second = publish(NEW, ready, root, run_id="second")  # a cleared task or a re-triggered run
+    assert first["version_path"] == second["version_path"]
+    consistent(root, {OLD, NEW}, NEW)
+    assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] == "second"
+
+    barrier = threading.Barrier(2)
+    results: list[dict] = []
+
+    def again(run_id: str) -> None:
+        barrier.wait()
+        results.append(publish(NEW, ready, root, run_id=run_id))
+
+    threads = [threading.Thread(target=again, args=(f"concurrent-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 2
+    consistent(root, {OLD, NEW}, NEW)
+    assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] in {"concurrent-0", "concurrent-1"}
+    reliability_log.append(
+        {
+            "section": "fault",
+            "fault": "the same snapshot published twice, then twice at the same time",
+            "left_behind": "nothing",
+            "latest_after_kill": "n/a",
+            "after_retry": f"one version {NEW} (the last publisher's), complete; {OLD} untouched",
+            "versions_lost": 0,
+        }
+    )
