@@ -204,6 +204,34 @@ PARAMS = {
         description="Also publish semantic_id_dict.json ({item_id: [codes]}) for the existing inference code.",
         section="Output",
     ),
+    "mode": Param(
+        "retrain",
+        type="string",
+        enum=["retrain", "incremental", "auto"],
+        title="Mode",
+        description="retrain: a new model, all IDs recomputed. incremental: reuse the latest published model, keep "
+        "the published ID of every item whose embedding is unchanged, encode only new or changed items. auto: "
+        "incremental unless the published model's recon MSE on new items exceeds its recorded one by the "
+        "retrain factor. Without a published version every mode retrains.",
+        section="Stability",
+    ),
+    "retrain_factor": Param(
+        1.5,
+        type="number",
+        exclusiveMinimum=0,
+        title="Retrain factor (auto)",
+        description="auto retrains when recon MSE on new/changed items > factor x the published model's recon MSE.",
+        section="Stability",
+    ),
+    "collision_mode": Param(
+        "dedup",
+        type="string",
+        enum=["dedup", "reassign"],
+        title="Collision resolution",
+        description="dedup: items sharing codes get a dedup digit 0, 1, ... reassign: colliding items move to the "
+        "nearest free last-level code of their prefix (IDs stay L codes; dedup only where a prefix is full).",
+        section="Stability",
+    ),
 }
 
 
@@ -301,13 +329,24 @@ def rqvae_semantic_ids() -> None:
             epochs=int(params["epochs"]),
             batch_size=int(params["batch_size"]),
             max_train_items=int(params["max_train_items"]),
+            mode=str(params.get("mode", "retrain")),
+            publish_root=run["publish_root"],
+            retrain_factor=float(params.get("retrain_factor", 1.5)),
         )
 
     @task(task_id="encode_items", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
     def encode_items(run: dict[str, str], loaded: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
         from include import encode_items as stage
 
-        return stage.encode_items(trained["model_path"], loaded["path"], run["work_dir"], total=loaded["n_items"])
+        params = _params()
+        return stage.encode_items(
+            trained["model_path"],
+            loaded["path"],
+            run["work_dir"],
+            total=loaded["n_items"],
+            collision_mode=str(params.get("collision_mode", "dedup")),
+            mode=trained.get("mode"),
+        )
 
     @task(task_id="validate_codes")
     def validate_codes(run: dict[str, str], loaded: dict[str, Any], encoded: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,16 @@ class RunFolder:
     def semantic_ids(self) -> Path:
         return self.root / "semantic_ids.parquet"
 
+    @property
+    def item_hashes(self) -> Path:
+        """item_id + emb_hash of every item: what an incremental run compares to find changed embeddings."""
+        return self.root / "item_hashes.parquet"
+
+    @property
+    def recon_errors(self) -> Path:
+        """A sample of per-item reconstruction errors (.npy) for the report's histogram."""
+        return self.root / "recon_errors.npy"
+
     def reset(self) -> None:
         """Empty the folder: a new load invalidates every downstream artifact of an earlier run."""
         if self.root.exists():

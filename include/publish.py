@@ -28,6 +28,7 @@ from typing import Any
 
 from include.files import read_json, sha256_file, sha256_tree, write_json_atomic
 from include.layout import RunFolder
+from include.publish_report import add_extras
 from include.snapshot import parse_snapshot
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def _stage(
         from rqvae.io import write_json_dict
 
         n_json = write_json_dict(staging / "semantic_ids.parquet", staging / JSON_DICT)
+    extras = add_extras(staging, folder, snapshot, upstream)  # item hashes, churn, collisions, report/
 
     _make_readable(staging)
     metadata = pq.ParquetFile(staging / "semantic_ids.parquet").metadata
@@ -159,6 +161,7 @@ def _stage(
         "config": {"model": read_json(folder.model_dir / "config.json"), "params": params},
         "metrics": {"train": train.get("metrics", {}), "encode": encode, "codes": codes_report.get("metrics", {})},
         "validation": {"input": _brief(input_report), "codes": _brief(codes_report)},
+        **extras,
         "checksums": {
             "input": load.get("checksum") or sha256_file(folder.embeddings),
             "model": model_checksum,

@@ -1,0 +1,214 @@
+"""Stable IDs across daily runs: the `mode` param (`retrain` | `incremental` | `auto`) and ID churn.
+
+`incremental` reuses the model of the latest published version, keeps the published ID of every item whose
+embedding hash is unchanged, encodes only new or changed items and resolves their collisions around the kept
+IDs. `auto` picks incremental unless the published model reconstructs the new or changed items much worse
+than it did its own items (recon MSE over `retrain_factor` x the recorded one): then the catalogue drifted
+and a fresh model is worth the renamed IDs. Without a published version, every mode retrains.
+
+Everything is derived from `{publish_root}/latest` and the work folder; the XComs carry only small dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from include.files import read_json
+
+log = logging.getLogger(__name__)
+
+MODES = ("retrain", "incremental", "auto")
+ITEM_HASHES = "item_hashes.parquet"  # published beside semantic_ids.parquet: item_id, emb_hash
+AUTO_SAMPLE = 100_000  # new or changed items scored by `auto` (a seeded sample when there are more)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
+    return mode
+
+
+def latest_version(publish_root: str | Path | None) -> Path | None:
+    """The folder `latest` names, when it exists and holds a model, ids and hashes to build on."""
+    from include.publish import read_latest
+
+    if publish_root is None:
+        return None
+    name = read_latest(publish_root)
+    if name is None:
+        return None
+    version = Path(publish_root) / name
+    needed = [version / "model" / "config.json", version / "semantic_ids.parquet", version / ITEM_HASHES]
+    if not all(p.exists() for p in needed):
+        missing = [p.name for p in needed if not p.exists()]
+        log.warning("latest version %s lacks %s: cannot build on it", version, missing)
+        return None
+    return version
+
+
+def plan(
+    mode: str,
+    publish_root: str | Path | None,
+    artifact: str | Path,
+    *,
+    retrain_factor: float = 1.5,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Decide how this run gets its model: `{requested, used, reason, base_version, ...}` (small, for XCom)."""
+    check_mode(mode)
+    decision: dict[str, Any] = {"requested": mode, "used": "retrain", "base_version": None}
+    if mode == "retrain":
+        decision["reason"] = "mode retrain"
+        return decision
+    version = latest_version(publish_root)
+    if version is None:
+        decision["reason"] = "no published version to build on"
+        return decision
+    from rqvae.checkpoint import read_config
+    from rqvae.stability import file_hashes, read_hashes, unchanged_items
+
+    model_cfg = read_config(version / "model")["model"]
+    ids, hashes = file_hashes(artifact)
+    old_ids, old_hashes = read_hashes(version / ITEM_HASHES)
+    kept = unchanged_items(old_ids, old_hashes, ids, hashes)
+    decision.update(
+        base_version=str(version),
+        n_items=int(len(ids)),
+        n_unchanged=int(kept.sum()),
+        n_new_or_changed=int((~kept).sum()),
+    )
+    dim = _artifact_dim(artifact)
+    if int(model_cfg["input_dim"]) != dim:
+        decision["reason"] = f"embedding dimension changed ({model_cfg['input_dim']} -> {dim})"
+        return decision
+    if mode == "incremental":
+        decision.update(used="incremental", reason="mode incremental")
+        return decision
+    published = _published_recon_mse(version)
+    new_mse = _recon_mse_of(version / "model", artifact, ids[~kept], device) if (~kept).any() else None
+    decision.update(recon_mse_new=new_mse, recon_mse_published=published, retrain_factor=retrain_factor)
+    if new_mse is not None and published is not None and new_mse > retrain_factor * published:
+        decision["reason"] = f"recon MSE on new items {new_mse:.6g} > {retrain_factor} x published {published:.6g}"
+        return decision
+    decision.update(used="incremental", reason="published model still fits the new items")
+    return decision
+
+
+def reuse_model(version: str | Path, model_dir: str | Path) -> Path:
+    """Copy the published model into the work folder (the run then publishes the same weights)."""
+    model_dir = Path(model_dir)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.copytree(Path(version) / "model", model_dir)
+    return model_dir
+
+
+def published_metrics(version: str | Path) -> dict[str, Any]:
+    """The train metrics a version's manifest recorded (incremental runs report them as their own)."""
+    manifest = Path(version) / "manifest.json"
+    return read_json(manifest).get("metrics", {}).get("train", {}) if manifest.exists() else {}
+
+
+def pinned_ids(version: str | Path, artifact: str | Path):
+    """The published IDs to keep: items of the artifact whose embedding hash equals the published one.
+
+    Returns (rqvae.encode.PinnedIds, item ids of the artifact sorted, their hashes).
+    """
+    import numpy as np
+
+    from rqvae.encode import PinnedIds
+    from rqvae.io import read_semantic_ids
+    from rqvae.stability import file_hashes, read_hashes, unchanged_items
+
+    version = Path(version)
+    ids, hashes = file_hashes(artifact)
+    old_ids, old_hashes = read_hashes(version / ITEM_HASHES)
+    keep_ids = ids[unchanged_items(old_ids, old_hashes, ids, hashes)]
+    p_ids, p_codes, p_dedup = read_semantic_ids(version / "semantic_ids.parquet")
+    order = np.argsort(p_ids, kind="stable")
+    p_ids, p_codes, p_dedup = p_ids[order], p_codes[order], p_dedup[order]
+    take = np.isin(p_ids, keep_ids, assume_unique=True)
+    return PinnedIds(p_ids[take], p_codes[take], p_dedup[take]), ids, hashes
+
+
+def previous_version(publish_root: str | Path, snapshot: str) -> Path | None:
+    """The newest published version older than `snapshot` (what this one replaces for consumers)."""
+    from include.snapshot import parse_snapshot
+
+    root = Path(publish_root)
+    if not root.is_dir():
+        return None
+    older = []
+    for child in root.iterdir():
+        if child.is_symlink() or not child.is_dir() or child.name.startswith("."):
+            continue
+        try:
+            name = parse_snapshot(child.name)
+        except ValueError:
+            continue
+        if name < snapshot and (child / "semantic_ids.parquet").exists():
+            older.append(name)
+    return root / max(older) if older else None
+
+
+def churn_against_previous(publish_root: str | Path, snapshot: str, semantic_ids: str | Path) -> dict[str, Any]:
+    """`{previous, common_items, changed_items, churn, added_items, removed_items}`; churn None without one."""
+    from rqvae.stability import id_churn
+
+    previous = previous_version(publish_root, snapshot)
+    if previous is None:
+        return {"previous": None, "churn": None}
+    return {"previous": previous.name, **id_churn(previous / "semantic_ids.parquet", semantic_ids)}
+
+
+def _artifact_dim(artifact: str | Path) -> int:
+    import pyarrow.parquet as pq
+
+    field = pq.ParquetFile(artifact).schema_arrow.field("embedding").type
+    return int(getattr(field, "list_size", 0) or 0) or _first_row_dim(artifact)
+
+
+def _first_row_dim(artifact: str | Path) -> int:
+    from rqvae.io import iter_embeddings
+
+    for _, x in iter_embeddings(artifact, batch_rows=1):
+        return int(x.shape[1])
+    return 0
+
+
+def _published_recon_mse(version: Path) -> float | None:
+    metrics = read_json(version / "manifest.json").get("metrics", {}) if (version / "manifest.json").exists() else {}
+    for source in ("encode", "codes", "train"):
+        value = metrics.get(source, {}).get("recon_mse")
+        if value is not None:
+            return float(value)
+    return None
+
+
+def _recon_mse_of(model_dir: Path, artifact: str | Path, item_ids, device: str) -> float:
+    """Recon MSE of the published model on (a seeded sample of) the given items."""
+    import numpy as np
+    import torch
+
+    from rqvae.checkpoint import load_model
+    from rqvae.io import iter_embeddings
+    from rqvae.model import resolve_device
+
+    ids = np.sort(np.asarray(item_ids, np.int64))
+    if len(ids) > AUTO_SAMPLE:
+        ids = np.sort(np.random.default_rng(0).choice(ids, AUTO_SAMPLE, replace=False))
+    model = load_model(model_dir, device=resolve_device(device)).eval()
+    total, count = 0.0, 0
+    for batch_ids, x in iter_embeddings(artifact):
+        hit = np.isin(np.asarray(batch_ids, np.int64), ids)
+        if not hit.any():
+            continue
+        xt = torch.from_numpy(np.ascontiguousarray(x[hit], np.float32)).to(model.device)
+        with torch.no_grad():
+            err = (model.decode_codes(model.encode(xt)) - xt) ** 2
+        total += float(err.double().sum())
+        count += int(err.numel())
+    return total / count
