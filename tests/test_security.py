@@ -1,0 +1,248 @@
+"""Security: no code path unpickles model files, trigger-form paths cannot leave the configured roots, no
+secret is committed, and neither the compose file nor the stack script turns login off.
+
+Already covered elsewhere and referenced by docs/reliability.md: model weights are safetensors, a tampered
+weights file and a pickle smuggled in as weights are refused (tests/test_checkpoint.py); a pickle input is
+refused unless explicitly allowed, without being executed (tests/test_bad_inputs.py, case
+`pickle_not_allowed`); every secret the compose file reads is required and documented in `.env.example`
+(tests/test_compose.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from include import settings
+from tests.helpers import TASK_IDS, latest, make_snapshot, run, states, tree
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE_DIRS = ("rqvae", "include", "dags", "plugins", "scripts", "bench")
+
+
+def python_sources() -> list[Path]:
+    return sorted(p for d in SOURCE_DIRS for p in (REPO / d).rglob("*.py"))
+
+
+def unpickling_calls(path: Path) -> list[tuple[int, str]]:
+    """`torch.load` without `weights_only=True`, and any `pickle.load(s)` / `np.load(allow_pickle=True)`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+        kwargs = {k.arg: k.value for k in node.keywords}
+        name = f"{owner}.{node.func.attr}"
+        if name == "torch.load":
+            flag = kwargs.get("weights_only")
+            if not (isinstance(flag, ast.Constant) and flag.value is True):
+                found.append((node.lineno, name))
+        elif name in ("pickle.load", "pickle.loads", "pickle.Unpickler"):
+            found.append((node.lineno, name))
+        elif name == "np.load":
+            flag = kwargs.get("allow_pickle")
+            if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
+                found.append((node.lineno, name))
+    return found
+
+
+def test_nothing_unpickles_except_the_explicit_opt_in(reliability_log):
+    """Model directories load from safetensors; `torch.load` only with `weights_only=True` (training
+    checkpoints); the one `pickle.load` is rqvae.io's reader behind `allow_pickle`, which the DAG never sets."""
+    calls = {str(p.relative_to(REPO)): c for p in python_sources() if (c := unpickling_calls(p))}
+    assert set(calls) == {"rqvae/io.py"}, calls
+    assert [name for _, name in calls["rqvae/io.py"]] == ["pickle.load"]
+    source = (REPO / "rqvae" / "io.py").read_text()
+    gate = source.index("def _load_pickle")
+    assert source.index("if not allow_pickle:", gate) < source.index("pickle.load(", gate)
+    assert "allow_pickle" not in (REPO / "dags" / "rqvae_semantic_ids.py").read_text()
+    reliability_log.append(
+        {
+            "section": "security",
+            "check": "no unpickling of models or inputs",
+            "result": "torch.load only with weights_only=True; the only pickle.load is rqvae.io behind "
+            "allow_pickle (never set by the DAG); models are safetensors with a SHA-256 check",
+            "tests": "test_security.py, test_checkpoint.py (tampered / pickled weights refused), "
+            "test_bad_inputs.py::pickle_not_allowed",
+        }
+    )
+
+
+ESCAPES = ["../outside", "a/../../outside", "/etc", "~/outside"]
+
+
+@pytest.mark.parametrize("value", ESCAPES)
+def test_settings_refuse_paths_outside_the_roots(value, tmp_path):
+    roots = settings.Roots(tmp_path / "in", tmp_path / "work", tmp_path / "pub")
+    with pytest.raises(settings.PathOutsideRootError, match="outside the configured roots"):
+        settings.dataset_roots(roots, value)
+    # Another configured root is still not a place the embeddings param may point to.
+    with pytest.raises(settings.PathOutsideRootError):
+        settings.dataset_roots(roots, str(roots.work))
+    inside = settings.dataset_roots(roots, "team-a/../movielens")
+    assert inside.embeddings == roots.embeddings / "movielens"
+    assert inside.work == roots.work / "movielens" and inside.publish == roots.publish / "movielens"
+
+
+@pytest.mark.airflow
+@pytest.mark.parametrize("value", ["../outside", "{base}/outside"])
+def test_dag_refuses_an_embeddings_root_outside_the_configured_root(
+    value, airflow_db, pipeline_dag, roots, capfd, reliability_log
+):
+    """A complete snapshot waits outside the root: only the path check stands between it and a publish."""
+    from tests.test_bad_inputs import task_error
+
+    base = roots["embeddings"].parent
+    snapshot = "2026-09-01"
+    make_snapshot({"embeddings": base / "outside"}, snapshot, n=600)
+    make_snapshot(roots, "2026-08-31", n=600)
+    if latest(roots) is None:  # a good version to keep
+        assert str(run(pipeline_dag, "2026-08-31").state) == "success"
+    before, before_all = latest(roots), tree(base)
+    capfd.readouterr()
+
+    dag_run = run(pipeline_dag, snapshot, embeddings_root=value.format(base=base))
+    found = states(dag_run)
+    assert found["wait_for_embeddings"] == "failed"
+    assert all(found[t] == "upstream_failed" for t in TASK_IDS[1:]), found
+    error = task_error(capfd.readouterr().out)
+    assert "PathOutsideRootError" in error and "outside the configured roots" in error, error
+    assert tree(base) == before_all, "nothing may be written anywhere"
+    assert latest(roots) == before
+    reliability_log.append(
+        {
+            "section": "security",
+            "check": f"trigger form embeddings_root={value!r}",
+            "result": "run failed at wait_for_embeddings: "
+            + error.replace(str(base), "{tmp}").split(";")[0][:160],
+            "tests": "test_security.py (DAG + include.settings)",
+        }
+    )
+
+
+def test_snapshot_param_cannot_carry_a_path(pipeline_dag):
+    """The snapshot is a date by the form's own pattern and by parse_snapshot: no `../` can reach a folder."""
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from include.snapshot import SnapshotError, parse_snapshot
+
+    for bad in ("../2026-01-01", "2026-01-01/../../x", "/etc"):
+        param = copy.deepcopy(pipeline_dag.params.get_param("snapshot"))
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
+        with pytest.raises(SnapshotError):
+            parse_snapshot(bad)
+
+# --------------------------------------------------------------------------------------------- secrets
+
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+AWS_KEY = re.compile(r"\bAKIA[0-9A-Z]{16}\b")
+# NAME=value or NAME: value where NAME looks like a secret; the value is what gets judged.
+ASSIGNED = re.compile(
+    r"""(?<![{$])(?P<name>\b[A-Z][A-Z0-9_]*(?:PASSWORD|PASSWORDS|SECRET|SECRET_KEY|FERNET_KEY|TOKEN)\b)\s*[:=]\s*"""
+    r"""(?P<value>"[^"]*"|'[^']*'|[^\s#]*)"""
+)
+PLACEHOLDER = re.compile(r"^(|change-me|changeme|<[^>]*>|\$.*|\{.*|\*+|x+|none|null|example.*|\(.*)$", re.I)
+
+
+def tracked_files() -> list[Path]:
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [REPO / name for name in listed.decode().split("\0") if name]
+
+
+def secret_findings(path: Path) -> list[str]:
+    try:
+        text = path.read_text()
+    except (UnicodeDecodeError, OSError):
+        return []
+    found = [f"private key at line {text[: m.start()].count(chr(10)) + 1}" for m in PRIVATE_KEY.finditer(text)]
+    found += [f"AWS key at line {text[: m.start()].count(chr(10)) + 1}" for m in AWS_KEY.finditer(text)]
+    for match in ASSIGNED.finditer(text):
+        value = match.group("value").strip("\"'")
+        parts = [v.split(":", 1)[-1] for v in value.split(",")]  # `user:password,user:password` lists
+        placeholder = PLACEHOLDER.match(value) or all(PLACEHOLDER.match(v) for v in parts)
+        if not placeholder and not value.startswith(("os.environ", "env", "secrets.")):
+            found.append(f"{match.group('name')}={value[:4]}... at line {text[: match.start()].count(chr(10)) + 1}")
+    return found
+
+
+def test_no_secret_is_committed(reliability_log):
+    files = tracked_files()
+    assert ".env" not in {p.name for p in files}, ".env holds real secrets: never commit it"
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+    findings = {str(p.relative_to(REPO)): f for p in files if p.is_file() and (f := secret_findings(p))}
+    assert findings == {}, findings
+    reliability_log.append(
+        {
+            "section": "security",
+            "check": "no secret in the repository",
+            "result": f"{len(files)} tracked files scanned (private keys, AWS keys, *PASSWORD/*SECRET/*TOKEN "
+            "values): none; .env is ignored",
+            "tests": "test_security.py",
+        }
+    )
+
+
+def test_secret_scan_catches_what_it_should(tmp_path):
+    """The scanner itself: real-looking values are flagged, placeholders and references are not."""
+    leaky = tmp_path / "leaky.env"
+    leaky.write_text(
+        "AIRFLOW__API_AUTH__JWT_SECRET=s3cr3t-value\nPOSTGRES_PASSWORD: 'hunter2'\n"
+        "-----BEGIN RSA PRIVATE KEY-----\nkey = 'AKIAABCDEFGHIJKLMNOP'\n"
+    )
+    assert len(secret_findings(leaky)) == 4
+    fine = tmp_path / "fine.env"
+    fine.write_text(
+        "POSTGRES_PASSWORD=change-me\nAIRFLOW_JWT_SECRET=${AIRFLOW_JWT_SECRET:?set it}\nX_TOKEN=\n"
+        "AIRFLOW__API_AUTH__JWT_SECRET: $STACK_JWT_SECRET\nAIRFLOW_USER_PASSWORDS=admin:change-me,viewer:change-me\n"
+        "DB: postgresql://${POSTGRES_USER:-airflow}:${POSTGRES_PASSWORD:?set it}@postgres/db\n"
+    )
+    assert secret_findings(fine) == []
+
+
+def test_env_example_documents_every_required_secret():
+    compose = REPO / "docker-compose.yaml"
+    if not compose.exists():
+        pytest.skip("no docker-compose.yaml yet")
+    required = set(re.findall(r"\$\{(\w+):\?", compose.read_text()))
+    example = dict(
+        line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    )
+    assert required, "the compose file should require its secrets (${NAME:?message})"
+    assert required <= set(example), required - set(example)
+    for name in required:
+        if re.search(r"PASSWORD|SECRET|KEY", name):
+            assert "change-me" in example[name], f"{name} in .env.example must be a placeholder"
+
+
+ALL_ADMINS = re.compile(r"SIMPLE_AUTH_MANAGER_ALL_ADMINS\W{0,3}\s*[:=]\s*[\"']?\s*true", re.I)
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yaml", "scripts/stack.sh"])
+def test_api_server_requires_login(name, reliability_log):
+    path = REPO / name
+    if not path.exists():
+        pytest.skip(f"{name} not written yet")
+    text = path.read_text()
+    assert not ALL_ADMINS.search(text), f"{name} turns login off (SIMPLE_AUTH_MANAGER_ALL_ADMINS=True)"
+    assert "SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in text or "SIMPLE_AUTH_MANAGER_USERS" in text, (
+        f"{name} should configure the simple auth manager's users"
+    )
+    reliability_log.append(
+        {
+            "section": "security",
+            "check": f"{name}: the API server requires login",
+            "result": "no SIMPLE_AUTH_MANAGER_ALL_ADMINS=True; users and passwords configured",
+            "tests": "test_security.py",
+        }
+    )
