@@ -168,18 +168,17 @@ def _place(
     m, width = cand.shape
     ptr = np.zeros(m, np.int64)
     result = np.full(m, -1, np.int64)
-    active = np.arange(m)
+    active = np.flatnonzero(~occupied[group].all(1))  # a full prefix has nothing to offer
     k_last = occupied.shape[1]
+    columns = np.arange(width)
     while active.size:
-        # skip candidates already taken
-        while active.size:
-            taken = occupied[group[active], cand[active, ptr[active]]]
-            if not taken.any():
-                break
-            ptr[active[taken]] += 1
-            active = active[ptr[active] < width]
+        # move each pointer to its first candidate still free (one vectorised step instead of one per taken code)
+        free = ~occupied[group[active][:, None], cand[active]] & (columns >= ptr[active][:, None])
+        has = free.any(1)
+        active = active[has]
         if active.size == 0:
             break
+        ptr[active] = free[has].argmax(1)
         code = cand[active, ptr[active]]
         dist = cand_d[active, ptr[active]]
         claim = group[active].astype(np.int64) * k_last + code
@@ -188,7 +187,9 @@ def _place(
         winners = active[order[first]]
         result[winners] = cand[winners, ptr[winners]]
         occupied[group[winners], result[winners]] = True
-        active = np.setdiff1d(active, winners, assume_unique=True)
+        keep = np.ones(active.size, bool)
+        keep[order[first]] = False
+        active = active[keep]
     return result
 
 

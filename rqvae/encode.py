@@ -163,14 +163,18 @@ def _encode_pass(
 @torch.no_grad()
 def last_residuals(
     model: RQVAE, embeddings_path: str | Path, item_ids: np.ndarray, batch_rows: int = 262_144,
-    allow_pickle: bool = False,
+    allow_pickle: bool = False, codes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Last-level residuals [M, latent] of the given items (a second streaming pass over the input).
 
     Returns (ids sorted ascending, residuals in that order). Only the listed items are pushed through the
-    model, so this costs a read of the input plus work proportional to the (few) items asked for.
+    model, so this costs a read of the input plus work proportional to the (few) items asked for. ``codes``
+    [M, L] (aligned with item_ids), when known from the first pass, spare the code search: the residual is
+    the latent minus the codewords of the first L-1 levels.
     """
-    wanted = np.unique(np.asarray(item_ids, dtype=np.int64))
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    wanted, first = np.unique(item_ids, return_index=True)
+    known = None if codes is None else torch.from_numpy(np.asarray(codes, np.int64)[first])
     out = np.zeros((len(wanted), model.latent_dim), np.float32)
     last = model.num_codebooks - 1
     if len(wanted) == 0:
@@ -183,7 +187,12 @@ def last_residuals(
             continue
         xt = torch.from_numpy(np.ascontiguousarray(x[hit], dtype=np.float32)).to(model.device)
         z = model.encode_latent(xt)
-        out[pos[hit]] = model.quantizer.residuals_of(z)[last].float().cpu().numpy()
+        if known is None:
+            r = model.quantizer.residuals_of(z)[last]
+        else:
+            c = known[pos[hit]].to(z.device)
+            r = z - sum((model.quantizer.codebook(level)[c[:, level]] for level in range(last)), torch.zeros_like(z))
+        out[pos[hit]] = r.float().cpu().numpy()
     return wanted, out
 
 
@@ -231,7 +240,9 @@ def encode_file(
     last_distances = None
     if mode is CollisionMode.REASSIGN:
         movers = collision_movers(ids, run.codes, model.codebook_size, run.fixed)
-        mover_ids, residuals = last_residuals(model, embeddings_path, ids[movers], batch_rows, allow_pickle)
+        mover_ids, residuals = last_residuals(
+            model, embeddings_path, ids[movers], batch_rows, allow_pickle, codes=run.codes[movers]
+        )
 
         def last_distances(rows: np.ndarray) -> np.ndarray:
             return last_level_distances(model, residuals[np.searchsorted(mover_ids, ids[rows])])

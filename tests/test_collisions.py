@@ -152,6 +152,14 @@ def test_last_level_distances_rank_the_models_own_code_first(small_model):
     assert (got_ids == some).all()
     by_id = np.argsort(items.ids)
     picked = encode_array(model, items.vectors[by_id[np.searchsorted(items.ids[by_id], some)]])[:, -1]
+    # the same residuals from the codes of the first pass (what encode_file uses: no second code search)
+    _, from_codes = last_residuals(model, data, some, codes=picked_all(model, items, some))
+    assert np.allclose(from_codes, residuals, atol=1e-5)
     d = last_level_distances(model, residuals)
     # the code the encoder picked is the nearest (up to the search's packed-float ties)
     assert np.allclose(d[np.arange(len(picked)), picked], d.min(1), rtol=1e-3, atol=1e-6)
+
+
+def picked_all(model, items, some: np.ndarray) -> np.ndarray:
+    by_id = np.argsort(items.ids)
+    return encode_array(model, items.vectors[by_id[np.searchsorted(items.ids[by_id], some)]])
