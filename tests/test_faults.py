@@ -97,6 +97,15 @@ PUBLISH_FAULTS = {
     "new_in_old_not_deleted": "p.shutil.rmtree = before(shutil.rmtree, "
     "lambda path: Path(path).name.startswith('.old-'))",
 }
+FAULT_LABELS = {
+    "staging_half_written": "staging folder half written (no manifest yet)",
+    "staging_written": "staging folder complete, not renamed",
+    "renamed_into_place": "version renamed into place, latest not switched",
+    "temp_link_made": "temp symlink made, latest not switched",
+    "latest_switched_json_not": "latest symlink switched, latest.json not yet rewritten",
+    "old_moved_aside": "re-publish: old version moved aside, new one not renamed in",
+    "new_in_old_not_deleted": "re-publish: new version in, old copy not deleted",
+}
 CHILD = """
 import os, shutil, sys
 from pathlib import Path
@@ -170,7 +179,7 @@ def test_publish_killed_at_each_step_keeps_latest_and_the_retry_completes(fault,
     reliability_log.append(
         {
             "section": "fault",
-            "fault": f"publish killed: {fault.replace('_', ' ')}",
+            "fault": f"publish killed: {FAULT_LABELS[fault]}",
             "left_behind": ", ".join(_generic(n) for n in leftovers) or "nothing",
             "latest_before": before,
             "latest_after_kill": after_kill,
@@ -252,7 +261,8 @@ def test_retried_encode_overwrites_its_own_output_and_never_duplicates_rows(faul
     reliability_log.append(
         {
             "section": "fault",
-            "fault": f"encode killed: {fault.replace('_', ' ')}",
+            "fault": "encode killed: " + {"mid_write": "half the rows written", "before_rename": "all rows written, "
+                                          "temp file not renamed"}[fault],
             "left_behind": "semantic_ids.parquet.tmp (the complete earlier output untouched)",
             "latest_after_kill": "n/a (work folder)",
             "after_retry": f"{len(ids)} rows, each item once, codes identical to the first run",
