@@ -105,7 +105,7 @@ def _update(x: torch.Tensor, assign: torch.Tensor, centroids: torch.Tensor) -> t
         src = int(torch.multinomial(weights, 1, generator=gen))
         new[e] = new[src] * (1 + eps)
         new[src] = new[src] * (1 - eps)
-        weights[src] = weights[e] = (weights[src] - 1) / 2  # the two halves share the source's points
+        weights[src] = weights[e] = max(0.0, float(weights[src] - 1) / 2)  # the halves share the points
     return new
 
 
