@@ -1,7 +1,9 @@
 """The ``rqvae`` command: synth, train, encode, evaluate.
 
 Exit codes: 0 success; 2 bad input (unreadable or invalid embeddings, bad arguments, a refused model
-directory); 1 any other failure. Errors print one line starting with ``error:``.
+directory); 1 any other failure. Errors print one line starting with ``error:``. Long steps (synth chunks,
+training batches per epoch, encoded items) report progress on stderr: a redrawn line on a terminal, periodic
+log lines otherwise (Airflow task logs, CI); ``--quiet`` turns both off.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from .errors import InputError, ModelLoadError
 logger = logging.getLogger("rqvae")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_CODES = "exit codes: 0 ok, 2 bad input (message names the problem and sample item ids), 1 other failure"
+QUIET_HELP = "only warnings and errors: no progress bars or progress log lines"
 
 EPILOG = {
     "synth": """examples:
@@ -45,17 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rqvae",
         description="Train RQ-VAE models and turn item embeddings into semantic IDs.",
-        epilog="exit codes: 0 ok, 2 bad input, 1 other failure. `rqvae COMMAND --help` shows examples.",
+        epilog=f"{EXIT_CODES}\n`rqvae COMMAND --help` shows examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors; no progress")
+    parser.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG[name],
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"{EPILOG[name]}\n\n{EXIT_CODES}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
-                       help="only warnings and errors; no progress")
+                       help=QUIET_HELP)
         return p
 
     p = add("synth", "Generate clustered, L2-normalised embeddings (streamed to Parquet).")
@@ -135,9 +139,12 @@ def _train_configs(args: argparse.Namespace, input_dim: int) -> tuple[Any, Any]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from .progress import Progress
     from .synth import synth
 
-    out = synth(args.out, n=args.n, dim=args.dim, seed=args.seed)
+    with Progress(args.n, "synth", "items", enabled=not args.quiet) as bar:
+        out = synth(args.out, n=args.n, dim=args.dim, seed=args.seed,
+                    progress=lambda done, total: bar.update(done - bar.done))
     print(out)
     return EXIT_OK
 
@@ -158,9 +165,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from .encode import encode_file
+    from .io import row_count
 
+    # Parquet footers / .npy headers give the item count for free: progress then shows %, rate and ETA.
+    total = None if args.quiet else row_count(args.embeddings)
     result = encode_file(args.model, args.embeddings, args.out, json_dict=args.json_dict,
-                         batch_rows=args.batch_rows, allow_pickle=args.allow_pickle, show_progress=not args.quiet)
+                         batch_rows=args.batch_rows, allow_pickle=args.allow_pickle, show_progress=not args.quiet,
+                         total=total)
     print(json.dumps(_round(result)))
     return EXIT_OK
 

@@ -622,6 +622,16 @@ def read_embeddings(
     return _fill(batches, *bound, path)
 
 
+def row_count(path: str | Path) -> int | None:
+    """Exact number of rows when the file metadata tells it (Parquet footers, .npy headers); None otherwise.
+
+    Lets progress reporting show a percentage and ETA without a pass over the data.
+    """
+    source = _resolve(Path(path), None)
+    bound = _row_bound(source) if source.format in ("parquet", "npy") else None
+    return bound[0] if bound else None
+
+
 def _row_bound(source: _Source) -> tuple[int, bool] | None:
     """Rows to allocate and whether that is exact (metadata) or an upper bound (JSON line count)."""
     if source.format == "parquet":

@@ -1,12 +1,14 @@
 """Progress reporting that suits both a terminal and a log file.
 
 On a terminal a single status line is redrawn in place; elsewhere (Airflow task logs, CI) a plain log line is
-emitted at most every ``interval`` seconds, so long runs say where they stand without flooding the log.
+emitted at most every ``interval`` seconds (env ``RQVAE_PROGRESS_INTERVAL_S`` overrides it) and when the work is
+done, so long runs say where they stand without flooding the log.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import TextIO
@@ -41,7 +43,8 @@ class Progress:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = 0.2 if self.tty else interval
+        # RQVAE_PROGRESS_INTERVAL_S sets the log-line period off a terminal (e.g. shorter for a short job's log).
+        self.interval = 0.2 if self.tty else float(os.environ.get("RQVAE_PROGRESS_INTERVAL_S", interval))
         self.done = 0
         self.start = time.perf_counter()
         self._last = self.start
