@@ -1,10 +1,11 @@
 """The users' path through the Airflow UI, in a real browser: log in, fill the trigger form, watch the run
 succeed, read the published version's report on the project's plugin page; bad form values are refused.
 
-A module fixture starts `airflow standalone` (api-server, scheduler, dag-processor, triggerer; LocalExecutor,
-SQLite) with its home and data roots in a temp folder and a 2,000 x 16 synthetic snapshot, and stops exactly
-the process group it started. Debian's chromium is driven by Playwright (no browser download). Screenshots of
-every step land in var/test-artifacts/browser/; the assertions read page content, never pixels.
+A module fixture runs `make airflow`'s script, scripts/airflow_standalone.sh (`airflow standalone`: api-server,
+scheduler, dag-processor, triggerer; LocalExecutor, SQLite), with its home and data roots in a temp folder and a
+2,000 x 16 synthetic snapshot, and stops exactly the process group it started. Debian's chromium is driven by
+Playwright (no browser download). Screenshots of every step land in var/test-artifacts/browser/; the assertions
+read page content, never pixels.
 """
 
 from __future__ import annotations
@@ -167,14 +168,12 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     synth(root / "data" / "embeddings" / SNAPSHOT, n=2000, dim=16, seed=3)  # parts + _SUCCESS
     port = _free_port()
     env = _airflow_env(root, port)
-    airflow = str(Path(sys.executable).parent / "airflow")
     ui = AirflowUI(f"http://127.0.0.1:{port}", "", Path(env["AIRFLOW_HOME"]), root / "data" / "published",
                    ARTIFACTS / "airflow-standalone.log")
-    ui.home.mkdir(parents=True)
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
+    # `make airflow`'s own script (db migrate, GPU pool, then exec airflow standalone), pointed at the temp home.
     with ui.log.open("wb") as log:
-        proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen([str(REPO / "scripts" / "airflow_standalone.sh")], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_until_ready(ui, proc)
         yield ui
