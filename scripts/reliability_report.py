@@ -70,7 +70,7 @@ def render(records: list[dict], seconds: float | None) -> str:
         "(no version folder, no staging leftovers) and left `latest` on the good version. Which task refuses",
         "what: the sensor refuses an incomplete snapshot; `load_embeddings` refuses what cannot be read as",
         "embeddings at all (structure); `validate_dims` (GX) refuses readable but wrong content. Machine paths",
-        "are shown as `{tmp}`.",
+        "are shown as `{work_root}`, `{embeddings_root}`, `{published_root}` or `{tmp}`.",
         "",
     ]
     rows = [

@@ -65,3 +65,10 @@ def tree(folder: Path) -> set[str]:
     if not folder.exists():
         return set()
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def scrub_paths(text: str, base: Path) -> str:
+    """Replace the test's temporary roots by `{work_root}`-style names (no machine path in the report)."""
+    for name in ("work", "embeddings", "published"):
+        text = text.replace(f"{base}/{name}", "{" + name + "_root}")
+    return text.replace(str(base), "{tmp}")

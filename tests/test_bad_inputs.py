@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import DIM, TASK_IDS, latest, make_snapshot, run, states, tree
+from tests.helpers import DIM, TASK_IDS, latest, make_snapshot, run, scrub_paths, states, tree
 
 N = 300
 IDS = 50_000 + 7 * np.arange(N, dtype=np.int64)  # catalog-like ids: not row numbers, so a sample is unambiguous
@@ -259,8 +259,8 @@ def task_error(log: str) -> str:
 
 
 def shown(text: str, base: Path, limit: int = 260) -> str:
-    """The message as the report shows it: machine paths replaced by `{tmp}`, long ones shortened."""
-    text = text.replace(str(base), "{tmp}")
+    """The message as the report shows it: machine paths replaced by root names, long ones shortened."""
+    text = scrub_paths(text, base)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from include import settings
-from tests.helpers import TASK_IDS, latest, make_snapshot, run, states, tree
+from tests.helpers import TASK_IDS, latest, make_snapshot, run, scrub_paths, states, tree
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("rqvae", "include", "dags", "plugins", "scripts", "bench")
@@ -118,7 +118,7 @@ def test_dag_refuses_an_embeddings_root_outside_the_configured_root(
             "section": "security",
             "check": f"trigger form embeddings_root={value!r}",
             "result": "run failed at wait_for_embeddings: "
-            + error.replace(str(base), "{tmp}").split(";")[0][:160],
+            + scrub_paths(error, base).split(";")[0][:160],
             "tests": "test_security.py (DAG + include.settings)",
         }
     )
