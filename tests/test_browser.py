@@ -80,7 +80,11 @@ def _free_port() -> int:
 
 
 def _airflow_env(root: Path, port: int) -> dict[str, str]:
-    """The developer's own Airflow settings are dropped: this server must not touch var/airflow."""
+    """The developer's own Airflow settings are dropped: this server must not touch var/airflow.
+
+    The folders, executor and SQLite database come from scripts/airflow_env.py (which airflow_standalone.sh
+    applies for the AIRFLOW_HOME set here); only what this test needs on top is set.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RQVAE_"))}
     url = f"http://127.0.0.1:{port}"
     home = root / "airflow"
@@ -89,13 +93,7 @@ def _airflow_env(root: Path, port: int) -> dict[str, str]:
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": url,

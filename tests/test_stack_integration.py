@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import DIM, SMALL
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,18 +40,6 @@ PORTS = {
 }
 TRIGGERED = "2024-03-04"
 BACKFILLED = ["2024-03-01", "2024-03-02", "2024-03-03"]
-DIM = 16
-SMALL = {
-    "num_codebooks": 2,
-    "codebook_size": 16,
-    "epochs": 1,
-    "batch_size": 256,
-    "expected_dim": DIM,
-    "min_items": 500,
-    "min_unique_ratio": 0.01,
-    "min_usage": 0.5,
-    "max_recon_mse": 0.05,
-}
 GPU_TASKS = {"train_rqvae", "encode_items"}
 CPU_TASKS = {"wait_for_embeddings", "load_embeddings", "validate_dims", "validate_codes", "publish"}
 RUN_TIMEOUT_S = 240
