@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import replace_section  # noqa: E402
+from include.encode_items import DEFAULT_SHARD_SIZE, plan_shards  # noqa: E402
 
 SEED_ITEMS = 5_689_519
+STAGES = ("load_embeddings", "validate_dims", "train_rqvae", "encode_items", "resolve_collisions", "validate_codes",
+          "publish")
 SNAPSHOT = "2026-01-01"
 
 # Each stage runs in a fresh interpreter so its peak RSS is its own; the child prints one JSON line.
@@ -104,21 +107,30 @@ def measure_pipeline(root: Path, snapshot_dir: Path, args: argparse.Namespace) -
     publish_root = root / "published" / snapshot_dir.parent.name
     figures: dict[str, Any] = {}
 
-    def step(name: str, *a: Any, **kw: Any) -> dict[str, Any]:
+    def step(name: str, *a: Any, label: str | None = None, **kw: Any) -> dict[str, Any]:
         r = run_stage(name, *a, **kw)
-        figures[name] = {"seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"]}
-        print(f"  {name:16s} {r['seconds']:7.1f}s  peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
+        figures[label or name] = {"seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"]}
+        print(f"  {label or name:22s} {r['seconds']:7.1f}s  peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
         return r["result"]
 
     load = step("load_embeddings", str(snapshot_dir), str(work))
     step("validate_dims", load["path"], str(work / "validation" / "input.json"))
     train = step("train_rqvae", load["path"], str(work), num_codebooks=args.levels, codebook_size=256,
                  epochs=args.epochs, max_train_items=args.max_train_items, device="cpu")
-    enc = step("encode_items", train["model_path"], load["path"], str(work), device="cpu", total=load["n_items"])
+    # As the DAG maps it: one encode_items process per shard, then one resolve_collisions over all of them.
+    shards = [
+        step("encode_items", train["model_path"], load["path"], str(work), shard, device="cpu",
+             label=f"encode_items[{shard['index']}]")
+        for shard in plan_shards(load["n_items"], args.shard_size)
+    ]
+    shard_figures = [figures.pop(f"encode_items[{s['index']}]") for s in shards]
+    figures["encode_items"] = {"seconds": sum(f["seconds"] for f in shard_figures), "shards": len(shards),
+                               "peak_rss_mib": max(f["peak_rss_mib"] for f in shard_figures)}
+    enc = step("resolve_collisions", train["model_path"], load["path"], str(work), shards)
     step("validate_codes", enc["path"], load["path"], str(work / "validation" / "codes.json"),
          codebook_sizes=enc["codebook_size"], recon_mse=enc["recon_mse"])
     step("publish", SNAPSHOT, str(work), str(publish_root), export_json=True,
-         upstream={"load_embeddings": load, "train_rqvae": train, "encode_items": enc})
+         upstream={"load_embeddings": load, "train_rqvae": train, "resolve_collisions": enc})
     figures["n_items"] = load["n_items"]
     figures["encode_items_per_s"] = enc.get("items_per_second")
     figures["unique_ratio"] = enc["unique_ratio"]
@@ -157,7 +169,7 @@ def measure_dag(snapshot_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     subprocess.run([airflow, "pools", "set", env.get("RQVAE_GPU_POOL", "rqvae_gpu"), "1", "gpu"], env=env,
                    check=True, capture_output=True)
     conf = json.dumps({"snapshot": SNAPSHOT, "num_codebooks": args.levels, "epochs": args.epochs,
-                       "max_train_items": args.max_train_items, "export_json": True})
+                       "max_train_items": args.max_train_items, "export_json": True, "shard_size": args.shard_size})
     t0 = time.perf_counter()
     proc = subprocess.run([airflow, "dags", "test", "rqvae_semantic_ids", SNAPSHOT, "--conf", conf], env=env,
                           capture_output=True, text=True)
@@ -177,10 +189,10 @@ def to_markdown(n: int, dim: int, levels: int, pipeline: dict, encode: dict, sca
         "| stage | seconds | peak RSS (MiB) |",
         "|---|---|---|",
     ]
-    for stage in ("load_embeddings", "validate_dims", "train_rqvae", "encode_items", "validate_codes", "publish"):
-        lines.append(f"| {stage} | {pipeline[stage]['seconds']:.1f} | {pipeline[stage]['peak_rss_mib']:.0f} |")
-    total = sum(pipeline[s]["seconds"] for s in ("load_embeddings", "validate_dims", "train_rqvae",
-                                                  "encode_items", "validate_codes", "publish"))
+    for stage in STAGES:
+        name = f"{stage} ({pipeline[stage]['shards']} shards, one process each)" if stage == "encode_items" else stage
+        lines.append(f"| {name} | {pipeline[stage]['seconds']:.1f} | {pipeline[stage]['peak_rss_mib']:.0f} |")
+    total = sum(pipeline[s]["seconds"] for s in STAGES)
     lines.append(f"| **stages total** | **{total:.1f}** | |")
     if dag is not None:
         lines.append(f"| whole DAG (`airflow dags test`, {'success' if dag['ok'] else 'FAILED'}) | "
@@ -196,13 +208,17 @@ def to_markdown(n: int, dim: int, levels: int, pipeline: dict, encode: dict, sca
         f"{encode['ratio']:.2f} |",
         f"| faiss ResidualQuantizer beam 1 `compute_codes` | {encode['faiss_items_per_s']:,.0f} | 1.00 |",
         "",
-        "Scaling of `encode_items` (stream in, encode, dedup, write Parquet), each size its own process:",
+        "Scaling of encoding: `encode_items` (every shard: stream in, encode, write a raw shard) plus "
+        "`resolve_collisions` (dedup over all items, write the final parts), each size its own run:",
         "",
-        "| items | seconds | items/s | peak RSS (MiB) |",
-        "|---|---|---|---|",
+        "| items | shards | encode_items s | resolve_collisions s | items/s overall | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
     for s in scaling:
-        lines.append(f"| {s['n']:,} | {s['seconds']:.1f} | {s['n'] / s['seconds']:,.0f} | {s['peak_rss_mib']:.0f} |")
+        seconds = s["encode_items"]["seconds"] + s["resolve_collisions"]["seconds"]
+        peak = max(s["encode_items"]["peak_rss_mib"], s["resolve_collisions"]["peak_rss_mib"])
+        lines.append(f"| {s['n']:,} | {s['encode_items']['shards']} | {s['encode_items']['seconds']:.1f} | "
+                     f"{s['resolve_collisions']['seconds']:.1f} | {s['n'] / seconds:,.0f} | {peak:.0f} |")
     return "\n".join(lines)
 
 
@@ -215,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-items", type=int, default=1_000_000)
     parser.add_argument("--sizes", default="100000,1000000", help="extra sizes for the scaling table")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per encode_items shard")
     parser.add_argument("--no-dag", action="store_true", help="skip the whole-DAG run")
     parser.add_argument("--root", default=str(ROOT / "var" / "bench" / "scale"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -226,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         snap = ensure_snapshot(root, n, args.dim)
         print(f"pipeline stages on {n:,} items:", flush=True)
         figures = measure_pipeline(root, snap, args)
-        scaling.append({"n": n, **figures["encode_items"]})
+        scaling.append({"n": n, "encode_items": figures["encode_items"],
+                        "resolve_collisions": figures["resolve_collisions"]})
     pipeline = figures
     print("encode throughput (ours vs faiss, same run):", flush=True)
     encode = measure_encode(pipeline["artifact"], pipeline["model_dir"], args.levels, args.repeats)

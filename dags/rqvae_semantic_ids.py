@@ -11,9 +11,14 @@ DAG trains an RQ-VAE on the snapshot's item embeddings, encodes every item into 
 | `load_embeddings` | any supported layout -> `{work}/embeddings.parquet` | path, n_items, dim, checksum |
 | `validate_dims` | GX: dimension, NaN/Inf, unique non-null ids, row count, norms | ok, report |
 | `train_rqvae` | queue `gpu`: trains, writes `{work}/model/` | model_path, metrics |
-| `encode_items` | queue `gpu`: writes `{work}/semantic_ids.parquet` | path, counts, quality |
+| `plan_shards` | row ranges of at most `shard_size` items | list of shards |
+| `encode_items` | queue `gpu`, mapped: one instance per shard -> `{work}/shards/` | path, rows, speed |
+| `resolve_collisions` | collisions over all shards -> `{work}/semantic_ids/part-*.parquet` | path, counts, quality |
 | `validate_codes` | GX: coverage, code ranges, uniqueness, usage, recon MSE | ok, metrics |
 | `publish` | `{publish_root}/{snapshot}/` atomically, then `latest` unless older | version, latest |
+
+A snapshot larger than `shard_size` (default 2M items) is encoded by several `encode_items` instances, in
+parallel on as many `gpu` workers (and `rqvae_gpu` pool slots) as there are; the IDs do not depend on it.
 
 `{work}` is `{work_root}/{snapshot}/`: a retry, a cleared task or a backfill of the same snapshot rewrites the
 same folder, and one version per snapshot results. `latest` never moves backwards, so backfilling old days
@@ -57,6 +62,7 @@ RETRY_DELAY_S = int(os.environ.get("RQVAE_RETRY_DELAY_S", "300"))
 POKE_INTERVAL_S = float(os.environ.get("RQVAE_SENSOR_POKE_S", "300"))
 SENSOR_TIMEOUT_S = int(os.environ.get("RQVAE_SENSOR_TIMEOUT_S", str(12 * 3600)))
 GPU_TASK_TIMEOUT = timedelta(hours=float(os.environ.get("RQVAE_GPU_TASK_TIMEOUT_H", "8")))
+SHARD_SIZE = int(os.environ.get("RQVAE_SHARD_SIZE", "2000000"))  # include.encode_items.DEFAULT_SHARD_SIZE
 
 SEMANTIC_IDS = Asset("semantic_ids")
 
@@ -169,6 +175,15 @@ PARAMS = {
         minimum=100,
         title="Training sample cap",
         description="Train on a seeded random sample of at most this many items (all items are encoded).",
+        section="Training",
+    ),
+    "shard_size": Param(
+        SHARD_SIZE,
+        type="integer",
+        minimum=1,
+        title="Shard size",
+        description="Items per encode_items instance: a larger snapshot is encoded by several mapped instances "
+        "(in parallel on as many gpu workers); the IDs are the same for any value.",
         section="Training",
     ),
     "min_unique_ratio": Param(
@@ -334,17 +349,34 @@ def rqvae_semantic_ids() -> None:
             retrain_factor=float(params.get("retrain_factor", 1.5)),
         )
 
-    @task(task_id="encode_items", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
-    def encode_items(run: dict[str, str], loaded: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    @task(task_id="plan_shards")
+    def plan_shards(loaded: dict[str, Any]) -> list[dict[str, int]]:
         from include import encode_items as stage
 
-        params = _params()
+        return stage.plan_shards(int(loaded["n_items"]), int(_params()["shard_size"]))
+
+    @task(task_id="encode_items", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
+    def encode_items(
+        run: dict[str, str], loaded: dict[str, Any], trained: dict[str, Any], shard: dict[str, int]
+    ) -> dict[str, Any]:
+        from include import encode_items as stage
+
         return stage.encode_items(
+            trained["model_path"], loaded["path"], run["work_dir"], shard, mode=trained.get("mode")
+        )
+
+    @task(task_id="resolve_collisions")
+    def resolve_collisions(
+        run: dict[str, str], loaded: dict[str, Any], trained: dict[str, Any], shards: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        from include import resolve_collisions as stage
+
+        return stage.resolve_collisions(
             trained["model_path"],
             loaded["path"],
             run["work_dir"],
-            total=loaded["n_items"],
-            collision_mode=str(params.get("collision_mode", "dedup")),
+            list(shards),
+            collision_mode=str(_params().get("collision_mode", "dedup")),
             mode=trained.get("mode"),
         )
 
@@ -384,7 +416,7 @@ def rqvae_semantic_ids() -> None:
             run_id=context["run_id"],
             dag_id=DAG_ID,
             params=params,
-            upstream={"load_embeddings": loaded, "train_rqvae": trained, "encode_items": encoded},
+            upstream={"load_embeddings": loaded, "train_rqvae": trained, "resolve_collisions": encoded},
         )
         context["outlet_events"][SEMANTIC_IDS].extra = {
             "snapshot": run["snapshot"],
@@ -397,10 +429,12 @@ def rqvae_semantic_ids() -> None:
     loaded = load_embeddings(run)
     checked = validate_dims(run, loaded)
     trained = train_rqvae(run, loaded)
-    encoded = encode_items(run, loaded, trained)
+    shards = plan_shards(loaded)
+    shard_codes = encode_items.partial(run=run, loaded=loaded, trained=trained).expand(shard=shards)
+    encoded = resolve_collisions(run, loaded, trained, shard_codes)
     codes_ok = validate_codes(run, loaded, encoded)
     published = publish(run, loaded, trained, encoded)
-    chain(run, loaded, checked, trained, encoded, codes_ok, published)
+    chain(run, loaded, checked, trained, shards, shard_codes, encoded, codes_ok, published)
 
 
 rqvae_semantic_ids()

@@ -1,12 +1,16 @@
-"""Stage `encode_items`: give every item of the artifact its semantic ID with the trained model.
+"""Stage `encode_items`: give every item of the artifact its codes with the trained model, one shard at a time.
 
-Writes `{work}/semantic_ids.parquet` in the library's format (item_id, codes [L], dedup). Like training it
-runs on the `gpu` queue and uses CUDA when present; encoding is streamed by the library in row batches.
+`plan_shards` cuts the artifact into contiguous row ranges of at most `shard_size` items; the DAG maps
+`encode_items` over them (`.expand`), so several `gpu` workers can encode one snapshot in parallel. Each
+instance reads only its rows and writes a raw shard (`{work}/shards/`); `resolve_collisions` then tells
+colliding items apart over all shards, which is why no shard resolves collisions itself. Encoding is per item,
+so any shard size yields the same IDs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,44 +19,75 @@ from include.layout import RunFolder
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SHARD_SIZE = 2_000_000
+
+
+def plan_shards(n_items: int, shard_size: int) -> list[dict[str, int]]:
+    """Row ranges `{index, count, start, stop}` covering `[0, n_items)`: ceil(n / shard_size) near-equal shards.
+
+    Equal sizes rather than full shards plus a remainder, so parallel workers finish together.
+    """
+    if n_items < 1:
+        raise ValueError(f"nothing to shard: n_items={n_items}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    count = math.ceil(n_items / shard_size)
+    bounds = [i * n_items // count for i in range(count + 1)]
+    return [{"index": i, "count": count, "start": bounds[i], "stop": bounds[i + 1]} for i in range(count)]
+
 
 def encode_items(
     model_dir: str | Path,
     artifact: str | Path,
     work_dir: str | Path,
+    shard: dict[str, int],
     *,
     device: str = "auto",
-    total: int | None = None,
-    collision_mode: str = "dedup",
     mode: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Encode all items; returns `{path, n_items, num_levels, codebook_size, unique_ratio, recon_mse, ...}`.
+    """Encode the rows of one shard into `{work}/shards/shard-i-of-n.parquet`; returns small figures for XCom.
 
-    `collision_mode`: `dedup` or `reassign` (see rqvae.collisions). `mode` is train_rqvae's decision: when it
-    used `incremental`, items whose embedding is unchanged since the base version keep their published IDs
-    and only the others are encoded. Item hashes and a sample of per-item recon errors go to the work
-    folder for the next incremental run and for the report.
+    `mode` is train_rqvae's decision: when it used `incremental`, items whose embedding is unchanged since the
+    base version keep their published IDs and only the others are encoded.
     """
     from include import incremental
     from rqvae.checkpoint import load_model
-    from rqvae.encode import encode_file
+    from rqvae.encode import encode_shard
     from rqvae.model import resolve_device
-    from rqvae.stability import file_hashes, write_hashes
 
     folder = RunFolder(Path(work_dir))
+    index, count = int(shard["index"]), int(shard["count"])
+    rows = (int(shard["start"]), int(shard["stop"]))
     model = load_model(model_dir, device=resolve_device(device))
     pinned = None
     if mode and mode.get("used") == "incremental":
-        pinned, ids, hashes = incremental.pinned_ids(mode["base_version"], artifact)
-        log.info("encode_items: keeping %d published IDs from %s", len(pinned.ids), mode["base_version"])
-    else:
-        ids, hashes = file_hashes(artifact)
-    write_hashes(folder.item_hashes, ids, hashes)
-    result = encode_file(  # total: progress + ETA in the log
-        model, artifact, folder.semantic_ids, total=total, collisions=collision_mode, pinned=pinned,
-        errors_path=folder.recon_errors,
-    )
-    result["device"] = str(resolve_device(device))
-    result["mode"] = (mode or {}).get("used", "retrain")
-    log.info("encode_items: %s", result)
+        pinned, _, _ = incremental.pinned_ids(mode["base_version"], artifact, rows=rows)
+        log.info("encode_items[%d]: keeping %d published IDs from %s", index, len(pinned.ids), mode["base_version"])
+    result = encode_shard(model, artifact, folder.shard(index, count), rows, pinned=pinned)
+    result.update(index=index, count=count, device=str(resolve_device(device)))
     return jsonable(result)
+
+
+def encode_all(
+    model_dir: str | Path,
+    artifact: str | Path,
+    work_dir: str | Path,
+    *,
+    n_items: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    collision_mode: str = "dedup",
+    mode: dict[str, Any] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Every shard in this process, then `resolve_collisions`: what the DAG's mapped tasks do, in one call."""
+    from include.resolve_collisions import resolve_collisions
+    from rqvae.io import row_count
+
+    total = n_items if n_items is not None else row_count(artifact)
+    if total is None:
+        raise ValueError(f"cannot count the rows of {artifact}")
+    shards = [
+        encode_items(model_dir, artifact, work_dir, shard, device=device, mode=mode)
+        for shard in plan_shards(total, shard_size)
+    ]
+    return resolve_collisions(model_dir, artifact, work_dir, shards, collision_mode=collision_mode, mode=mode)

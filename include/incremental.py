@@ -112,10 +112,11 @@ def published_metrics(version: str | Path) -> dict[str, Any]:
     return read_json(manifest).get("metrics", {}).get("train", {}) if manifest.exists() else {}
 
 
-def pinned_ids(version: str | Path, artifact: str | Path):
+def pinned_ids(version: str | Path, artifact: str | Path, rows: tuple[int, int] | None = None):
     """The published IDs to keep: items of the artifact whose embedding hash equals the published one.
 
-    Returns (rqvae.encode.PinnedIds, item ids of the artifact sorted, their hashes).
+    ``rows=(start, stop)`` limits the answer to one shard of the artifact. Returns (rqvae.encode.PinnedIds,
+    item ids of the artifact (or shard) sorted, their hashes).
     """
     import numpy as np
 
@@ -124,7 +125,7 @@ def pinned_ids(version: str | Path, artifact: str | Path):
     from rqvae.stability import file_hashes, read_hashes, unchanged_items
 
     version = Path(version)
-    ids, hashes = file_hashes(artifact)
+    ids, hashes = file_hashes(artifact, rows=rows)
     old_ids, old_hashes = read_hashes(version / ITEM_HASHES)
     keep_ids = ids[unchanged_items(old_ids, old_hashes, ids, hashes)]
     p_ids, p_codes, p_dedup = read_semantic_ids(version / "semantic_ids.parquet")

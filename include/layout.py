@@ -53,7 +53,16 @@ class RunFolder:
 
     @property
     def semantic_ids(self) -> Path:
-        return self.root / "semantic_ids.parquet"
+        """The final IDs: a folder of `part-NNNNN.parquet`, one per encode shard, read as one dataset."""
+        return self.root / "semantic_ids"
+
+    @property
+    def shards_dir(self) -> Path:
+        """Raw per-shard codes (before collision resolution), one file per mapped `encode_items` instance."""
+        return self.root / "shards"
+
+    def shard(self, index: int, count: int) -> Path:
+        return self.shards_dir / f"shard-{index:05d}-of-{count:05d}.parquet"
 
     @property
     def item_hashes(self) -> Path:

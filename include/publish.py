@@ -2,7 +2,8 @@
 
 Layout under the publish root::
 
-    {publish_root}/{snapshot}/        one version per snapshot: semantic_ids.parquet, model/, manifest.json,
+    {publish_root}/{snapshot}/        one version per snapshot: semantic_ids.parquet (the work folder's parts,
+                                      merged in order), model/, manifest.json,
                                       validation/*.json, semantic_id_dict.json (when export_json)
     {publish_root}/latest             symlink -> the newest published snapshot (relative target)
     {publish_root}/latest.json        the same pointer as a file, for readers that cannot follow symlinks
@@ -58,8 +59,8 @@ def publish(
 ) -> dict[str, Any]:
     """Publish `{work_dir}` as version `{publish_root}/{snapshot}/` and move `latest` if not older.
 
-    `upstream` holds the small result dicts of earlier stages (load, train, encode) whose counts and
-    metrics go into the manifest. Returns `{version_path, latest, moved_latest, manifest, n_items}`.
+    `upstream` holds the small result dicts of earlier stages (load, train, resolve_collisions) whose counts
+    and metrics go into the manifest. Returns `{version_path, latest, moved_latest, manifest, n_items}`.
     """
     snapshot = parse_snapshot(snapshot)
     folder = RunFolder(Path(work_dir))
@@ -86,6 +87,11 @@ def publish(
         "manifest": str(version / MANIFEST),
         "n_items": manifest["counts"]["n_items"],
     }
+
+
+def encode_result(upstream: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The merged encoding figures: `resolve_collisions` in the DAG, `encode_items.encode_all` in one call."""
+    return upstream.get("resolve_collisions") or upstream.get("encode_items") or {}
 
 
 def read_latest(publish_root: str | Path) -> str | None:
@@ -123,8 +129,11 @@ def _stage(
     """Fill the staging folder; the manifest is written last, so a complete manifest means a complete copy."""
     import pyarrow.parquet as pq
 
+    from rqvae.io import merge_semantic_ids, semantic_id_parts
+
     staging.mkdir()
-    shutil.copy2(folder.semantic_ids, staging / "semantic_ids.parquet")
+    n_parts = len(semantic_id_parts(folder.semantic_ids))
+    merge_semantic_ids(folder.semantic_ids, staging / "semantic_ids.parquet")  # consumers get one file
     shutil.copytree(folder.model_dir, staging / "model", ignore=shutil.ignore_patterns(*SKIPPED_MODEL_PARTS))
     (staging / "validation").mkdir()
     for report in (folder.input_report, folder.codes_report):
@@ -141,7 +150,7 @@ def _stage(
     model_checksum, _ = sha256_tree(staging / "model")
     input_report = read_json(folder.input_report)
     codes_report = read_json(folder.codes_report)
-    load, train, encode = (upstream.get(k, {}) for k in ("load_embeddings", "train_rqvae", "encode_items"))
+    load, train, encode = upstream.get("load_embeddings", {}), upstream.get("train_rqvae", {}), encode_result(upstream)
     files = {
         p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(staging.rglob("*"))
@@ -157,6 +166,7 @@ def _stage(
             "n_input_items": load.get("n_items", input_report.get("n_items")),
             "dim": load.get("dim", input_report.get("dim")),
             "json_items": n_json,
+            "encode_shards": n_parts,
         },
         "config": {"model": read_json(folder.model_dir / "config.json"), "params": params},
         "metrics": {"train": train.get("metrics", {}), "encode": encode, "codes": codes_report.get("metrics", {})},

@@ -40,7 +40,9 @@ def add_extras(
         shutil.copy2(folder.item_hashes, staging / ITEM_HASHES)
     ids_path = staging / "semantic_ids.parquet"
     churn = churn_against_previous(staging.parent, snapshot, ids_path)
-    train, encode = upstream.get("train_rqvae", {}), upstream.get("encode_items", {})
+    from include.publish import encode_result
+
+    train, encode = upstream.get("train_rqvae", {}), encode_result(upstream)
     sizes = encode.get("codebook_size") or read_json(folder.model_dir / "config.json")["model"]["codebook_size"]
     metrics = {"snapshot": snapshot, "mode": (train.get("mode") or {}).get("used", encode.get("mode", "retrain"))}
     metrics.update({k: encode[k] for k in REPORT_KEYS if k in encode})

@@ -1,27 +1,38 @@
 """Encoding every item: stream embeddings in, semantic IDs out, in bounded memory.
 
-The input is read batch by batch (never held whole); only ids and codes (12-20 bytes an item) are kept, since
-the dedup digit needs every item's code tuple before any row can be written.
+The input is read batch by batch (never held whole); only ids, codes and per-item errors (~30 bytes an item)
+are kept, since the dedup digit needs every item's code tuple before any row can be written.
+
+Two ways to the same result: :func:`encode_file` in one process, or :func:`encode_shard` on row ranges (each
+on its own worker, each writing a raw part) followed by :func:`merge_shards`, which resolves collisions over
+all items and writes one final part per shard. Encoding is per item, so the IDs are identical either way.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from .checkpoint import load_model
 from .collisions import CollisionMode, collision_movers, resolve_collisions
 from .errors import InputError
-from .io import SemanticIdWriter, iter_embeddings, write_json_dict
+from .io import SemanticIdWriter, atomic_path, iter_embeddings, write_json_dict
 from .metrics import code_metrics
 from .model import RQVAE
 from .progress import Progress
 from .search import distances, search_table
+from .stability import embedding_hash, write_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +97,8 @@ def encode_stream(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Encode a file or snapshot: returns ids [N], codes [N, L] int32 and metrics (incl. recon MSE)."""
     result = _encode_pass(model, embeddings_path, batch_rows, allow_pickle, show_progress, total)
-    return result.ids, result.codes, result.metrics
+    _check_duplicates(result.ids, embeddings_path)
+    return result.ids, result.codes, _pass_metrics(result, model.codebook_size)
 
 
 class _Pass(NamedTuple):
@@ -94,8 +106,9 @@ class _Pass(NamedTuple):
     codes: np.ndarray  # [N, L] int32
     fixed: np.ndarray  # [N] bool: pinned (not encoded)
     fixed_dedup: np.ndarray  # [N] int32, meaningful where fixed
-    errors: np.ndarray  # per-item recon error sample (float32)
-    metrics: dict[str, Any]
+    errors: np.ndarray  # [N] float64: each item's mean squared reconstruction error
+    hashes: np.ndarray | None  # [N] int64 embedding hashes, when asked for
+    seconds: float
 
 
 def _encode_pass(
@@ -106,15 +119,16 @@ def _encode_pass(
     show_progress: bool,
     total: int | None,
     pinned: PinnedIds | None = None,
+    rows: tuple[int, int] | None = None,
+    with_hashes: bool = False,
 ) -> _Pass:
     """One streaming pass: encode every item not pinned; pinned items are only decoded (for the recon error)."""
     model.eval()
-    ids_parts, code_parts, fixed_parts, fdedup_parts, err_parts = [], [], [], [], []
-    sq_err = new_err = 0.0
-    n_new = 0
+    ids_parts, code_parts, fixed_parts, fdedup_parts, err_parts, hash_parts = [], [], [], [], [], []
     t0 = time.perf_counter()
+    batches = iter_embeddings(embeddings_path, batch_rows=batch_rows, allow_pickle=allow_pickle, rows=rows)
     with Progress(total or 0, "encode", enabled=show_progress and bool(total)) as bar:
-        for ids, x in iter_embeddings(embeddings_path, batch_rows=batch_rows, allow_pickle=allow_pickle):
+        for ids, x in batches:
             if x.shape[1] != model.input_dim:
                 raise InputError(
                     f"embedding dimension {x.shape[1]} does not match the model's input_dim {model.input_dim}",
@@ -130,34 +144,41 @@ def _encode_pass(
                 fdedup[found] = pinned.dedup[where]
             if not found.all():
                 codes[~found], err[~found] = _encode_batch(model, x[~found])
-                new_err += float(err[~found].sum())
-                n_new += int((~found).sum())
             ids_parts.append(ids)
             code_parts.append(codes)
             fixed_parts.append(found)
             fdedup_parts.append(fdedup)
-            err_parts.append(err.astype(np.float32))
-            sq_err += float(err.sum())
+            err_parts.append(err)
+            if with_hashes:
+                hash_parts.append(embedding_hash(x))
             bar.update(len(ids))
     if not ids_parts:
         raise InputError("no items to encode: the input is empty", path=embeddings_path)
-    ids = np.concatenate(ids_parts)
-    codes = np.concatenate(code_parts)
-    errors = np.concatenate(err_parts)
-    _check_duplicates(ids, embeddings_path)
-    seconds = time.perf_counter() - t0
-    metrics = code_metrics(codes, model.codebook_size)
-    metrics["recon_mse"] = sq_err / len(ids)
-    metrics["recon_mse_encoded"] = new_err / n_new if n_new else None
-    metrics["n_encoded"] = n_new
-    metrics["n_pinned"] = int(len(ids) - n_new)
-    metrics["recon_error_quantiles"] = {
-        f"p{q}": float(np.quantile(errors, q / 100)) for q in (50, 90, 99)
-    }
-    metrics["encode_seconds"] = round(seconds, 3)
-    metrics["items_per_second"] = round(len(ids) / seconds, 1) if seconds > 0 else None
-    stride = max(1, len(errors) // ERROR_SAMPLE)
-    return _Pass(ids, codes, np.concatenate(fixed_parts), np.concatenate(fdedup_parts), errors[::stride], metrics)
+    return _Pass(
+        np.concatenate(ids_parts), np.concatenate(code_parts), np.concatenate(fixed_parts),
+        np.concatenate(fdedup_parts), np.concatenate(err_parts),
+        np.concatenate(hash_parts) if with_hashes else None, time.perf_counter() - t0,
+    )
+
+
+def _pass_metrics(run: _Pass, codebook_size: Sequence[int]) -> dict[str, Any]:
+    """Code quality (before collision resolution), reconstruction error and speed of an encoding pass."""
+    n = len(run.ids)
+    new = ~run.fixed
+    metrics = code_metrics(run.codes, codebook_size)
+    metrics["recon_mse"] = float(run.errors.sum()) / n
+    metrics["recon_mse_encoded"] = float(run.errors[new].sum()) / int(new.sum()) if new.any() else None
+    metrics["n_encoded"] = int(new.sum())
+    metrics["n_pinned"] = int(n - new.sum())
+    metrics["recon_error_quantiles"] = {f"p{q}": float(np.quantile(run.errors, q / 100)) for q in (50, 90, 99)}
+    metrics["encode_seconds"] = round(run.seconds, 3)
+    metrics["items_per_second"] = round(n / run.seconds, 1) if run.seconds > 0 else None
+    return metrics
+
+
+def _error_sample(errors: np.ndarray) -> np.ndarray:
+    """An even-stride sample of per-item errors (float32) for the report's histogram."""
+    return errors[:: max(1, len(errors) // ERROR_SAMPLE)].astype(np.float32)
 
 
 @torch.no_grad()
@@ -232,29 +253,10 @@ def encode_file(
     kept from a published version (incremental runs); those items are not re-encoded and the others are
     resolved around them. ``errors_path``: a .npy sample of per-item reconstruction errors (for reports).
     """
-    mode = CollisionMode.parse(collisions)
     model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
     run = _encode_pass(model, embeddings_path, batch_rows, allow_pickle, show_progress, total, pinned)
-    ids, metrics = run.ids, run.metrics
-    t0 = time.perf_counter()
-    last_distances = None
-    if mode is CollisionMode.REASSIGN:
-        movers = collision_movers(ids, run.codes, model.codebook_size, run.fixed)
-        mover_ids, residuals = last_residuals(
-            model, embeddings_path, ids[movers], batch_rows, allow_pickle, codes=run.codes[movers]
-        )
-
-        def last_distances(rows: np.ndarray) -> np.ndarray:
-            return last_level_distances(model, residuals[np.searchsorted(mover_ids, ids[rows])])
-
-    resolved = resolve_collisions(
-        ids, run.codes, model.codebook_size, mode, last_distances, fixed=run.fixed, fixed_dedup=run.fixed_dedup
-    )
-    codes, dedup = resolved.codes, resolved.dedup
-    metrics.update(resolved.stats)
-    metrics["resolve_seconds"] = round(time.perf_counter() - t0, 3)
-    if mode is CollisionMode.REASSIGN:
-        metrics.update(code_metrics(codes, model.codebook_size))  # unique ratio etc. of the IDs as published
+    _check_duplicates(run.ids, embeddings_path)
+    ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, allow_pickle)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with SemanticIdWriter(out_path, model.num_codebooks) as writer:
@@ -273,7 +275,7 @@ def encode_file(
         errors_path = Path(errors_path)
         errors_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = errors_path.with_name(errors_path.name + ".tmp.npy")
-        np.save(tmp, run.errors)
+        np.save(tmp, _error_sample(run.errors))
         tmp.replace(errors_path)
         result["errors_path"] = str(errors_path)
     if json_dict is not None:
@@ -283,7 +285,210 @@ def encode_file(
         "encoded %d items (%d pinned): unique %.4f, collisions %.4f -> %.4f (%s, %d moved), recon_mse %.6f, "
         "%s items/s -> %s",
         len(ids), metrics["n_pinned"], metrics["unique_ratio"], metrics["collision_rate_pre"],
-        metrics["collision_rate_post"], mode.value, metrics["moved"], metrics["recon_mse"],
+        metrics["collision_rate_post"], metrics["collision_mode"], metrics["moved"], metrics["recon_mse"],
         metrics["items_per_second"], out_path,
     )
     return result
+
+
+def _resolve(
+    model: RQVAE,
+    run: _Pass,
+    embeddings_path: str | Path,
+    collisions: str | CollisionMode,
+    batch_rows: int,
+    allow_pickle: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(ids, codes, dedup, metrics) once collisions over all items of the pass are resolved.
+
+    The one place both encoding paths end in, so a sharded run publishes exactly what a single pass would.
+    """
+    mode = CollisionMode.parse(collisions)
+    metrics = _pass_metrics(run, model.codebook_size)
+    ids = run.ids
+    t0 = time.perf_counter()
+    last_distances = None
+    if mode is CollisionMode.REASSIGN:
+        movers = collision_movers(ids, run.codes, model.codebook_size, run.fixed)
+        mover_ids, residuals = last_residuals(
+            model, embeddings_path, ids[movers], batch_rows, allow_pickle, codes=run.codes[movers]
+        )
+
+        def last_distances(rows: np.ndarray) -> np.ndarray:
+            return last_level_distances(model, residuals[np.searchsorted(mover_ids, ids[rows])])
+
+    resolved = resolve_collisions(
+        ids, run.codes, model.codebook_size, mode, last_distances, fixed=run.fixed, fixed_dedup=run.fixed_dedup
+    )
+    metrics.update(resolved.stats)
+    metrics["resolve_seconds"] = round(time.perf_counter() - t0, 3)
+    if mode is CollisionMode.REASSIGN:
+        metrics.update(code_metrics(resolved.codes, model.codebook_size))  # unique ratio etc. of the IDs as published
+    return ids, resolved.codes, resolved.dedup, metrics
+
+
+# ------------------------------------------------------------------------------------------- sharded encoding
+
+SHARD_COLUMNS = ("item_id", "codes", "pinned", "pinned_dedup", "recon_error", "emb_hash")
+
+
+def _shard_schema(num_levels: int) -> pa.Schema:
+    """A raw shard: codes before collision resolution plus what the merge needs to finish every item."""
+    return pa.schema(
+        [
+            ("item_id", pa.int64()),
+            ("codes", pa.list_(pa.int32(), num_levels)),
+            ("pinned", pa.bool_()),
+            ("pinned_dedup", pa.int32()),
+            ("recon_error", pa.float64()),
+            ("emb_hash", pa.int64()),
+        ]
+    )
+
+
+def encode_shard(
+    model_or_dir: RQVAE | str | Path,
+    embeddings_path: str | Path,
+    out_path: str | Path,
+    rows: tuple[int, int],
+    *,
+    pinned: PinnedIds | None = None,
+    batch_rows: int = 262_144,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Encode rows ``[start, stop)`` of a Parquet artifact into a raw shard file (see :func:`merge_shards`).
+
+    No collision resolution here: it needs every item's codes. Returns small figures (for an XCom).
+    """
+    model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
+    start, stop = (int(r) for r in rows)
+    run = _encode_pass(
+        model, embeddings_path, batch_rows, False, show_progress, stop - start, pinned, rows=(start, stop),
+        with_hashes=True,
+    )
+    if len(run.ids) != stop - start:
+        raise InputError(f"shard [{start}, {stop}) read {len(run.ids)} rows", path=embeddings_path)
+    flat = pa.array(np.ascontiguousarray(run.codes, np.int32).reshape(-1))
+    table = pa.Table.from_arrays(
+        [
+            pa.array(run.ids),
+            pa.FixedSizeListArray.from_arrays(flat, model.num_codebooks),
+            pa.array(run.fixed),
+            pa.array(run.fixed_dedup),
+            pa.array(run.errors),
+            pa.array(run.hashes),
+        ],
+        schema=_shard_schema(model.num_codebooks).with_metadata({"encode_seconds": f"{run.seconds:.6f}"}),
+    )
+    with atomic_path(out_path) as tmp:
+        pq.write_table(table, tmp)
+    result = {
+        "path": str(out_path),
+        "rows": [start, stop],
+        "n_items": int(len(run.ids)),
+        "n_pinned": int(run.fixed.sum()),
+        "encode_seconds": round(run.seconds, 3),
+        "items_per_second": round(len(run.ids) / run.seconds, 1) if run.seconds > 0 else None,
+    }
+    logger.info("encoded shard [%d, %d): %s", start, stop, result)
+    return result
+
+
+def _read_shards(paths: Sequence[str | Path], num_levels: int) -> tuple[_Pass, list[int]]:
+    """Raw shards concatenated in the given order, as one pass over all items, and each shard's row count."""
+    tables = []
+    seconds = 0.0
+    for path in paths:
+        table = pq.read_table(path)
+        if tuple(table.schema.names) != SHARD_COLUMNS or table.schema.field("codes").type.list_size != num_levels:
+            raise InputError(f"not a raw shard of a {num_levels}-level model: columns {table.schema.names}",
+                             path=path)
+        seconds += float((table.schema.metadata or {}).get(b"encode_seconds", b"0"))
+        tables.append(table)
+    if not tables:
+        raise ValueError("merge_shards needs at least one shard")
+    table = pa.concat_tables(tables).combine_chunks()
+    codes = table.column("codes").chunk(0).flatten().to_numpy().reshape(-1, num_levels).astype(np.int32)
+    run = _Pass(
+        table.column("item_id").to_numpy(), codes, table.column("pinned").to_numpy(zero_copy_only=False),
+        table.column("pinned_dedup").to_numpy(), table.column("recon_error").to_numpy(),
+        table.column("emb_hash").to_numpy(), seconds,
+    )
+    return run, [t.num_rows for t in tables]
+
+
+def merge_shards(
+    model_or_dir: RQVAE | str | Path,
+    shard_paths: Sequence[str | Path],
+    embeddings_path: str | Path,
+    out_dir: str | Path,
+    *,
+    collisions: str | CollisionMode = CollisionMode.DEDUP,
+    hashes_path: str | Path | None = None,
+    errors_path: str | Path | None = None,
+    batch_rows: int = 262_144,
+) -> dict[str, Any]:
+    """Resolve collisions over all shards and write ``{out_dir}/part-{i:05d}.parquet``, one part per shard.
+
+    Shards must be given in row order of the artifact (what :func:`encode_file` would have read). The part
+    folder is written beside ``out_dir`` and swapped in whole, so readers never see a mix of two runs' parts.
+    ``hashes_path``: item_id + emb_hash of every item (sorted by id), for the next incremental run.
+    """
+    model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
+    run, sizes = _read_shards(shard_paths, model.num_codebooks)
+    _check_duplicates(run.ids, embeddings_path)
+    ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, False)
+    out_dir = Path(out_dir)
+    _remove_leftovers(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        bounds = np.cumsum([0, *sizes])
+        for index, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            with SemanticIdWriter(staging / f"part-{index:05d}.parquet", model.num_codebooks) as writer:
+                for first in range(lo, hi, WRITE_ROWS):
+                    sl = slice(first, min(first + WRITE_ROWS, hi))
+                    writer.write(ids[sl], codes[sl], dedup[sl])
+        _swap_dir(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    result: dict[str, Any] = {
+        "path": str(out_dir),
+        "n_items": int(len(ids)),
+        "n_shards": len(sizes),
+        "num_levels": model.num_codebooks,
+        "codebook_size": model.codebook_size,
+        **metrics,
+        "max_dedup": int(dedup.max()),
+    }
+    if hashes_path is not None:
+        order = np.argsort(ids, kind="stable")
+        write_hashes(hashes_path, ids[order], run.hashes[order])
+    if errors_path is not None:
+        with atomic_path(errors_path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, _error_sample(run.errors))
+        result["errors_path"] = str(errors_path)
+    logger.info(
+        "merged %d shard(s), %d items: unique %.4f, collisions %.4f -> %.4f (%s, %d moved), recon_mse %.6f -> %s",
+        len(sizes), len(ids), metrics["unique_ratio"], metrics["collision_rate_pre"], metrics["collision_rate_post"],
+        metrics["collision_mode"], metrics["moved"], metrics["recon_mse"], out_dir,
+    )
+    return result
+
+
+def _swap_dir(staging: Path, final: Path) -> None:
+    """Put a complete folder at ``final``: an earlier one is renamed aside first, then deleted."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+        os.rename(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, final)
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Delete staging / moved-aside folders a killed merge left beside ``final`` (the retry starts clean)."""
+    for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
+        logger.warning("removing %s left by an interrupted merge", leftover)
+        shutil.rmtree(leftover)

@@ -200,10 +200,15 @@ def _npy_ids_file(matrix: Path, ids_path: str | Path | None) -> Path:
 # --------------------------------------------------------------------------------------------- raw readers
 
 
-def _iter_raw(source: _Source, batch_rows: int, allow_pickle: bool) -> Iterator[_RawBatch]:
+def _iter_raw(
+    source: _Source, batch_rows: int, allow_pickle: bool, rows: tuple[int, int] | None = None
+) -> Iterator[_RawBatch]:
     if batch_rows <= 0:
         raise ValueError(f"batch_rows must be positive, got {batch_rows}")
     log.info("reading %s input: %d file(s) from %s", source.format, len(source.files), source.files[0])
+    if rows is not None:
+        yield from _iter_window(source, batch_rows, rows)
+        return
     for file in source.files:
         if source.format == "parquet":
             yield from _rebatch(_parquet_batches(file, batch_rows), file, batch_rows)
@@ -214,6 +219,49 @@ def _iter_raw(source: _Source, batch_rows: int, allow_pickle: bool) -> Iterator[
             yield from _npy_batches(file, source.ids_file, batch_rows)
         else:
             yield from _pickle_batches(file, batch_rows, allow_pickle)
+
+
+def _iter_window(source: _Source, batch_rows: int, rows: tuple[int, int]) -> Iterator[_RawBatch]:
+    """Rows ``[start, stop)`` of a Parquet input (in file order), reading only the row groups they touch.
+
+    What lets several workers each encode one shard of a large artifact without reading the others' rows.
+    """
+    start, stop = rows
+    if source.format != "parquet":
+        raise InputError(f"reading a row range needs a Parquet input, got {source.format}", path=source.files[0])
+    if not 0 <= start <= stop:
+        raise ValueError(f"bad row range [{start}, {stop})")
+    offset = 0
+    for file in source.files:
+        pf = _open_parquet(file)
+        if offset >= stop:
+            break
+        if offset + pf.metadata.num_rows > start:
+            yield from _rebatch(_parquet_window(pf, file, batch_rows, start - offset, stop - offset), file, batch_rows)
+        offset += pf.metadata.num_rows
+    if offset < stop:
+        raise InputError(f"row range [{start}, {stop}) is past the end of the input ({offset} rows)",
+                         path=source.files[0])
+
+
+def _parquet_window(
+    pf: pq.ParquetFile, file: Path, batch_rows: int, start: int, stop: int
+) -> Iterator[tuple[pa.Array, pa.Array]]:
+    """Rows ``[start, stop)`` of one file (clipped to it), row group by row group."""
+    columns = list(_pick_columns(pf.schema_arrow.names, file))
+    first = 0
+    for group in range(pf.metadata.num_row_groups):
+        size = pf.metadata.row_group(group).num_rows
+        lo, hi = max(start - first, 0), min(stop - first, size)
+        first += size
+        if lo >= hi:
+            continue
+        try:
+            table = pf.read_row_group(group, columns=columns).slice(lo, hi - lo)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"corrupt Parquet data ({exc})", path=file) from exc
+        for batch in table.combine_chunks().to_batches(max_chunksize=batch_rows):
+            yield batch.column(0), batch.column(1)
 
 
 def _rebatch(parts: Iterator[tuple[pa.Array, pa.Array]], file: Path, batch_rows: int) -> Iterator[_RawBatch]:
@@ -584,17 +632,21 @@ def iter_embeddings(
     allow_pickle: bool = False,
     *,
     ids_path: str | Path | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(ids int64 [n], vectors float32 [n, D])`` batches; any row that breaks density raises."""
-    return _iter_strict(_resolve(Path(path), ids_path), batch_rows, allow_pickle, path)
+    """Yield ``(ids int64 [n], vectors float32 [n, D])`` batches; any row that breaks density raises.
+
+    ``rows=(start, stop)`` reads only that row range (Parquet inputs; the rows of all parts in file order).
+    """
+    return _iter_strict(_resolve(Path(path), ids_path), batch_rows, allow_pickle, path, rows)
 
 
 def _iter_strict(
-    source: _Source, batch_rows: int, allow_pickle: bool, path: str | Path
+    source: _Source, batch_rows: int, allow_pickle: bool, path: str | Path, rows: tuple[int, int] | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     dim: int | None = None
     total = 0
-    for raw in _iter_raw(source, batch_rows, allow_pickle):
+    for raw in _iter_raw(source, batch_rows, allow_pickle, rows):
         ids, vectors = _to_numpy(raw)
         if dim is not None and vectors.shape[1] != dim:
             raise InputError(
@@ -801,9 +853,50 @@ class SemanticIdWriter:
         log.info("wrote %d semantic ids to %s", self.rows_written, self.path)
 
 
+def semantic_id_parts(path: str | Path) -> list[Path]:
+    """The Parquet files of a semantic-id dataset: the file itself, or a directory's ``part-*.parquet`` in order.
+
+    Sharded encoding writes one part per shard; every reader takes the parts, in name order, as one table.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    parts = sorted(path.glob("part-*.parquet"))
+    if not parts:
+        raise InputError("no part-*.parquet files in the semantic-id directory", path=path)
+    return parts
+
+
 def read_semantic_ids(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Load ``(ids int64 [N], codes int32 [N, L], dedup int32 [N])`` from a semantic-id Parquet file."""
-    file = Path(path)
+    """Load ``(ids int64 [N], codes int32 [N, L], dedup int32 [N])`` from a semantic-id file or part directory."""
+    parts = [_read_semantic_id_file(part) for part in semantic_id_parts(path)]
+    if len(parts) == 1:
+        return parts[0]
+    widths = {p[1].shape[1] for p in parts if len(p[0])}
+    if len(widths) > 1:
+        raise InputError(f"parts disagree on the number of code levels: {sorted(widths)}", path=path)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def merge_semantic_ids(parts_dir: str | Path, out_path: str | Path) -> int:
+    """Copy a part directory into one semantic-id file (row groups streamed, order kept); returns rows written."""
+    files = semantic_id_parts(parts_dir)
+    schema = _semantic_id_file(files[0], ["item_id", "codes", "dedup"]).schema_arrow
+    written = 0
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for file in files:
+            pf = _semantic_id_file(file, ["item_id", "codes", "dedup"])
+            if not pf.schema_arrow.equals(schema):
+                raise InputError(f"schema {pf.schema_arrow} differs from the first part's {schema}", path=file)
+            for group in range(pf.metadata.num_row_groups):
+                table = pf.read_row_group(group)
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                written += table.num_rows
+    log.info("merged %d semantic-id part(s), %d rows, into %s", len(files), written, out_path)
+    return written
+
+
+def _read_semantic_id_file(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pf = _semantic_id_file(file, ["item_id", "codes", "dedup"])
     n = pf.metadata.num_rows
     code_type = pf.schema_arrow.field("codes").type

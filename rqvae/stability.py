@@ -42,11 +42,11 @@ def embedding_hash(vectors: np.ndarray) -> np.ndarray:
 
 
 def file_hashes(
-    path: str | Path, batch_rows: int = 262_144, allow_pickle: bool = False
+    path: str | Path, batch_rows: int = 262_144, allow_pickle: bool = False, rows: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(item ids, embedding hashes) of every row of an embeddings file, streamed; both sorted by item id."""
+    """(item ids, embedding hashes) of every row (or of ``rows=(start, stop)``), streamed; sorted by item id."""
     ids_parts, hash_parts = [], []
-    for ids, x in iter_embeddings(path, batch_rows=batch_rows, allow_pickle=allow_pickle):
+    for ids, x in iter_embeddings(path, batch_rows=batch_rows, allow_pickle=allow_pickle, rows=rows):
         ids_parts.append(np.asarray(ids, dtype=np.int64))
         hash_parts.append(embedding_hash(x))
     if not ids_parts:

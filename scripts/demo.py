@@ -164,12 +164,15 @@ def task_durations(snapshot: str) -> list[tuple[str, str, float]]:
             select(TaskInstance).where(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run.run_id)
         ).all()
         order = {t: i for i, t in enumerate(
-            ["wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "encode_items",
-             "validate_codes", "publish"])}
-        return sorted(
-            ((ti.task_id, str(ti.state), float(ti.duration or 0.0)) for ti in tis),
-            key=lambda row: order.get(row[0], 99),
-        )
+            ["wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "plan_shards",
+             "encode_items", "resolve_collisions", "validate_codes", "publish"])}
+        rows = sorted(tis, key=lambda ti: (order.get(ti.task_id, 99), ti.map_index))
+        # a mapped task shows one row per instance: encode_items[0], encode_items[1], ...
+        return [
+            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]", str(ti.state),
+             float(ti.duration or 0.0))
+            for ti in rows
+        ]
 
 
 if __name__ == "__main__":

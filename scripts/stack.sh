@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The compose topology (docker-compose.yaml) run natively on one machine, for machines with no Docker engine:
 # PostgreSQL (metadata DB + Celery result backend), Redis (Celery broker), the Airflow api-server, scheduler,
-# dag-processor and triggerer, and two Celery workers: `default` (the CPU tasks) and `gpu` (train_rqvae and
-# encode_items, concurrency 1). Everything lives under $STACK_DIR (default var/stack) on loopback ports.
+# dag-processor and triggerer, and Celery workers: `default` (the CPU tasks) and `gpu` (train_rqvae and the
+# encode_items shards, concurrency 1 each, STACK_GPU_WORKERS of them). Everything lives under $STACK_DIR
+# (default var/stack) on loopback ports.
 #
 #   scripts/stack.sh up        start what is not running yet and wait until every component is healthy
 #   scripts/stack.sh down      stop exactly the processes `up` started (by PID file), children included
@@ -10,7 +11,8 @@
 #   scripts/stack.sh airflow ARGS...   the Airflow CLI against this stack (e.g. `backfill create ...`)
 #
 # Knobs (environment): STACK_DIR, STACK_PG_PORT (55432), STACK_REDIS_PORT (56379), STACK_API_PORT (58080),
-# STACK_SCHEDULER_HEALTH_PORT (58974), STACK_LOG_PORT (58793; the next two ports are used too),
+# STACK_SCHEDULER_HEALTH_PORT (58974), STACK_LOG_PORT (58793; one port per worker from there),
+# STACK_GPU_WORKERS (1: gpu-queue workers, as one per GPU; the rqvae_gpu pool gets as many slots),
 # STACK_VENV (.venv), STACK_PG_BIN (Debian's newest /usr/lib/postgresql/*/bin), STACK_TIMEOUT_S (240).
 # RQVAE_* tuning variables (RQVAE_SENSOR_POKE_S, RQVAE_RETRY_DELAY_S, ...) pass through to the workers;
 # the data roots are always $STACK_DIR/data/{embeddings,work,published}.
@@ -31,7 +33,11 @@ PG_DIR="$STACK_DIR/pg"
 HOME_DIR="$STACK_DIR/airflow"
 DATA="$STACK_DIR/data"
 API_URL="http://127.0.0.1:$API_PORT"
-AIRFLOW_COMPONENTS=(api-server scheduler dag-processor triggerer worker worker-gpu)
+GPU_WORKERS="${STACK_GPU_WORKERS:-1}"
+[[ "$GPU_WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "STACK_GPU_WORKERS must be a positive integer" >&2; exit 2; }
+gpu_workers() { local i; echo worker-gpu; for ((i = 2; i <= GPU_WORKERS; i++)); do echo "worker-gpu-$i"; done; }
+mapfile -t GPU_WORKER_NAMES < <(gpu_workers)
+AIRFLOW_COMPONENTS=(api-server scheduler dag-processor triggerer worker "${GPU_WORKER_NAMES[@]}")
 
 pg_bin() {
     if [[ -n "${STACK_PG_BIN:-}" ]]; then echo "$STACK_PG_BIN"; return; fi
@@ -228,19 +234,21 @@ start_worker() {
 start_airflow() {
     airflow db migrate >"$LOGS/db-migrate.log" 2>&1 || { tail -n 30 "$LOGS/db-migrate.log" >&2; die "db migrate failed"; }
     log "metadata DB migrated"
-    # train_rqvae and encode_items share this pool: one GPU, one job at a time.
-    airflow pools set rqvae_gpu 1 "GPU slots for train_rqvae and encode_items" >>"$LOGS/db-migrate.log" 2>&1
+    # train_rqvae and encode_items share this pool: one slot per GPU worker, one job at a time on each.
+    airflow pools set rqvae_gpu "$GPU_WORKERS" "GPU slots for train_rqvae and encode_items" \
+        >>"$LOGS/db-migrate.log" 2>&1
     local name
     for name in api-server scheduler dag-processor triggerer; do
         if alive "$name"; then log "$name already running (pid $(pid_of "$name"))"; continue; fi
         launch "$name" airflow "$name"
     done
     start_worker worker default 2 "$LOG_PORT"
-    start_worker worker-gpu gpu 1 "$((LOG_PORT + 1))"
+    local i
+    for i in "${!GPU_WORKER_NAMES[@]}"; do start_worker "${GPU_WORKER_NAMES[$i]}" gpu 1 "$((LOG_PORT + 1 + i))"; done
     wait_for "scheduler health on :$SCHED_HEALTH_PORT" scheduler scheduler_healthy
     wait_for "api-server health (db, scheduler, triggerer, dag-processor) on $API_URL" api-server api_healthy
     wait_for "celery worker (queue default)" worker worker_ready worker
-    wait_for "celery worker (queue gpu)" worker-gpu worker_ready worker-gpu
+    for name in "${GPU_WORKER_NAMES[@]}"; do wait_for "celery worker $name (queue gpu)" "$name" worker_ready "$name"; done
 }
 
 # --- stopping --------------------------------------------------------------------------------------------------
@@ -291,8 +299,10 @@ up() {
 
 down() {
     mkdir -p "$RUN"
-    local name
-    for name in worker-gpu worker triggerer dag-processor scheduler api-server; do stop_pid "$name"; done
+    local name file
+    # every gpu worker with a PID file, however many `up` started
+    for file in "$RUN"/worker-gpu*.pid; do [[ -e "$file" ]] && stop_pid "$(basename "$file" .pid)"; done
+    for name in worker triggerer dag-processor scheduler api-server; do stop_pid "$name"; done
     stop_pid redis
     stop_postgres
 }
@@ -305,7 +315,7 @@ status() {
             postgres) alive postgres && ! pg_ready && { state+=", not accepting connections"; ok=1; } ;;
             redis) alive redis && ! redis_ready && { state+=", no PONG"; ok=1; } ;;
             scheduler) alive scheduler && ! scheduler_healthy >/dev/null 2>&1 && { state+=", unhealthy"; ok=1; } ;;
-            worker | worker-gpu) [[ -f "$RUN/$name.hostname" ]] && state+=", hostname $(cat "$RUN/$name.hostname")" ;;
+            worker | worker-gpu*) [[ -f "$RUN/$name.hostname" ]] && state+=", hostname $(cat "$RUN/$name.hostname")" ;;
         esac
         printf '%-14s %s\n' "$name" "$state"
     done
@@ -320,5 +330,5 @@ case "${1:-}" in
     down) down ;;
     status) status ;;
     airflow) shift; ensure_secrets; stack_env; exec airflow "$@" ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

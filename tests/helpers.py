@@ -23,8 +23,8 @@ SMALL = {
     "max_recon_mse": 0.05,
 }
 TASK_IDS = [
-    "wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "encode_items", "validate_codes",
-    "publish",
+    "wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "plan_shards", "encode_items",
+    "resolve_collisions", "validate_codes", "publish",
 ]
 
 
@@ -38,7 +38,10 @@ def make_snapshot(roots: dict[str, Path], snapshot: str, n: int = 3000, seed: in
 def run(dag, snapshot: str, **conf):
     """Run the DAG for the day `snapshot` (its logical date), the way a scheduled or backfill run would."""
     day = datetime.fromisoformat(snapshot).replace(tzinfo=UTC)
-    return dag.test(logical_date=day, run_conf={**SMALL, **conf})
+    # Every param is passed: in-process tasks keep an earlier run's conf in their params (a fresh worker
+    # process would not), so a key one test sets must not leak into the next test's run.
+    defaults = {name: dag.params[name] for name in dag.params}
+    return dag.test(logical_date=day, run_conf={**defaults, **SMALL, **conf})
 
 
 def states(dag_run) -> dict[str, str]:

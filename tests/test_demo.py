@@ -35,7 +35,7 @@ def test_demo_publishes_a_version_and_prints_where(tmp_path: Path) -> None:
     out = proc.stdout
     version = tmp_path / "data" / "published" / SNAPSHOT
     assert f"published: {version}  (latest -> {SNAPSHOT})" in out
-    for task_id in ("wait_for_embeddings", "train_rqvae", "encode_items", "publish"):
+    for task_id in ("wait_for_embeddings", "train_rqvae", "encode_items[0]", "resolve_collisions", "publish"):
         assert any(line.split()[:2] == [task_id, "success"] for line in out.splitlines()), out
     assert "codebooks [16, 16, 16]" in out and "validation: input" in out
     assert (version / "semantic_ids.parquet").is_file() and (version / "report" / "index.html").is_file()

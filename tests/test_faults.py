@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from include import publish as publish_module
-from include.encode_items import encode_items
-from include.files import read_json, sha256_file
+from include.encode_items import encode_all
+from include.files import read_json, sha256_file, sha256_tree
 from include.layout import RunFolder
 from include.load_embeddings import load_embeddings
 from include.publish import LATEST, LATEST_JSON, LOCK_FILE, MANIFEST, publish, read_latest
@@ -47,7 +47,7 @@ def prepare(snapshot_dir: Path, work_dir: Path, **train_args) -> dict:
     folder = RunFolder(work_dir)
     validate_dims(loaded["path"], folder.input_report, expected_dim=DIM, min_items=100)
     trained = train_rqvae(loaded["path"], work_dir, **{**STAGE_ARGS, **train_args})
-    encoded = encode_items(trained["model_path"], loaded["path"], work_dir)
+    encoded = encode_all(trained["model_path"], loaded["path"], work_dir)
     validate_codes(
         encoded["path"], loaded["path"], folder.codes_report, codebook_sizes=encoded["codebook_size"],
         recon_mse=encoded["recon_mse"], **CODE_CHECKS,
@@ -212,12 +212,14 @@ def _generic(name: str) -> str:
 ENCODE_CHILD = """
 import os, sys
 from rqvae import io
-from include.encode_items import encode_items
+from include.encode_items import encode_all
 fault = sys.argv[4]
 original_write, original_exit = io.SemanticIdWriter.write, io.SemanticIdWriter.__exit__
+parts = []
 
 def write(self, ids, codes, dedup):
-    if fault == "mid_write":
+    parts.append(self.path.name)
+    if fault == "mid_write" and len(parts) == 2:  # the second of three parts, half written
         half = len(ids) // 2
         original_write(self, ids[:half], codes[:half], dedup[:half])
         self._writer.close()  # the half file is on disk, as a kill after a flushed row group leaves it
@@ -225,34 +227,36 @@ def write(self, ids, codes, dedup):
     original_write(self, ids, codes, dedup)
 
 def exit_(self, *args):
-    if fault == "before_rename" and args[0] is None:
+    if fault == "before_rename" and args[0] is None and self.path.name == "part-00002.parquet":
         self._writer.close()
         os._exit({killed})
     return original_exit(self, *args)
 
 io.SemanticIdWriter.write, io.SemanticIdWriter.__exit__ = write, exit_
-encode_items(sys.argv[1], sys.argv[2], sys.argv[3])
+encode_all(sys.argv[1], sys.argv[2], sys.argv[3], shard_size={shard_size})
 """
+SHARD_SIZE = 300  # 800 items -> three shards, three parts
 
 
 @pytest.mark.parametrize("fault", ["mid_write", "before_rename"])
 def test_retried_encode_overwrites_its_own_output_and_never_duplicates_rows(fault, ready, tmp_path, reliability_log):
     folder = RunFolder(ready)
     expected_ids = pq.read_table(folder.embeddings, columns=["item_id"]).column("item_id").to_numpy()
-    first = encode_items(folder.model_dir, folder.embeddings, ready)
-    checksum = sha256_file(folder.semantic_ids)
+    first = encode_all(folder.model_dir, folder.embeddings, ready, shard_size=SHARD_SIZE)
+    assert first["n_shards"] == 3
+    checksum, _ = sha256_tree(folder.semantic_ids)
     ids0, codes0, dedup0 = read_semantic_ids(folder.semantic_ids)
 
-    script = ENCODE_CHILD.format(killed=KILLED)
+    script = ENCODE_CHILD.format(killed=KILLED, shard_size=SHARD_SIZE)
     done = subprocess.run([sys.executable, "-c", script, str(folder.model_dir), str(folder.embeddings), str(ready),
                            fault], capture_output=True, text=True, timeout=120)
     assert done.returncode == KILLED, done.stderr[-2000:]
-    assert sha256_file(folder.semantic_ids) == checksum, "a killed encode must not touch the complete output"
-    partial = folder.semantic_ids.with_name(folder.semantic_ids.name + ".tmp")
-    assert partial.exists()  # what the kill left: only the writer's own temp file
+    assert sha256_tree(folder.semantic_ids)[0] == checksum, "a killed encode must not touch the complete output"
+    staged = sorted(p.name for p in ready.glob(".semantic_ids.tmp-*/*"))
+    assert staged and all(name.startswith("part-") for name in staged), staged  # what the kill left: staging only
 
-    again = encode_items(folder.model_dir, folder.embeddings, ready)  # the retry
-    assert not partial.exists()
+    again = encode_all(folder.model_dir, folder.embeddings, ready, shard_size=SHARD_SIZE)  # the retry
+    assert not list(ready.glob(".semantic_ids.*")), "the retry removes what the killed run left"
     ids, codes, dedup = read_semantic_ids(folder.semantic_ids)
     assert len(ids) == len(expected_ids) == first["n_items"] == again["n_items"]
     assert len(np.unique(ids)) == len(ids), "duplicated rows"
@@ -261,11 +265,12 @@ def test_retried_encode_overwrites_its_own_output_and_never_duplicates_rows(faul
     reliability_log.append(
         {
             "section": "fault",
-            "fault": "encode killed: " + {"mid_write": "half the rows written", "before_rename": "all rows written, "
-                                          "temp file not renamed"}[fault],
-            "left_behind": "semantic_ids.parquet.tmp (the complete earlier output untouched)",
+            "fault": "encode killed: " + {"mid_write": "second of three parts half written",
+                                          "before_rename": "all parts written, folder not swapped in"}[fault],
+            "left_behind": f".semantic_ids.tmp-* staging folder ({', '.join(staged)}); the complete earlier "
+                           "semantic_ids/ untouched",
             "latest_after_kill": "n/a (work folder)",
-            "after_retry": f"{len(ids)} rows, each item once, codes identical to the first run",
+            "after_retry": f"{len(ids)} rows in 3 parts, each item once, codes identical to the first run",
             "versions_lost": 0,
         }
     )

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from include.encode_items import encode_items
+from include.encode_items import encode_all
 from include.files import read_json
 from include.incremental import ITEM_HASHES, plan
 from include.layout import RunFolder
@@ -45,7 +45,7 @@ def run_day(base: Path, day: str, ids: np.ndarray, vectors: np.ndarray, mode: st
     validate_dims(loaded["path"], folder.input_report, expected_dim=DIM)
     trained = train_rqvae(loaded["path"], work, **TRAIN, mode=mode, publish_root=root,
                           retrain_factor=kw.get("retrain_factor", 1.5))
-    encoded = encode_items(trained["model_path"], loaded["path"], work, collision_mode=kw.get("collisions", "dedup"),
+    encoded = encode_all(trained["model_path"], loaded["path"], work, collision_mode=kw.get("collisions", "dedup"),
                            mode=trained["mode"])
     validate_codes(encoded["path"], loaded["path"], folder.codes_report, codebook_sizes=encoded["codebook_size"],
                    recon_mse=encoded["recon_mse"], min_unique_ratio=0.01)

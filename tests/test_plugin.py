@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from include.encode_items import encode_items
+from include.encode_items import encode_all
 from include.layout import RunFolder
 from include.load_embeddings import load_embeddings
 from include.publish import publish
@@ -30,7 +30,7 @@ def published_root(tmp_path_factory) -> Path:
         loaded = load_embeddings(synth(base / "emb" / day, 2000, dim=8, seed=2), work)
         validate_dims(loaded["path"], folder.input_report, expected_dim=8)
         trained = train_rqvae(loaded["path"], work, num_codebooks=2, codebook_size=8, epochs=1, batch_size=256)
-        encoded = encode_items(trained["model_path"], loaded["path"], work)
+        encoded = encode_all(trained["model_path"], loaded["path"], work)
         validate_codes(encoded["path"], loaded["path"], folder.codes_report, codebook_sizes=encoded["codebook_size"],
                        recon_mse=encoded["recon_mse"], min_unique_ratio=0.01)
         publish(day, work, root, upstream={"train_rqvae": trained, "encode_items": encoded})

@@ -1,9 +1,10 @@
-"""The distributed topology for real: PostgreSQL, Redis, api-server, scheduler, dag-processor, triggerer and two
-Celery workers (queues `default` and `gpu`) started natively by `scripts/stack.sh`, driven only from outside:
+"""The distributed topology for real: PostgreSQL, Redis, api-server, scheduler, dag-processor, triggerer and three
+Celery workers (one on queue `default`, two on `gpu`) started natively by `scripts/stack.sh`, driven only from outside:
 the REST API (JWT from the simple auth manager) and the `airflow backfill create` CLI.
 
-One run is triggered through the API with a conf, then a backfill covers three earlier days. The task instances
-must show the GPU stages on the `gpu` worker and everything else on the `default` worker; the publish root must
+One run is triggered through the API with a conf (three encode shards), then a backfill covers three earlier days.
+The task instances must show the GPU stages (each mapped `encode_items` instance too) on the two `gpu` workers,
+both of them used, and everything else on the `default` worker; the publish root must
 hold the four versions with `latest` at the newest. The stack lives in `var/stack-test/` on its own ports, so a
 developer's `scripts/stack.sh up` (var/stack, default ports) is left alone; it is always torn down.
 """
@@ -41,7 +42,12 @@ PORTS = {
 TRIGGERED = "2024-03-04"
 BACKFILLED = ["2024-03-01", "2024-03-02", "2024-03-03"]
 GPU_TASKS = {"train_rqvae", "encode_items"}
-CPU_TASKS = {"wait_for_embeddings", "load_embeddings", "validate_dims", "validate_codes", "publish"}
+CPU_TASKS = {
+    "wait_for_embeddings", "load_embeddings", "validate_dims", "plan_shards", "resolve_collisions", "validate_codes",
+    "publish",
+}
+TRIGGERED_SHARDS = 3  # the triggered run encodes its 3000 items as three mapped encode_items instances
+GPU_WORKERS = ("worker-gpu", "worker-gpu-2")
 RUN_TIMEOUT_S = 240
 
 
@@ -89,6 +95,7 @@ def _stack_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(PORTS)
     env["STACK_DIR"] = str(STACK_DIR)
+    env["STACK_GPU_WORKERS"] = str(len(GPU_WORKERS))  # two gpu-queue workers (as two GPUs), so shards run in parallel
     # Seconds, not the production minutes: the sensor finds our snapshots at its first poke; the run the
     # scheduler creates for today when the DAG is unpaused has no snapshot and fails at this timeout.
     env.update({"RQVAE_SENSOR_POKE_S": "2", "RQVAE_SENSOR_TIMEOUT_S": "15", "RQVAE_RETRY_DELAY_S": "1"})
@@ -122,7 +129,7 @@ def stack() -> Iterator[Stack]:
         assert up.returncode == 0, f"stack.sh up failed:\n{up.stdout}\n{up.stderr[-4000:]}"
         api = f"http://127.0.0.1:{PORTS['STACK_API_PORT']}"
         password = json.loads((STACK_DIR / "airflow" / "passwords.json").read_text())["admin"]
-        hostnames = {w: (STACK_DIR / "run" / f"{w}.hostname").read_text().strip() for w in ("worker", "worker-gpu")}
+        hostnames = {w: (STACK_DIR / "run" / f"{w}.hostname").read_text().strip() for w in ("worker", *GPU_WORKERS)}
         timings.update(stack_up_s=round(startup_s, 1), hostnames=hostnames)
         yield Stack(env, api, _token(api, password), hostnames, STACK_DIR / "data", timings)
     finally:
@@ -191,11 +198,10 @@ def test_trigger_and_backfill_on_the_celery_stack(stack: Stack) -> None:
     _wait_dag_parsed(stack)
     stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
 
-    # 1. A run triggered through the REST API, its snapshot and model size in the conf.
+    # 1. A run triggered through the REST API, its snapshot, model size and shard size in the conf.
     t0 = time.perf_counter()
-    run = stack.request(
-        "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {**SMALL, "snapshot": TRIGGERED}}
-    )
+    conf = {**SMALL, "snapshot": TRIGGERED, "shard_size": 3000 // TRIGGERED_SHARDS}
+    run = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
     _wait_runs(stack, [run["dag_run_id"]])
     stack.timings["triggered_run_s"] = round(time.perf_counter() - t0, 1)
 
@@ -219,16 +225,28 @@ def test_trigger_and_backfill_on_the_celery_stack(stack: Stack) -> None:
                                                   "--dag-run-conf", f"'{json.dumps(SMALL)}'", "--max-active-runs 3"])
 
     # 3. Which worker ran what: the queue each task was sent to and the hostname of the worker that ran it.
-    gpu_host, cpu_host = stack.hostnames["worker-gpu"], stack.hostnames["worker"]
-    placements: dict[str, list[tuple[str, str, str]]] = {}
+    gpu_hosts, cpu_host = {stack.hostnames[w] for w in GPU_WORKERS}, stack.hostnames["worker"]
+    placements: dict[str, list[tuple[str, int, str, str]]] = {}
+    gpu_used: set[str] = set()
     for run_id in [run["dag_run_id"], *(r["dag_run_id"] for r in runs)]:
         tis = _task_instances(stack, run_id)
         assert {ti["task_id"] for ti in tis} == GPU_TASKS | CPU_TASKS
-        placements[run_id] = [(ti["task_id"], ti["queue"], ti["hostname"]) for ti in tis]
+        placements[run_id] = [(ti["task_id"], ti["map_index"], ti["queue"], ti["hostname"]) for ti in tis]
+        shards = sorted(ti["map_index"] for ti in tis if ti["task_id"] == "encode_items")
+        assert shards == (list(range(TRIGGERED_SHARDS)) if run_id == run["dag_run_id"] else [0]), (run_id, shards)
         for ti in tis:
             assert ti["state"] == "success", (run_id, ti["task_id"], ti["state"])
-            expected = ("gpu", gpu_host) if ti["task_id"] in GPU_TASKS else ("default", cpu_host)
-            assert (ti["queue"], ti["hostname"]) == expected, (run_id, ti["task_id"], ti["queue"], ti["hostname"])
+            if ti["task_id"] in GPU_TASKS:
+                assert ti["queue"] == "gpu" and ti["hostname"] in gpu_hosts, (run_id, ti["task_id"], ti["hostname"])
+                gpu_used.add(ti["hostname"])
+            else:
+                assert (ti["queue"], ti["hostname"]) == ("default", cpu_host), (run_id, ti["task_id"], ti["hostname"])
+    assert gpu_used == gpu_hosts, f"GPU tasks ran only on {gpu_used}: the second gpu worker never took one"
+    encodes = [ti for ti in _task_instances(stack, run["dag_run_id"]) if ti["task_id"] == "encode_items"]
+    stack.timings["triggered_shards"] = [
+        {"map_index": ti["map_index"], "hostname": ti["hostname"], "start": ti["start_date"], "end": ti["end_date"]}
+        for ti in sorted(encodes, key=lambda ti: ti["map_index"])
+    ]
 
     # 4. One published version per snapshot; `latest` at the newest even though the backfill finished last.
     published = stack.data / "published"
@@ -238,4 +256,5 @@ def test_trigger_and_backfill_on_the_celery_stack(stack: Stack) -> None:
     for day in versions:
         manifest = json.loads((published / day / "manifest.json").read_text())
         assert manifest["snapshot"] == day and manifest["counts"]["n_items"] == 3000
+        assert manifest["counts"]["encode_shards"] == (TRIGGERED_SHARDS if day == TRIGGERED else 1)
     stack.timings["placements"] = placements

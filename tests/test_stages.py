@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from include import settings
-from include.encode_items import encode_items
+from include.encode_items import encode_all
 from include.files import read_json, sha256_file
 from include.gx_suites import ValidationFailed
 from include.layout import RunFolder
@@ -255,7 +255,7 @@ def trained_run(tmp_path_factory) -> dict:
     loaded = load_embeddings(snapshot, work)
     validate_dims(loaded["path"], folder.input_report, expected_dim=DIM)
     trained = train_rqvae(loaded["path"], work, num_codebooks=2, codebook_size=16, epochs=1, batch_size=256)
-    encoded = encode_items(trained["model_path"], loaded["path"], work)
+    encoded = encode_all(trained["model_path"], loaded["path"], work)
     codes = validate_codes(
         encoded["path"], loaded["path"], folder.codes_report, codebook_sizes=encoded["codebook_size"],
         recon_mse=encoded["recon_mse"], min_unique_ratio=0.01,

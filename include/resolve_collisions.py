@@ -1,0 +1,73 @@
+"""Stage `resolve_collisions`: merge the `encode_items` shards into the final IDs, `{work}/semantic_ids/`.
+
+Two items may share a code tuple across shards, and an incremental run resolves new items around every kept
+ID, so this is the one step that needs all items at once (ids and codes, ~30 bytes an item). It writes one
+final part per shard (`part-00000.parquet`, ...), swapped in as a whole folder, plus the item hashes (for the
+next incremental run) and a sample of reconstruction errors (for the report). `validate_codes` and `publish`
+read the parts as one dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from include.files import jsonable
+from include.layout import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def check_shards(shards: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shards sorted by index; raise when one is missing or the row ranges do not tile `[0, n)`."""
+    ordered = sorted(shards, key=lambda s: int(s["index"]))
+    if not ordered:
+        raise ValueError("no encode_items shards to merge")
+    count = int(ordered[0]["count"])
+    indices = [int(s["index"]) for s in ordered]
+    if indices != list(range(count)) or any(int(s["count"]) != count for s in ordered):
+        raise ValueError(f"expected shards 0..{count - 1}, got indices {indices}")
+    stop = 0
+    for shard in ordered:
+        start, end = (int(r) for r in shard["rows"])
+        if start != stop or end <= start:
+            raise ValueError(f"shard {shard['index']} covers rows [{start}, {end}), expected to start at {stop}")
+        stop = end
+    return ordered
+
+
+def resolve_collisions(
+    model_dir: str | Path,
+    artifact: str | Path,
+    work_dir: str | Path,
+    shards: Sequence[dict[str, Any]],
+    *,
+    collision_mode: str = "dedup",
+    mode: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Resolve collisions over all shards; returns `{path, n_items, n_shards, codebook_size, unique_ratio, ...}`.
+
+    `collision_mode`: `dedup` or `reassign` (see rqvae.collisions). Runs on CPU: the model is needed only for
+    the last-level residuals of the items `reassign` moves.
+    """
+    from rqvae.checkpoint import load_model
+    from rqvae.encode import merge_shards
+    from rqvae.model import resolve_device
+
+    folder = RunFolder(Path(work_dir))
+    ordered = check_shards(shards)
+    model = load_model(model_dir, device=resolve_device(device))
+    result = merge_shards(
+        model, [s["path"] for s in ordered], artifact, folder.semantic_ids, collisions=collision_mode,
+        hashes_path=folder.item_hashes, errors_path=folder.recon_errors,
+    )
+    result["mode"] = (mode or {}).get("used", "retrain")
+    result["shards"] = [
+        {k: s.get(k) for k in ("index", "rows", "n_pinned", "encode_seconds", "items_per_second", "device")}
+        for s in ordered
+    ]
+    log.info("resolve_collisions: %s", {k: v for k, v in result.items() if k != "shards"})
+    return jsonable(result)
