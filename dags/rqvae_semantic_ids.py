@@ -10,8 +10,8 @@ DAG trains an RQ-VAE on the snapshot's item embeddings, encodes every item into 
 | `wait_for_embeddings` | sensor (reschedule mode): snapshot complete? | snapshot, folders |
 | `load_embeddings` | any supported layout -> `{work}/embeddings.parquet` | path, n_items, dim, checksum |
 | `validate_dims` | GX: dimension, NaN/Inf, unique non-null ids, row count, norms | ok, report |
-| `train_rqvae` | queue `gpu`: trains, writes `{work}/model/` | model_path, metrics |
 | `plan_shards` | row ranges of at most `shard_size` items | list of shards |
+| `train_rqvae` | queue `gpu`: trains, writes `{work}/model/` | model_path, metrics |
 | `encode_items` | queue `gpu`, mapped: one instance per shard -> `{work}/shards/` | path, rows, speed |
 | `resolve_collisions` | collisions over all shards -> `{work}/semantic_ids/part-*.parquet` | path, counts, quality |
 | `validate_codes` | GX: coverage, code ranges, uniqueness, usage, recon MSE | ok, metrics |
@@ -351,9 +351,12 @@ def rqvae_semantic_ids() -> None:
 
     @task(task_id="plan_shards")
     def plan_shards(loaded: dict[str, Any]) -> list[dict[str, int]]:
+        from airflow.sdk import conf
+
         from include import encode_items as stage
 
-        return stage.plan_shards(int(loaded["n_items"]), int(_params()["shard_size"]))
+        max_shards = conf.getint("core", "max_map_length", fallback=1024)
+        return stage.plan_shards(int(loaded["n_items"]), int(_params()["shard_size"]), max_shards=max_shards)
 
     @task(task_id="encode_items", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
     def encode_items(
@@ -428,13 +431,13 @@ def rqvae_semantic_ids() -> None:
     run = wait_for_embeddings()
     loaded = load_embeddings(run)
     checked = validate_dims(run, loaded)
+    shards = plan_shards(loaded)  # before training: a shard_size Airflow cannot map fails in seconds, not hours
     trained = train_rqvae(run, loaded)
-    shards = plan_shards(loaded)
     shard_codes = encode_items.partial(run=run, loaded=loaded, trained=trained).expand(shard=shards)
     encoded = resolve_collisions(run, loaded, trained, shard_codes)
     codes_ok = validate_codes(run, loaded, encoded)
     published = publish(run, loaded, trained, encoded)
-    chain(run, loaded, checked, trained, shards, shard_codes, encoded, codes_ok, published)
+    chain(run, loaded, checked, shards, trained, shard_codes, encoded, codes_ok, published)
 
 
 rqvae_semantic_ids()

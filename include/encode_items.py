@@ -22,16 +22,23 @@ log = logging.getLogger(__name__)
 DEFAULT_SHARD_SIZE = 2_000_000
 
 
-def plan_shards(n_items: int, shard_size: int) -> list[dict[str, int]]:
+def plan_shards(n_items: int, shard_size: int, max_shards: int | None = None) -> list[dict[str, int]]:
     """Row ranges `{index, count, start, stop}` covering `[0, n_items)`: ceil(n / shard_size) near-equal shards.
 
-    Equal sizes rather than full shards plus a remainder, so parallel workers finish together.
+    Equal sizes rather than full shards plus a remainder, so parallel workers finish together. `max_shards` is
+    Airflow's `[core] max_map_length`: more would fail the mapped task with a less helpful message.
     """
     if n_items < 1:
         raise ValueError(f"nothing to shard: n_items={n_items}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     count = math.ceil(n_items / shard_size)
+    if max_shards is not None and count > max_shards:
+        raise ValueError(
+            f"shard_size={shard_size} cuts {n_items} items into {count} shards, more than the {max_shards} mapped "
+            f"task instances Airflow allows ([core] max_map_length); use shard_size >= "
+            f"{math.ceil(n_items / max_shards)}"
+        )
     bounds = [i * n_items // count for i in range(count + 1)]
     return [{"index": i, "count": count, "start": bounds[i], "stop": bounds[i + 1]} for i in range(count)]
 

@@ -164,7 +164,7 @@ def task_durations(snapshot: str) -> list[tuple[str, str, float]]:
             select(TaskInstance).where(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run.run_id)
         ).all()
         order = {t: i for i, t in enumerate(
-            ["wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "plan_shards",
+            ["wait_for_embeddings", "load_embeddings", "validate_dims", "plan_shards", "train_rqvae",
              "encode_items", "resolve_collisions", "validate_codes", "publish"])}
         rows = sorted(tis, key=lambda ti: (order.get(ti.task_id, 99), ti.map_index))
         # a mapped task shows one row per instance: encode_items[0], encode_items[1], ...

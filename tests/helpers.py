@@ -23,7 +23,7 @@ SMALL = {
     "max_recon_mse": 0.05,
 }
 TASK_IDS = [
-    "wait_for_embeddings", "load_embeddings", "validate_dims", "train_rqvae", "plan_shards", "encode_items",
+    "wait_for_embeddings", "load_embeddings", "validate_dims", "plan_shards", "train_rqvae", "encode_items",
     "resolve_collisions", "validate_codes", "publish",
 ]
 

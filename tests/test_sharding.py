@@ -62,6 +62,9 @@ def test_plan_covers_every_row_once_in_near_equal_shards():
         plan_shards(10, 0)
     with pytest.raises(ValueError, match="nothing to shard"):
         plan_shards(0, 10)
+    assert len(plan_shards(5000, 5, max_shards=1000)) == 1000
+    with pytest.raises(ValueError, match=r"1001 shards, more than the 1000 .* use shard_size >= 6"):
+        plan_shards(5001, 5, max_shards=1000)
 
 
 def test_row_ranges_read_exactly_those_rows_across_row_groups_and_parts(tmp_path):
@@ -195,3 +198,20 @@ def test_dag_with_three_shards_publishes_the_single_pass_ids(pipeline_dag, airfl
     values = xcoms(dag_run)
     assert isinstance(values["plan_shards"], list) and len(values["plan_shards"]) == 3
     assert all(len(json.dumps(v)) < 8192 for v in values.values()), "XComs carry paths and figures, never data"
+
+
+def test_a_shard_size_airflow_cannot_map_fails_before_training(pipeline_dag, airflow_db, roots, monkeypatch, capfd):
+    """plan_shards runs before train_rqvae: a bad shard_size costs seconds, names the fix, publishes nothing."""
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "100")
+    make_snapshot(roots, "2026-08-02", n=3000, seed=9)
+    before = sorted(p.name for p in roots["publish"].iterdir()) if roots["publish"].exists() else []
+    capfd.readouterr()
+    dag_run = run(pipeline_dag, "2026-08-02", shard_size=10)
+    log = capfd.readouterr().out
+    assert "300 shards, more than the 100 mapped task instances" in log and "use shard_size >= 30" in log
+    found = states(dag_run)
+    assert found["plan_shards"] == "failed", found
+    assert found["train_rqvae"] == found["encode_items"] == found["publish"] == "upstream_failed", found
+    after = sorted(p.name for p in roots["publish"].iterdir()) if roots["publish"].exists() else []
+    assert after == before
+    assert not (roots["work"] / "2026-08-02" / "model").exists(), "no training happened"
