@@ -201,14 +201,12 @@ def _swap_in(staging: Path, final: Path) -> Path:
     Two renames (old aside, new in) rather than one because a directory cannot replace a non-empty one;
     the gap is microseconds and `latest` keeps naming the snapshot, which exists again right after.
     """
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-        os.rename(staging, final)
-        shutil.rmtree(old)
+    from rqvae.io import replace_dir
+
+    existed = final.exists()
+    replace_dir(staging, final, final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}"))
+    if existed:
         log.info("replaced the earlier version of %s", final.name)
-    else:
-        os.rename(staging, final)
     return final
 
 

@@ -11,7 +11,6 @@ all items and writes one final part per shard. Encoding is per item, so the IDs 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -27,7 +26,7 @@ import torch
 from .checkpoint import load_model
 from .collisions import CollisionMode, collision_movers, resolve_collisions
 from .errors import InputError
-from .io import SemanticIdWriter, atomic_path, iter_embeddings, write_json_dict
+from .io import SemanticIdWriter, atomic_path, iter_embeddings, replace_dir, write_json_dict
 from .metrics import code_metrics
 from .model import RQVAE
 from .progress import Progress
@@ -176,9 +175,20 @@ def _pass_metrics(run: _Pass, codebook_size: Sequence[int]) -> dict[str, Any]:
     return metrics
 
 
-def _error_sample(errors: np.ndarray) -> np.ndarray:
-    """An even-stride sample of per-item errors (float32) for the report's histogram."""
-    return errors[:: max(1, len(errors) // ERROR_SAMPLE)].astype(np.float32)
+def _save_error_sample(path: str | Path, errors: np.ndarray) -> str:
+    """Write an even-stride sample of per-item errors (float32 .npy, atomically) for the report's histogram."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, errors[:: max(1, len(errors) // ERROR_SAMPLE)].astype(np.float32))
+    return str(path)
+
+
+def _write_ids(path: Path, num_levels: int, ids: np.ndarray, codes: np.ndarray, dedup: np.ndarray) -> None:
+    """One semantic-ID Parquet file, written in WRITE_ROWS slices (it appears only when complete)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with SemanticIdWriter(path, num_levels) as writer:
+        for start in range(0, len(ids), WRITE_ROWS):
+            sl = slice(start, start + WRITE_ROWS)
+            writer.write(ids[sl], codes[sl], dedup[sl])
 
 
 @torch.no_grad()
@@ -258,11 +268,7 @@ def encode_file(
     _check_duplicates(run.ids, embeddings_path)
     ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, allow_pickle)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with SemanticIdWriter(out_path, model.num_codebooks) as writer:
-        for start in range(0, len(ids), WRITE_ROWS):
-            sl = slice(start, start + WRITE_ROWS)
-            writer.write(ids[sl], codes[sl], dedup[sl])
+    _write_ids(out_path, model.num_codebooks, ids, codes, dedup)
     result: dict[str, Any] = {
         "path": str(out_path),
         "n_items": int(len(ids)),
@@ -272,12 +278,7 @@ def encode_file(
         "max_dedup": int(dedup.max()),
     }
     if errors_path is not None:
-        errors_path = Path(errors_path)
-        errors_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = errors_path.with_name(errors_path.name + ".tmp.npy")
-        np.save(tmp, _error_sample(run.errors))
-        tmp.replace(errors_path)
-        result["errors_path"] = str(errors_path)
+        result["errors_path"] = _save_error_sample(errors_path, run.errors)
     if json_dict is not None:
         result["json_dict"] = str(json_dict)
         result["json_items"] = write_json_dict(out_path, json_dict)
@@ -444,11 +445,9 @@ def merge_shards(
     try:
         bounds = np.cumsum([0, *sizes])
         for index, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            with SemanticIdWriter(staging / f"part-{index:05d}.parquet", model.num_codebooks) as writer:
-                for first in range(lo, hi, WRITE_ROWS):
-                    sl = slice(first, min(first + WRITE_ROWS, hi))
-                    writer.write(ids[sl], codes[sl], dedup[sl])
-        _swap_dir(staging, out_dir)
+            _write_ids(staging / f"part-{index:05d}.parquet", model.num_codebooks, ids[lo:hi], codes[lo:hi],
+                       dedup[lo:hi])
+        replace_dir(staging, out_dir, out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"))
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -465,26 +464,13 @@ def merge_shards(
         order = np.argsort(ids, kind="stable")
         write_hashes(hashes_path, ids[order], run.hashes[order])
     if errors_path is not None:
-        with atomic_path(errors_path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, _error_sample(run.errors))
-        result["errors_path"] = str(errors_path)
+        result["errors_path"] = _save_error_sample(errors_path, run.errors)
     logger.info(
         "merged %d shard(s), %d items: unique %.4f, collisions %.4f -> %.4f (%s, %d moved), recon_mse %.6f -> %s",
         len(sizes), len(ids), metrics["unique_ratio"], metrics["collision_rate_pre"], metrics["collision_rate_post"],
         metrics["collision_mode"], metrics["moved"], metrics["recon_mse"], out_dir,
     )
     return result
-
-
-def _swap_dir(staging: Path, final: Path) -> None:
-    """Put a complete folder at ``final``: an earlier one is renamed aside first, then deleted."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-        os.rename(staging, final)
-        shutil.rmtree(old)
-    else:
-        os.rename(staging, final)
 
 
 def _remove_leftovers(final: Path) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -233,9 +234,9 @@ def _iter_window(source: _Source, batch_rows: int, rows: tuple[int, int]) -> Ite
         raise ValueError(f"bad row range [{start}, {stop})")
     offset = 0
     for file in source.files:
-        pf = _open_parquet(file)
         if offset >= stop:
             break
+        pf = _open_parquet(file)
         if offset + pf.metadata.num_rows > start:
             yield from _rebatch(_parquet_window(pf, file, batch_rows, start - offset, stop - offset), file, batch_rows)
         offset += pf.metadata.num_rows
@@ -753,6 +754,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, final)
+
+
+def replace_dir(staging: Path, final: Path, aside: Path) -> None:
+    """Put the complete folder ``staging`` at ``final``; an existing ``final`` is renamed to ``aside``, then deleted.
+
+    Two renames because a directory cannot replace a non-empty one: a crash between them leaves ``aside``
+    complete, for the caller's clean-up to restore or delete.
+    """
+    if final.exists():
+        os.rename(final, aside)
+        os.rename(staging, final)
+        shutil.rmtree(aside)
+    else:
+        os.rename(staging, final)
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
