@@ -324,3 +324,37 @@ def quality_expectations(max_recon_mse: float) -> list[Expectation]:
             meta={"what": f"have a reconstruction MSE ({{seen}}) above max_recon_mse={max_recon_mse}"},
         )
     ]
+
+
+def interactions_expectations(max_timestamp: int, min_known_share: float) -> list[Expectation]:
+    """Rules for the per-event frame of an interactions snapshot (see validate_interactions.event_frame)."""
+    gxe = expectations_module()
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id", meta={"what": "have a null user_id"}),
+        gxe.ExpectColumnValuesToNotBeNull(column=ID_COLUMN, meta={"what": "have a null item_id"}),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="timestamp",
+            min_value=1,
+            max_value=max_timestamp,
+            meta={"what": f"have a timestamp ({{seen}}) outside [1, {max_timestamp}] (seconds since the epoch; "
+                          "milliseconds or a missing clock show up here)"},
+        ),
+        gxe.ExpectColumnMeanToBeBetween(
+            column="known",
+            min_value=min_known_share,
+            max_value=1,
+            meta={"what": f"share of events whose item has an embedding in the snapshot must be >= "
+                          f"min_known_share={min_known_share}"},
+        ),
+    ]
+
+
+def interaction_users_expectations(min_users: int) -> list[Expectation]:
+    """Rules for the per-user frame: enough users with >= 3 usable events for a leave-one-out evaluation."""
+    gxe = expectations_module()
+    return [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=min_users,
+            meta={"what": f"need at least min_users={min_users} users with 3 or more events on known items"},
+        ),
+    ]

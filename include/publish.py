@@ -69,7 +69,7 @@ def publish(
     _check_ready(folder)
     root.mkdir(parents=True, exist_ok=True)
 
-    with _publish_lock(root):
+    with publish_lock(root):
         _remove_leftovers(root, snapshot)
         staging = root / f".staging-{snapshot}-{uuid.uuid4().hex[:8]}"
         try:
@@ -254,7 +254,7 @@ def _remove_leftovers(root: Path, snapshot: str) -> None:
 
 
 @contextmanager
-def _publish_lock(root: Path) -> Iterator[None]:
+def publish_lock(root: Path) -> Iterator[None]:
     """An exclusive advisory lock on `{root}/.publish.lock`, held while versions and `latest` change."""
     with open(root / LOCK_FILE, "a+") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

@@ -1,10 +1,11 @@
-"""Where the pipeline reads and writes: three roots, configured once, never taken blindly from a user.
+"""Where the pipeline reads and writes: four roots, configured once, never taken blindly from a user.
 
 The roots come from environment variables (set per deployment), then from Airflow Variables of the same
-lowercase names (editable in the UI without a redeploy), then default to `var/data/{embeddings,work,published}`
-inside this project so a fresh clone runs the demo with no setup. Path params typed into the trigger form
-are resolved with :func:`resolve_under`, which keeps them inside the configured roots: a form field must not
-become a way to read or overwrite arbitrary files on the workers.
+lowercase names (editable in the UI without a redeploy), then default to
+`var/data/{embeddings,work,published,interactions}` inside this project so a fresh clone runs the demo with
+no setup. Path params typed into the trigger form are resolved with :func:`resolve_under`, which keeps them
+inside the configured roots: a form field must not become a way to read or overwrite arbitrary files on the
+workers.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ ROOT_ENV_VARS = {
     "embeddings": "RQVAE_EMBEDDINGS_ROOT",
     "work": "RQVAE_WORK_ROOT",
     "publish": "RQVAE_PUBLISH_ROOT",
+    "interactions": "RQVAE_INTERACTIONS_ROOT",
 }
 
-DEFAULT_FOLDERS = {"embeddings": "embeddings", "work": "work", "publish": "published"}
+DEFAULT_FOLDERS = {
+    "embeddings": "embeddings", "work": "work", "publish": "published", "interactions": "interactions"
+}
 
 VariableGetter = Callable[[str], "str | None"]
 
@@ -44,14 +48,26 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Roots:
-    """The three folders the pipeline touches: inputs, per-snapshot work folders, published versions."""
+    """The folders the pipeline touches: inputs, per-snapshot work folders, published versions, and the
+    optional interaction logs (`{interactions}/{snapshot}/`, read by training and the downstream evaluation).
+
+    `interactions` defaults to a sibling `interactions/` of the embeddings root when not given.
+    """
 
     embeddings: Path
     work: Path
     publish: Path
+    interactions: Path = Path()
+
+    def __post_init__(self) -> None:
+        if self.interactions == Path():
+            object.__setattr__(self, "interactions", Path(self.embeddings).parent / DEFAULT_FOLDERS["interactions"])
 
     def as_dict(self) -> dict[str, str]:
-        return {"embeddings": str(self.embeddings), "work": str(self.work), "publish": str(self.publish)}
+        return {
+            "embeddings": str(self.embeddings), "work": str(self.work), "publish": str(self.publish),
+            "interactions": str(self.interactions),
+        }
 
 
 def load_roots(variable_getter: VariableGetter | None = None) -> Roots:
@@ -73,7 +89,10 @@ def load_roots(variable_getter: VariableGetter | None = None) -> Roots:
         else:
             found[kind] = _absolute(Path(value).expanduser())
         log.debug("%s root %s (from %s)", kind, found[kind], source)
-    return Roots(embeddings=found["embeddings"], work=found["work"], publish=found["publish"])
+    return Roots(
+        embeddings=found["embeddings"], work=found["work"], publish=found["publish"],
+        interactions=found["interactions"],
+    )
 
 
 def dataset_roots(roots: Roots, embeddings_root: str | Path | None) -> Roots:
@@ -81,11 +100,15 @@ def dataset_roots(roots: Roots, embeddings_root: str | Path | None) -> Roots:
 
     Empty means the configured roots unchanged. A sub-folder (e.g. `movielens`) reads
     `{embeddings}/movielens/{snapshot}/` and writes `{work}/movielens/...` and `{publish}/movielens/...`,
-    with its own `latest`, so two data sets with snapshots of the same day never share a folder.
+    with its own `latest`, so two data sets with snapshots of the same day never share a folder. Interaction logs follow
+    the same namespace: `{interactions}/movielens/{snapshot}/`.
     """
     source = resolve_under(roots.embeddings, embeddings_root)
     namespace = source.relative_to(roots.embeddings)
-    return Roots(embeddings=source, work=roots.work / namespace, publish=roots.publish / namespace)
+    return Roots(
+        embeddings=source, work=roots.work / namespace, publish=roots.publish / namespace,
+        interactions=roots.interactions / namespace,
+    )
 
 
 def airflow_variable_getter() -> VariableGetter:

@@ -13,11 +13,15 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from rqvae.io import ROW_GROUP_ROWS, atomic_path, embeddings_schema, embeddings_table
+
+if TYPE_CHECKING:
+    from rqvae.interactions import Interactions
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +144,29 @@ def _write_parts(target: Path, chunks: Iterator[tuple[np.ndarray, np.ndarray]]) 
         with atomic_path(target / f"part-{index:05d}.parquet") as tmp:
             pq.write_table(embeddings_table(ids, vectors), tmp, row_group_size=ROW_GROUP_ROWS)
     (target / "_SUCCESS").touch()
+
+
+def synth_interactions(
+    item_ids: np.ndarray, vectors: np.ndarray, n_users: int = 1000, events: int = 30, step: int = 50, seed: int = 0
+) -> Interactions:
+    """Users who browse neighbouring items: a behaviour signal tied to content, for demos and tests.
+
+    Items are ordered along a random direction of the embedding space; each user starts at a random item
+    and moves up to ``step`` places along that order per event, so consecutive items are similar and a
+    retriever with content-aware IDs should predict the next one better than with random IDs.
+    """
+    from rqvae.interactions import Interactions
+
+    ids = np.asarray(item_ids, np.int64)
+    if len(ids) < 2 or n_users < 1 or events < 3 or step < 1:
+        raise ValueError(f"need >= 2 items, n_users >= 1, events >= 3, step >= 1; got {len(ids)}, {n_users}, "
+                         f"{events}, {step}")
+    rng = np.random.default_rng(seed)
+    direction = rng.standard_normal(np.asarray(vectors).shape[1]).astype(np.float32)
+    order = ids[np.argsort(np.asarray(vectors, np.float32) @ direction, kind="stable")]
+    moves = rng.integers(-step, step + 1, size=(n_users, events))
+    moves[:, 0] = rng.integers(0, len(ids), size=n_users)
+    positions = np.mod(np.cumsum(moves, axis=1), len(ids))
+    users = np.repeat(np.arange(1, n_users + 1, dtype=np.int64), events)
+    times = 1_700_000_000 + rng.integers(0, 86_400, size=n_users)[:, None] + 60 * np.arange(events)[None, :]
+    return Interactions.from_arrays(users, order[positions].reshape(-1), times.reshape(-1))

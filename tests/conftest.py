@@ -35,6 +35,7 @@ TEST_ENV = {
     "RQVAE_EMBEDDINGS_ROOT": str(SESSION_DIR / "data" / "embeddings"),
     "RQVAE_WORK_ROOT": str(SESSION_DIR / "data" / "work"),
     "RQVAE_PUBLISH_ROOT": str(SESSION_DIR / "data" / "published"),
+    "RQVAE_INTERACTIONS_ROOT": str(SESSION_DIR / "data" / "interactions"),
     # Short waits so a sensor timeout or an unexpected retry costs seconds, not the production minutes.
     "RQVAE_SENSOR_POKE_S": "1",
     "RQVAE_RETRY_DELAY_S": "1",
@@ -60,18 +61,31 @@ def airflow_db() -> Path:
 @pytest.fixture(scope="session")
 def pipeline_dag():
     """The DAG as Airflow's own DagBag parses it from the dags folder (import errors fail the fixture)."""
+    return _dag_bag().dags["rqvae_semantic_ids"]
+
+
+@pytest.fixture(scope="session")
+def evaluation_dag():
+    """The downstream-evaluation DAG (scheduled on the `semantic_ids` asset), parsed by Airflow's DagBag."""
+    return _dag_bag().dags["semantic_ids_evaluation"]
+
+
+def _dag_bag():
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}, bag.import_errors
-    return bag.dags["rqvae_semantic_ids"]
+    return bag
 
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory) -> Iterator[dict[str, Path]]:
-    """Fresh embeddings / work / publish roots for one module's DAG runs, set in the environment."""
+    """Fresh embeddings / work / publish / interactions roots for one module's DAG runs, set in the environment."""
     base = tmp_path_factory.mktemp("roots")
-    found = {"embeddings": base / "embeddings", "work": base / "work", "publish": base / "published"}
+    found = {
+        "embeddings": base / "embeddings", "work": base / "work", "publish": base / "published",
+        "interactions": base / "interactions",
+    }
     with pytest.MonkeyPatch.context() as patch:
         for kind, path in found.items():
             patch.setenv(f"RQVAE_{kind.upper()}_ROOT", str(path))
