@@ -1,28 +1,44 @@
 """Airflow UI plugin: the published semantic-ID versions and their reports, as a page in the Airflow 3 UI.
 
 A FastAPI sub-app mounted by the API server at `/semantic-ids` lists every published version (per data-set
-namespace: snapshot, items, unique-ID ratio, recon MSE, churn, which one `latest` names) and serves each
-version's `report/` folder and manifest; an external view puts it in the UI's Browse menu (shown in an
-iframe at /plugin/semantic-ids). Only report files and manifests are served, never the IDs or the model, and
-no path can leave the publish root. Importing this module is cheap (no torch, no pandas): the API server
-imports every plugin at start.
+namespace: snapshot, items, unique-ID ratio, recon MSE, churn, interactions, downstream evaluation, which one
+`latest` names) and serves each version's `report/` folder, manifest and evaluation files; an external view
+puts it in the UI's Browse menu (shown in an iframe at /plugin/semantic-ids). Only those files are served,
+never the IDs or the model, and no path can leave the publish root.
+
+Airflow authenticates its own routers only: a mounted plugin app inherits none of that, so every route here
+asks Airflow's auth manager itself (the UI's `_token` cookie, or an `Authorization: Bearer` JWT) and requires
+read access to the runs of the `rqvae_semantic_ids` DAG, since manifests carry run ids and run configs.
+Importing this module is cheap (no torch, no pandas, no API-server security module): the API server imports
+every plugin at start, and so does every task process, for macros.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 URL_PREFIX = "/semantic-ids"
-SERVED_SUFFIXES = {".html", ".png", ".json"}
+DAG_ID = "rqvae_semantic_ids"
+REPORT_SUFFIXES = {".html", ".png", ".json"}
+VERSION_FILES = {"manifest.json", "evaluation.json"}  # plus evaluation*.png, next to the manifest
 MAX_DEPTH = 3  # namespaces nest at most this deep under the publish root (e.g. movielens/)
+MAX_PATH_CHARS = 1024  # far above any real report path; longer requests are refused before touching the disk
+MAX_NAME_BYTES = 255  # the filesystem's own limit: a longer name would raise instead of "not found"
+
+_bearer = HTTPBearer(auto_error=False)
 
 
 def default_publish_root() -> Path:
@@ -32,13 +48,63 @@ def default_publish_root() -> Path:
     return load_roots().publish
 
 
+# ------------------------------------------------------------------------------------------ access control
+
+
+async def current_user(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> BaseUser:
+    """The caller as Airflow's auth manager sees them (bearer JWT first, else the UI's `_token` cookie).
+
+    Airflow's own `get_user` does the work; it is imported here, at request time, so that processes that
+    merely import plugins (task runners) do not load the API server's security module.
+    """
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return await get_user(request, bearer_credentials=credentials)
+
+
+def require_reader(request: Request, user: Annotated[BaseUser, Depends(current_user)]) -> None:
+    """403 unless the user may read the DAG's runs: what the runs API asks for the same run ids and configs."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)(request, user)
+
+
+def _is_page_navigation(request: Request) -> bool:
+    """A browser opening a page (address bar, link, iframe), as opposed to a script or an API client."""
+    headers = request.headers
+    return headers.get("sec-fetch-mode") == "navigate" and headers.get("sec-fetch-dest") in ("document", "iframe")
+
+
+async def refused(request: Request, exc: StarletteHTTPException) -> Response:
+    """Send a logged-out browser to the UI's login page (back here afterwards); everyone else gets the error."""
+    if exc.status_code == 401 and _is_page_navigation(request):
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
+    return await http_exception_handler(request, exc)
+
+
+# ------------------------------------------------------------------------------------------ reading versions
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing or not JSON: one bad file must not break the page."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _latest(folder: Path) -> str | None:
     link = folder / "latest"
     if link.is_symlink():
         return Path(os.readlink(link)).name
-    pointer = folder / "latest.json"
-    if pointer.is_file():
-        return str(json.loads(pointer.read_text()).get("snapshot"))
+    pointer = _read_json(folder / "latest.json")
+    if isinstance(pointer, dict) and pointer.get("snapshot"):
+        return str(pointer["snapshot"])
     return None
 
 
@@ -68,23 +134,95 @@ def namespaces(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _number(value: Any) -> float | None:
+    """A finite JSON number, else None (booleans and strings are not figures)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _with_se(value: float, se: float | None, digits: int, signed: bool = False) -> str:
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text if se is None else f"{text} ± {se:.{digits}f}"
+
+
+def interactions(manifest: dict[str, Any]) -> str:
+    """Whether training mixed in collaborative (interaction) signal, and how strongly."""
+    collaborative = manifest.get("collaborative")
+    if not isinstance(collaborative, dict) or collaborative.get("used") is not True:
+        return "content only"
+    weight = _number(collaborative.get("weight"))
+    return f"w={weight:g}" if weight is not None else "w=?"
+
+
+def downstream(version: Path) -> tuple[str, str]:
+    """The Downstream column as (text, state): state is passed, failed, skipped, absent or unreadable.
+
+    evaluation.json is written later, by another DAG, and may be absent, half-known or malformed: each case
+    gets its own short text instead of an error page.
+    """
+    path = version / "evaluation.json"
+    if not path.is_file():
+        return "—", "absent"
+    document = _read_json(path)
+    summary = document.get("summary") if isinstance(document, dict) else None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if not isinstance(summary, dict) or status not in ("passed", "failed", "skipped"):
+        return "unreadable", "unreadable"
+    if status == "failed":
+        return f"FAILED: {summary.get('reason') or 'no reason recorded'}", "failed"
+    if status == "skipped":
+        return "skipped", "skipped"
+    recall, nll = _number(summary.get("recall_at_10")), _number(summary.get("nll"))
+    if recall is None or nll is None:
+        return "unreadable", "unreadable"
+    text = (
+        f"passed · R@10 {_with_se(recall, _number(summary.get('recall_at_10_se')), 3)}"
+        f" · NLL {_with_se(nll, _number(summary.get('nll_se')), 2)}"
+    )
+    versus = _number(summary.get("vs_rqkmeans_nll"))
+    if versus is not None:
+        text += f" (vs rq-kmeans {_with_se(versus, _number(summary.get('vs_rqkmeans_nll_se')), 2, signed=True)})"
+    return text, "passed"
+
+
 def version_summary(version: Path) -> dict[str, Any]:
-    """The figures the index shows, read from the version's manifest."""
-    manifest = json.loads((version / "manifest.json").read_text())
-    metrics = manifest.get("metrics", {})
-    encode, codes = metrics.get("encode", {}), metrics.get("codes", {})
-    churn = manifest.get("churn") or {}
+    """The figures the index shows, read from the version's manifest (all None if it cannot be read)."""
+    manifest = _read_json(version / "manifest.json")
+    readable = isinstance(manifest, dict)
+    manifest = manifest if readable else {}
+
+    def section(key: str) -> dict[str, Any]:
+        value = manifest.get(key)
+        return value if isinstance(value, dict) else {}
+
+    metrics = section("metrics")
+    encode = metrics.get("encode") if isinstance(metrics.get("encode"), dict) else {}
+    codes = metrics.get("codes") if isinstance(metrics.get("codes"), dict) else {}
+    evaluation, evaluation_state = downstream(version)
     return {
+        "readable": readable,
         "snapshot": manifest.get("snapshot", version.name),
-        "n_items": manifest.get("counts", {}).get("n_items"),
+        "n_items": section("counts").get("n_items"),
         "unique_ratio": encode.get("unique_ratio", codes.get("unique_ratio")),
         "recon_mse": encode.get("recon_mse", codes.get("recon_mse")),
-        "collision_mode": (manifest.get("collisions") or {}).get("collision_mode", "dedup"),
-        "mode": (manifest.get("mode") or {}).get("used", "retrain"),
-        "churn": churn.get("churn"),
+        "collision_mode": section("collisions").get("collision_mode", "dedup"),
+        "mode": section("mode").get("used", "retrain"),
+        "churn": section("churn").get("churn"),
+        "interactions": interactions(manifest) if readable else None,
+        "downstream": evaluation,
+        "downstream_state": evaluation_state,
         "created_at": manifest.get("created_at"),
         "report": (version / "report" / "index.html").is_file(),
+        "evaluation": (version / "evaluation.json").is_file(),
+        "evaluation_plots": sorted(p.name for p in version.glob("evaluation*.png") if p.is_file()),
     }
+
+
+# ------------------------------------------------------------------------------------------ the page
+
+COLUMNS = ["snapshot", "items", "unique ratio", "recon MSE", "mode", "collisions", "churn", "Interactions",
+           "Downstream", "files"]
 
 
 def _cell(value: Any) -> str:
@@ -95,9 +233,36 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _files(prefix: str, version: Path, s: dict[str, Any]) -> str:
+    base = html.escape(prefix + version.name)
+    links = [f'<a href="{base}/report/index.html">report</a>' if s["report"] else "–",
+             f'<a href="{base}/manifest.json">manifest</a>']
+    if s["evaluation"]:
+        links.append(f'<a href="{base}/evaluation.json">evaluation</a>')
+    links += [f'<a href="{base}/{html.escape(name)}">{html.escape(name)}</a>' for name in s["evaluation_plots"]]
+    return " · ".join(links)
+
+
+def _row(prefix: str, version: Path, s: dict[str, Any], marker: str) -> str:
+    if not s["readable"]:
+        snapshot = f"{_cell(version.name)}{marker}"
+        return f'<tr><td>{snapshot}</td><td colspan="{len(COLUMNS) - 2}">unreadable manifest</td>' \
+               f"<td>{_files(prefix, version, s)}</td></tr>"
+    state = s["downstream_state"]
+    title = f' title="{html.escape(s["downstream"])}"' if state == "failed" else ""
+    cells = [f"{_cell(s['snapshot'])}{marker}", _cell(s["n_items"]), _cell(s["unique_ratio"]), _cell(s["recon_mse"]),
+             _cell(s["mode"]), _cell(s["collision_mode"]), _cell(s["churn"]), _cell(s["interactions"])]
+    return (
+        "<tr>" + "".join(f"<td>{c}</td>" for c in cells)
+        + f'<td class="downstream {state}"{title}>{_cell(s["downstream"])}</td>'
+        + f"<td>{_files(prefix, version, s)}</td></tr>"
+    )
+
+
 def render_index(root: Path) -> str:
     sections = []
     latest_frame = ""
+    header = "<thead><tr>" + "".join(f"<th>{name}</th>" for name in COLUMNS) + "</tr></thead>"
     for folder in namespaces(root):
         rel = folder.relative_to(root).as_posix()
         prefix = "" if rel == "." else f"{rel}/"
@@ -105,26 +270,16 @@ def render_index(root: Path) -> str:
         rows = []
         for version in _versions(folder):
             s = version_summary(version)
-            link = f"{prefix}{version.name}/report/index.html"
-            report = f'<a href="{html.escape(link)}">report</a>' if s["report"] else "–"
-            manifest = f'<a href="{html.escape(prefix + version.name)}/manifest.json">manifest</a>'
             marker = " <b>(latest)</b>" if version.name == latest else ""
-            rows.append(
-                f"<tr><td>{_cell(s['snapshot'])}{marker}</td><td>{_cell(s['n_items'])}</td>"
-                f"<td>{_cell(s['unique_ratio'])}</td><td>{_cell(s['recon_mse'])}</td><td>{_cell(s['mode'])}</td>"
-                f"<td>{_cell(s['collision_mode'])}</td><td>{_cell(s['churn'])}</td><td>{report} · {manifest}</td></tr>"
-            )
+            rows.append(_row(prefix, version, s, marker))
             if marker and s["report"] and not latest_frame:
+                link = html.escape(f"{prefix}{version.name}/report/index.html")
                 latest_frame = (
                     f'<h2>Latest report: {html.escape(prefix + version.name)}</h2>'
-                    f'<iframe src="{html.escape(link)}" title="latest report"></iframe>'
+                    f'<iframe src="{link}" title="latest report"></iframe>'
                 )
         title = "publish root" if rel == "." else rel
-        sections.append(
-            f"<h2>{html.escape(title)}</h2><table><tr><th>snapshot</th><th>items</th><th>unique ratio</th>"
-            f"<th>recon MSE</th><th>mode</th><th>collisions</th><th>churn</th><th>files</th></tr>"
-            + "".join(rows) + "</table>"
-        )
+        sections.append(f"<h2>{html.escape(title)}</h2><table>{header}<tbody>{''.join(rows)}</tbody></table>")
     body = "".join(sections) or "<p>No published versions yet.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Semantic IDs</title>
@@ -133,15 +288,51 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; font-size: 0.9rem; }}
 th {{ background: #f4f4f4; }}
+td.failed {{ background: #fde2e1; color: #8a1c1c; font-weight: 600; }}
+td.unreadable {{ color: #8a5a00; }}
 iframe {{ width: 100%; height: 80vh; border: 1px solid #ddd; }}
 </style></head>
 <body><h1>Published semantic IDs</h1>{body}{latest_frame}</body></html>
 """
 
 
+# ------------------------------------------------------------------------------------------ serving files
+
+
+def _request_parts(path: str) -> list[str] | None:
+    """The path's segments, or None when it is malformed: NUL, backslash, dot segment or over-long.
+
+    Dot segments cover `..` (in any encoding: the server decodes `%2e%2e` and `%2F` before routing) and the
+    publisher's hidden staging folders; the length caps keep the filesystem from raising on a name it would
+    never hold.
+    """
+    if len(path) > MAX_PATH_CHARS or "\x00" in path or "\\" in path:
+        return None
+    parts = [part for part in path.split("/") if part]
+    if not parts or any(p.startswith(".") or len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts):
+        return None
+    return parts
+
+
+def servable(base: Path, target: Path) -> bool:
+    """Report files of a version, and its manifest / evaluation files: judged on the resolved path."""
+    rel = target.relative_to(base).parts
+    if any(part.startswith(".") for part in rel):
+        return False
+    if "report" in rel[1:-1]:
+        version = base.joinpath(*rel[: rel.index("report", 1)])
+        return target.suffix in REPORT_SUFFIXES and (version / "manifest.json").is_file()
+    plot = target.name.startswith("evaluation") and target.suffix == ".png"
+    return (target.name in VERSION_FILES or plot) and (target.parent / "manifest.json").is_file()
+
+
 def create_app(publish_root: str | Path | None = None) -> FastAPI:
     """The sub-app; `publish_root` None reads the pipeline's setting at each request (it may change)."""
-    app = FastAPI(title="Semantic IDs", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="Semantic IDs", docs_url=None, redoc_url=None, openapi_url=None,
+        dependencies=[Depends(require_reader)],  # every route: no anonymous reader, no reader without access
+    )
+    app.add_exception_handler(StarletteHTTPException, refused)  # type: ignore[arg-type]
 
     def root() -> Path:
         return Path(publish_root) if publish_root is not None else default_publish_root()
@@ -162,13 +353,16 @@ def create_app(publish_root: str | Path | None = None) -> FastAPI:
 
     @app.get("/{path:path}")
     def report_file(path: str) -> FileResponse:
-        base = root().resolve()
-        target = (base / path).resolve()
-        parts = Path(path).parts
-        allowed = target.suffix in SERVED_SUFFIXES and ("report" in parts or target.name == "manifest.json")
-        if base not in target.parents or not allowed or not target.is_file():
-            raise HTTPException(404, f"no report file {path!r}")
-        return FileResponse(target)
+        parts = _request_parts(path)
+        if parts is not None:
+            try:
+                base = root().resolve()
+                target = base.joinpath(*parts).resolve()
+                if base in target.parents and servable(base, target) and target.is_file():
+                    return FileResponse(target)
+            except (OSError, ValueError):
+                pass
+        raise HTTPException(404, "Not Found")  # the same answer for every refusal: nothing about the disk
 
     return app
 

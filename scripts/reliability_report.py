@@ -112,6 +112,11 @@ def render(records: list[dict], seconds: float | None) -> str:
         "",
         "## Security",
         "",
+        "The UI plugin's app is mounted beside Airflow's API, whose login does not reach it: each of its routes",
+        "asks Airflow's auth manager itself (a bearer JWT, or the `_token` cookie the UI's iframe sends) and needs",
+        "read access to the `rqvae_semantic_ids` runs. The `UI plugin` rows were observed on a real",
+        "`airflow standalone` (users admin, viewer, and one without a role).",
+        "",
     ]
     out += table(["check", "result", "tests"], [[r["check"], r["result"], r["tests"]] for r in security])
     out.append("")

@@ -1,5 +1,6 @@
 """Security: no code path unpickles model files, trigger-form paths cannot leave the configured roots, no
-secret is committed, and neither the compose file nor the stack script turns login off.
+secret is committed, neither the compose file nor the stack script turns login off, and the UI plugin's
+routes (mounted apart from Airflow's authenticated API) refuse anonymous callers on a real `airflow standalone`.
 
 Already covered elsewhere and referenced by docs/reliability.md: model weights are safetensors, a tampered
 weights file and a pickle smuggled in as weights are refused (tests/test_checkpoint.py); a pickle input is
@@ -11,13 +12,18 @@ refused unless explicitly allowed, without being executed (tests/test_bad_inputs
 from __future__ import annotations
 
 import ast
+import http.client
+import json
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from include import settings
+from tests.airflow_server import AirflowUI, standalone
 from tests.helpers import TASK_IDS, latest, make_snapshot, run, scrub_paths, states, tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -249,5 +255,134 @@ def test_api_server_requires_login(name, reliability_log):
             "check": f"{name}: the API server requires login",
             "result": "no SIMPLE_AUTH_MANAGER_ALL_ADMINS=True; users and passwords configured",
             "tests": "test_security.py",
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------- UI plugin
+
+PLUGIN_VERSION = "2026-05-01"
+PLUGIN_ROUTES = {
+    "index page": "/semantic-ids/",
+    "latest report": "/semantic-ids/latest",
+    "manifest": f"/semantic-ids/{PLUGIN_VERSION}/manifest.json",
+    "report page": f"/semantic-ids/{PLUGIN_VERSION}/report/index.html",
+    "report plot": f"/semantic-ids/{PLUGIN_VERSION}/report/usage_per_level.png",
+    "evaluation": f"/semantic-ids/{PLUGIN_VERSION}/evaluation.json",
+    "evaluation plot": f"/semantic-ids/{PLUGIN_VERSION}/evaluation_recall.png",
+    "any other path": "/semantic-ids/no/such/file.png",
+}
+LOGGED_IN_STATUS = {"latest report": 307, "any other path": 404}  # the rest: 200
+# Sent verbatim (http.client): the server decodes them, the plugin must answer 404, never 500.
+MALFORMED_PATHS = [
+    f"/semantic-ids/{PLUGIN_VERSION}/manifest.json%00.png",
+    "/semantic-ids/%00",
+    "/semantic-ids/..%2F..%2F..%2Fetc%2Fpasswd",
+    f"/semantic-ids/{PLUGIN_VERSION}/report/%2e%2e/model/config.json",
+    f"/semantic-ids/{PLUGIN_VERSION}/report/..%2Fmodel/config.json",
+    f"/semantic-ids/{PLUGIN_VERSION}/report/../../secret.txt",
+    f"/semantic-ids/{PLUGIN_VERSION}%5C..%5C..%5Csecret.txt",
+    f"/semantic-ids/{PLUGIN_VERSION}/" + "a" * 300 + ".png",
+    "/semantic-ids/" + "a/" * 1500 + "x.png",
+]
+BROWSER_NAVIGATION = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Accept": "text/html"}
+
+
+def fake_version(root: Path) -> None:
+    """A published version as the UI reads it (no pipeline run needed), plus files it must never serve."""
+    folder = root / PLUGIN_VERSION
+    (folder / "report").mkdir(parents=True)
+    (folder / "model").mkdir()
+    png = b"\x89PNG\r\n\x1a\n"
+    manifest = {"snapshot": PLUGIN_VERSION, "counts": {"n_items": 1234}, "airflow": {"run_id": "manual__x"},
+                "collaborative": {"used": True, "weight": 0.1}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "report" / "index.html").write_text(f"<h1>Semantic IDs {PLUGIN_VERSION}</h1>")
+    (folder / "report" / "usage_per_level.png").write_bytes(png)
+    (folder / "evaluation.json").write_text(json.dumps({"summary": {"status": "skipped", "reason": "no logs"}}))
+    (folder / "evaluation_recall.png").write_bytes(png)
+    (folder / "model" / "config.json").write_text("{}")
+    (root / "secret.txt").write_text("not for the UI")
+    (root / "latest").symlink_to(PLUGIN_VERSION)
+
+
+@pytest.fixture(scope="module")
+def plugin_server(tmp_path_factory) -> Iterator[AirflowUI]:
+    """`make airflow`'s standalone with a published version, an empty dags folder (only the API matters
+    here) and three users: admin, a viewer (the least role that may read runs) and one without a role."""
+    root = tmp_path_factory.mktemp("plugin-airflow")
+    fake_version(root / "data" / "published")
+    (root / "dags").mkdir()
+    extra = {"AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,reader:viewer,nobody:"}
+    log = REPO / "var" / "test-artifacts" / "security" / "airflow-standalone.log"
+    with standalone(root, log, extra_env=extra) as ui:
+        yield ui
+
+
+def raw_get(ui: AirflowUI, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """GET with the path exactly as written (requests would normalise `..`); (status, Location, body)."""
+    url = urlsplit(ui.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, answer.getheader("Location") or "", answer.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PLUGIN_ROUTES)
+def test_plugin_routes_need_login_on_a_real_api_server(name, plugin_server, reliability_log):
+    """Airflow authenticates its own routers, not a mounted plugin app: the plugin must, on every route."""
+    ui, route = plugin_server, PLUGIN_ROUTES[name]
+    assert raw_get(ui, "/api/v2/dags")[0] == 401  # the core API's own answer, for comparison
+
+    anonymous, _, body = raw_get(ui, route)
+    assert anonymous == 401 and json.loads(body) == {"detail": "Not authenticated"}, (anonymous, body)
+    assert str(ui.publish_root) not in body and "secret" not in body
+    browser, location, _ = raw_get(ui, route, BROWSER_NAVIGATION)
+    assert browser == 307 and location.startswith("/auth/login?next="), (browser, location)
+    forged = raw_get(ui, route, {"Authorization": "Bearer not-a-jwt"})[0]
+    assert forged == 403
+    no_role = raw_get(ui, route, {"Authorization": f"Bearer {ui.token('nobody')}"})
+    assert no_role[0] == 403 and json.loads(no_role[2]) == {"detail": "Forbidden"}
+
+    want = LOGGED_IN_STATUS.get(name, 200)
+    admin = raw_get(ui, route, {"Authorization": f"Bearer {ui.token('admin')}"})
+    viewer = raw_get(ui, route, {"Cookie": f"_token={ui.token('reader')}"})  # how the UI's iframe asks
+    assert admin[0] == viewer[0] == want, (admin[:2], viewer[:2])
+    if name == "index page":
+        assert "Published semantic IDs" in viewer[2] and "<th>Downstream</th>" in viewer[2] and "w=0.1" in viewer[2]
+    reliability_log.append(
+        {
+            "section": "security",
+            "check": f"UI plugin, {name}: GET {route}",
+            "result": f"anonymous {anonymous}; logged-out browser {browser} to {location.split('?')[0]}; "
+            f"forged token {forged}; user without a role {no_role[0]}; admin token {admin[0]}, "
+            f"viewer's UI cookie {viewer[0]}",
+            "tests": "test_security.py (real airflow standalone), test_plugin.py",
+        }
+    )
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_plugin_malformed_paths_are_404_on_a_real_api_server(plugin_server, reliability_log):
+    ui = plugin_server
+    headers = {"Authorization": f"Bearer {ui.token('admin')}"}
+    found = {path: raw_get(ui, path, headers) for path in MALFORMED_PATHS}
+    assert {path: status for path, (status, _, _) in found.items()} == dict.fromkeys(MALFORMED_PATHS, 404)
+    assert not any(str(ui.publish_root) in body for _, _, body in found.values())
+    assert all(json.loads(body) == {"detail": "Not Found"} for _, _, body in found.values())
+    reliability_log.append(
+        {
+            "section": "security",
+            "check": "UI plugin, malformed paths (logged in): %00, encoded ../ and \\, %2e%2e out of report/, "
+            "a 300-byte name, a 3,000-character path",
+            "result": f"{len(found)} requests: 404 Not Found each, no 500, no publish-root path in any answer",
+            "tests": "test_security.py (real airflow standalone), test_plugin.py",
         }
     )
