@@ -15,7 +15,7 @@ DAG trains an RQ-VAE on the snapshot's item embeddings, encodes every item into 
 | `encode_items` | queue `gpu`, mapped: one instance per shard -> `{work}/shards/` | path, rows, speed |
 | `resolve_collisions` | collisions over all shards -> `{work}/semantic_ids/part-*.parquet` | path, counts, quality |
 | `validate_codes` | GX: coverage, code ranges, uniqueness, usage, recon MSE | ok, metrics |
-| `publish` | `{publish_root}/{snapshot}/` atomically, then `latest` unless older | version, latest |
+| `publish` | `{publish_root}/{snapshot}/` (IDs, model, serving index, migration map), `latest` | version |
 
 A snapshot larger than `shard_size` (default 2M items) is encoded by several `encode_items` instances, in
 parallel on as many `gpu` workers (and `rqvae_gpu` pool slots) as there are; the IDs do not depend on it.
@@ -177,6 +177,17 @@ PARAMS = {
         description="Train on a seeded random sample of at most this many items (all items are encoded).",
         section="Training",
     ),
+    "collaborative_weight": Param(
+        0.3,  # rqvae.collaborative.DEFAULT_WEIGHT (not imported here: torch stays out of DAG parsing)
+        type="number",
+        minimum=0,
+        maximum=100,
+        title="Collaborative weight",
+        description="Weight of the behaviour signal when the interactions snapshot {interactions_root}/{snapshot}/ "
+        "is complete (_SUCCESS): items users consume together are pulled into shared code prefixes; each user's "
+        "last two interactions are held out for the evaluation. 0, or no snapshot, = content-only training.",
+        section="Training",
+    ),
     "shard_size": Param(
         SHARD_SIZE,
         type="integer",
@@ -245,6 +256,26 @@ PARAMS = {
         title="Collision resolution",
         description="dedup: items sharing codes get a dedup digit 0, 1, ... reassign: colliding items move to the "
         "nearest free last-level code of their prefix (IDs stay L codes; dedup only where a prefix is full).",
+        section="Stability",
+    ),
+    "retire_after": Param(
+        7,
+        type="integer",
+        minimum=0,
+        maximum=3650,
+        title="Retire IDs after (versions)",
+        description="An ID whose item disappeared stays reserved (given to no other item) for this many versions; "
+        "0 = free at once. Applies while the code space is kept (incremental runs, aligned retrains).",
+        section="Stability",
+    ),
+    "align_retrain": Param(
+        "anchor",
+        type="string",
+        enum=["anchor", "permute", "off"],
+        title="Align retrained codes",
+        description="After a retrain, make the codes agree with the previous version so fewer IDs change. permute: "
+        "relabel each level's codes (changes no ID's meaning). anchor: first refit the codebooks starting from the "
+        "previous ones, kept when recon MSE rises by at most 2%, then relabel. off: a new code space.",
         section="Stability",
     ),
 }
@@ -332,9 +363,13 @@ def rqvae_semantic_ids() -> None:
 
     @task(task_id="train_rqvae", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
     def train_rqvae(run: dict[str, str], loaded: dict[str, Any]) -> dict[str, Any]:
+        from include import settings
         from include import train_rqvae as stage
 
         params = _params()
+        # the day's interactions, in the data set's namespace; used only when complete, else content-only
+        roots = settings.dataset_roots(settings.load_roots(settings.airflow_variable_getter()),
+                                       params.get("embeddings_root"))
         return stage.train_rqvae(
             loaded["path"],
             run["work_dir"],
@@ -347,6 +382,11 @@ def rqvae_semantic_ids() -> None:
             mode=str(params.get("mode", "retrain")),
             publish_root=run["publish_root"],
             retrain_factor=float(params.get("retrain_factor", 1.5)),
+            align=str(params.get("align_retrain", "anchor")),
+            snapshot=run["snapshot"],
+            interactions_dir=str(roots.interactions / run["snapshot"]),
+            interactions_root=str(roots.interactions),
+            collaborative_weight=float(params.get("collaborative_weight", 0.3)),
         )
 
     @task(task_id="plan_shards")
@@ -381,6 +421,9 @@ def rqvae_semantic_ids() -> None:
             list(shards),
             collision_mode=str(_params().get("collision_mode", "dedup")),
             mode=trained.get("mode"),
+            publish_root=run["publish_root"],
+            snapshot=run["snapshot"],
+            retire_after=int(_params().get("retire_after", 7)),
         )
 
     @task(task_id="validate_codes")

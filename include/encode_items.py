@@ -85,8 +85,14 @@ def encode_all(
     collision_mode: str = "dedup",
     mode: dict[str, Any] | None = None,
     device: str = "auto",
+    publish_root: str | Path | None = None,
+    snapshot: str | None = None,
+    retire_after: int = 7,
 ) -> dict[str, Any]:
-    """Every shard in this process, then `resolve_collisions`: what the DAG's mapped tasks do, in one call."""
+    """Every shard in this process, then `resolve_collisions`: what the DAG's mapped tasks do, in one call.
+
+    `publish_root` / `snapshot` / `retire_after`: continuity with the previous version (include.lineage).
+    """
     from include.resolve_collisions import resolve_collisions
     from rqvae.io import row_count
 
@@ -97,4 +103,5 @@ def encode_all(
         encode_items(model_dir, artifact, work_dir, shard, device=device, mode=mode)
         for shard in plan_shards(total, shard_size)
     ]
-    return resolve_collisions(model_dir, artifact, work_dir, shards, collision_mode=collision_mode, mode=mode)
+    return resolve_collisions(model_dir, artifact, work_dir, shards, collision_mode=collision_mode, mode=mode,
+                              publish_root=publish_root, snapshot=snapshot, retire_after=retire_after)

@@ -70,6 +70,16 @@ class RunFolder:
         return self.root / "item_hashes.parquet"
 
     @property
+    def retired_ids(self) -> Path:
+        """IDs reserved in this version (retired items' IDs, see include.lineage)."""
+        return self.root / "retired_ids.parquet"
+
+    @property
+    def collision_audit(self) -> Path:
+        """The items `collision_mode=reassign` moved, with rank and cost (see rqvae.audit)."""
+        return self.root / "collision_audit.parquet"
+
+    @property
     def recon_errors(self) -> Path:
         """A sample of per-item reconstruction errors (.npy) for the report's histogram."""
         return self.root / "recon_errors.npy"

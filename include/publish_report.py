@@ -34,7 +34,8 @@ def add_extras(
     """
     import numpy as np
 
-    from rqvae.report import write_report
+    from include.train_rqvae import content_only
+    from rqvae.report import training_signal, write_report
 
     if folder.item_hashes.exists():
         shutil.copy2(folder.item_hashes, staging / ITEM_HASHES)
@@ -45,9 +46,15 @@ def add_extras(
     train, encode = upstream.get("train_rqvae", {}), encode_result(upstream)
     sizes = encode.get("codebook_size") or read_json(folder.model_dir / "config.json")["model"]["codebook_size"]
     metrics = {"snapshot": snapshot, "mode": (train.get("mode") or {}).get("used", encode.get("mode", "retrain"))}
+    collaborative = train.get("collaborative") or content_only()  # manifest["collaborative"]: the UI reads it
+    metrics["training signal"] = training_signal(collaborative)
     metrics.update({k: encode[k] for k in REPORT_KEYS if k in encode})
     if "recon_mse" not in metrics:
         metrics.update(read_json(folder.codes_report).get("metrics", {}))
+    from include.lineage import publish_lineage
+
+    lineage = publish_lineage(staging, folder, snapshot, sizes, upstream, encode)  # index, migration, audit
+    metrics.update(_lineage_rows(lineage))
     errors = np.load(folder.recon_errors) if folder.recon_errors.exists() else None
     files = write_report(
         staging / REPORT_DIR, ids_path, sizes, metrics, recon_errors=errors, churn=churn,
@@ -58,5 +65,26 @@ def add_extras(
         "mode": train.get("mode") or {"used": "retrain"},
         "collisions": {k: encode[k] for k in COLLISION_KEYS if k in encode},
         "churn": churn,
+        "collaborative": collaborative,
+        **lineage,
         "report": f"{REPORT_DIR}/index.html",
     }
+
+
+def _lineage_rows(lineage: dict[str, Any]) -> dict[str, Any]:
+    """Report rows: migration counts, churn before -> after alignment, retired IDs, collision audit."""
+    migration = lineage["migration"]
+    rows: dict[str, Any] = {
+        "migration": {k: migration.get(k) for k in ("previous", "kept", "changed", "new", "removed", "churn")},
+    }
+    alignment = migration.get("alignment") or {}
+    if alignment.get("applied"):
+        rows["alignment (churn before -> after)"] = {
+            name: f"{alignment.get(f'{key}_before')} -> {alignment.get(f'{key}_after')}"
+            for name, key in (("level-1 codes", "level1_churn"), ("codes", "codes_churn"), ("IDs", "id_churn"))
+        }
+    elif alignment:
+        rows["alignment"] = alignment.get("reason")
+    rows["retired IDs"] = {k: v for k, v in lineage["retired"].items() if k != "file"}
+    rows["collision audit"] = {k: v for k, v in lineage["collision_audit"].items() if k != "file"}
+    return rows

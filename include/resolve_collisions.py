@@ -47,12 +47,18 @@ def resolve_collisions(
     collision_mode: str = "dedup",
     mode: dict[str, Any] | None = None,
     device: str = "cpu",
+    publish_root: str | Path | None = None,
+    snapshot: str | None = None,
+    retire_after: int = 7,
 ) -> dict[str, Any]:
     """Resolve collisions over all shards; returns `{path, n_items, n_shards, codebook_size, unique_ratio, ...}`.
 
     `collision_mode`: `dedup` or `reassign` (see rqvae.collisions). Runs on CPU: the model is needed only for
-    the last-level residuals of the items `reassign` moves.
+    the last-level residuals of the items `reassign` moves. With `publish_root`, the previous version's IDs are
+    carried on (include.lineage): retired IDs stay reserved for `retire_after` versions, items whose codes did
+    not change keep their dedup digit; `{work}/retired_ids.parquet` and `{work}/collision_audit.parquet` result.
     """
+    from include.lineage import lineage_for
     from rqvae.checkpoint import load_model
     from rqvae.encode import merge_shards
     from rqvae.model import resolve_device
@@ -60,10 +66,15 @@ def resolve_collisions(
     folder = RunFolder(Path(work_dir))
     ordered = check_shards(shards)
     model = load_model(model_dir, device=resolve_device(device))
+    lineage = lineage_for(publish_root, snapshot or folder.root.name, model_dir, mode, retire_after)
+    folder.retired_ids.unlink(missing_ok=True)  # a retry without a publish root must not publish a stale one
     result = merge_shards(
         model, [s["path"] for s in ordered], artifact, folder.semantic_ids, collisions=collision_mode,
-        hashes_path=folder.item_hashes, errors_path=folder.recon_errors,
+        hashes_path=folder.item_hashes, errors_path=folder.recon_errors, lineage=lineage,
+        audit_path=folder.collision_audit,
     )
+    if lineage is not None and lineage.retired_out is not None:
+        lineage.retired_out.write(folder.retired_ids)
     result["mode"] = (mode or {}).get("used", "retrain")
     result["shards"] = [
         {k: s.get(k) for k in ("index", "rows", "n_pinned", "encode_seconds", "items_per_second", "device")}

@@ -83,7 +83,10 @@ def load_roots(variable_getter: VariableGetter | None = None) -> Roots:
         if not value and variable_getter is not None:
             value = (variable_getter(env_var.lower()) or "").strip()
             source = f"Airflow Variable {env_var.lower()}"
-        if not value:
+        if not value and kind == "interactions":
+            found[kind] = found["embeddings"].parent / DEFAULT_FOLDERS[kind]
+            source = "beside the embeddings root"
+        elif not value:
             found[kind] = default_data_dir() / DEFAULT_FOLDERS[kind]
             source = "default"
         else:

@@ -155,6 +155,22 @@ def interactions(manifest: dict[str, Any]) -> str:
     return f"w={weight:g}" if weight is not None else "w=?"
 
 
+def migration(manifest: dict[str, Any]) -> str | None:
+    """Items kept / changed / new / removed against the previous version, and full-ID churn after alignment."""
+    moved = manifest.get("migration")
+    if not isinstance(moved, dict) or moved.get("previous") is None:
+        return None
+    counts = [f"{name} {_number(moved.get(name)):,.0f}" for name in ("kept", "changed", "new", "removed")
+              if _number(moved.get(name)) is not None]
+    text = " · ".join(counts)
+    align = moved.get("alignment")
+    if isinstance(align, dict) and align.get("applied"):
+        before, after = _number(align.get("id_churn_before")), _number(align.get("id_churn_after"))
+        if before is not None and after is not None:
+            text += f" (aligned: churn {before:.0%} -> {after:.0%})"
+    return f"vs {moved['previous']}: {text}"
+
+
 def downstream(version: Path) -> tuple[str, str]:
     """The Downstream column as (text, state): state is passed, failed, skipped, absent or unreadable.
 
@@ -209,6 +225,7 @@ def version_summary(version: Path) -> dict[str, Any]:
         "collision_mode": section("collisions").get("collision_mode", "dedup"),
         "mode": section("mode").get("used", "retrain"),
         "churn": section("churn").get("churn"),
+        "migration": migration(manifest) if readable else None,
         "interactions": interactions(manifest) if readable else None,
         "downstream": evaluation,
         "downstream_state": evaluation_state,
@@ -221,8 +238,8 @@ def version_summary(version: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ the page
 
-COLUMNS = ["snapshot", "items", "unique ratio", "recon MSE", "mode", "collisions", "churn", "Interactions",
-           "Downstream", "files"]
+COLUMNS = ["snapshot", "items", "unique ratio", "recon MSE", "mode", "collisions", "churn", "Migration",
+           "Interactions", "Downstream", "files"]
 
 
 def _cell(value: Any) -> str:
@@ -251,7 +268,8 @@ def _row(prefix: str, version: Path, s: dict[str, Any], marker: str) -> str:
     state = s["downstream_state"]
     title = f' title="{html.escape(s["downstream"])}"' if state == "failed" else ""
     cells = [f"{_cell(s['snapshot'])}{marker}", _cell(s["n_items"]), _cell(s["unique_ratio"]), _cell(s["recon_mse"]),
-             _cell(s["mode"]), _cell(s["collision_mode"]), _cell(s["churn"]), _cell(s["interactions"])]
+             _cell(s["mode"]), _cell(s["collision_mode"]), _cell(s["churn"]), _cell(s["migration"]),
+             _cell(s["interactions"])]
     return (
         "<tr>" + "".join(f"<td>{c}</td>" for c in cells)
         + f'<td class="downstream {state}"{title}>{_cell(s["downstream"])}</td>'

@@ -24,6 +24,7 @@ _EXPORTS = {
     "save_model": "rqvae.checkpoint",
     "code_metrics": "rqvae.metrics",
     "read_embeddings": "rqvae.io",
+    "ServingIndex": "rqvae.serving",
     "InputError": "rqvae.errors",
     "ModelLoadError": "rqvae.errors",
 }
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .io import read_embeddings
     from .metrics import code_metrics
     from .model import RQVAE, RQVAEOutput
+    from .serving import ServingIndex
     from .train import TrainResult, train
 
 

@@ -1,4 +1,4 @@
-"""The ``rqvae`` command: synth, train, encode, evaluate.
+"""The ``rqvae`` command: synth, train, encode, evaluate, evaluate-retrieval.
 
 Exit codes: 0 success; 2 bad input (unreadable or invalid embeddings, bad arguments, a refused model
 directory); 1 any other failure. Errors print one line starting with ``error:``. Long steps (synth chunks,
@@ -25,16 +25,23 @@ QUIET_HELP = "only warnings and errors: no progress bars or progress log lines"
 EPILOG = {
     "synth": """examples:
   rqvae synth --n 100000 --dim 32 --out var/data/synth_100k.parquet
-  rqvae synth --n 5689519 --dim 32 --out var/data/embeddings/2026-01-01   # directory + _SUCCESS""",
+  rqvae synth --n 5689519 --dim 32 --out var/data/embeddings/2026-01-01   # directory + _SUCCESS
+  rqvae synth --n 20000 --out var/data/synth.parquet --interactions var/data/interactions   # + user histories""",
     "train": """examples:
   rqvae train --embeddings var/data/synth_100k.parquet --out var/models/m1
   rqvae train --embeddings emb_81_32/ --out m2 --num-codebooks 4 --codebook-size 256 --epochs 3
-  rqvae train --embeddings items.parquet --out m3 --config my_config.json   # {"model": {...}, "train": {...}}""",
+  rqvae train --embeddings items.parquet --out m3 --config my_config.json   # {"model": {...}, "train": {...}}
+  rqvae train --embeddings movies.parquet --out m4 --interactions ratings.parquet --holdout-last 2""",
     "encode": """examples:
   rqvae encode --model var/models/m1 --embeddings var/data/synth_100k.parquet --out ids.parquet
   rqvae encode --model m1 --embeddings emb_81_32/ --out ids.parquet --json-dict semantic_id_dict.json""",
     "evaluate": """examples:
   rqvae evaluate --model var/models/m1 --embeddings var/data/synth_100k.parquet --json""",
+    "evaluate-retrieval": """examples:
+  rqvae evaluate-retrieval --ids var/ids.parquet --interactions ratings.parquet
+  rqvae evaluate-retrieval --ids ours.parquet --name ours --ids faiss.parquet --name faiss \\
+      --interactions interactions/ --seeds 0,1,2 --epochs 8 --max-users 5000 --json
+  (differences are paired on the same users, against the first --ids)""",
 }
 
 
@@ -67,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=32, help="embedding dimension (default 32)")
     p.add_argument("--out", required=True, help="a .parquet file, or a directory (parts + _SUCCESS)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interactions", help="also write synthetic user histories over these items to this folder "
+                   "(Parquet + _SUCCESS; users browse neighbouring items), e.g. for evaluate-retrieval")
+    p.add_argument("--users", type=int, default=1000, help="users of --interactions (default 1000, 30 events each)")
 
     p = add("train", "Train a model on embeddings and write its directory (config.json + safetensors).")
     p.add_argument("--embeddings", required=True, help="Parquet / .npy / JSON-lines parts / snapshot folder")
@@ -90,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expected-dim", type=int, default=0,
                    help="refuse inputs whose vectors do not have this many values (default 0: any)")
     p.add_argument("--min-items", type=int, default=1, help="refuse inputs with fewer rows (a truncated export)")
+    p.add_argument("--interactions", help="Parquet file or folder (user_id, item_id, timestamp): adds the "
+                   "collaborative term, items consumed together pulled into shared code prefixes")
+    p.add_argument("--collaborative-weight", type=float,
+                   help="weight of that term (default 0.3 with --interactions; 0 = content only)")
+    p.add_argument("--holdout-last", type=int, choices=[0, 2], default=0,
+                   help="2: learn only from each user's leave-one-out training part (last two events held out), "
+                   "so the IDs can be evaluated on those events without leakage (default 0: all events)")
 
     p = add("encode", "Encode every item into semantic IDs (Parquet: item_id, codes, dedup).")
     p.add_argument("--model", required=True, help="model directory written by `rqvae train`")
@@ -104,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", required=True)
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a readable summary)")
     p.add_argument("--allow-pickle", action="store_true")
+
+    p = add("evaluate-retrieval", "Judge semantic-ID sets downstream: train the same small next-item retriever "
+            "on each, decode with a beam over real IDs, report Recall@5/10, NDCG@10 and NLL with SEs.")
+    p.add_argument("--ids", action="append", required=True,
+                   help="semantic-ID Parquet (item_id, codes, dedup); repeat to compare, the first is the baseline")
+    p.add_argument("--interactions", required=True, help="Parquet file or folder: user_id, item_id, timestamp")
+    p.add_argument("--name", action="append", help="a name per --ids, in order (default: the file names)")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="retriever seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--epochs", type=int, help="training epochs (the best validation-NLL epoch is kept; default 5)")
+    p.add_argument("--max-users", type=int, help="evaluate a seeded sample of this many users (default 0: all)")
+    p.add_argument("--history", type=int, help="items of context (default 20)")
+    p.add_argument("--beam", type=int, help="beam width (default 20)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda ...")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a Markdown table)")
     return parser
 
 
@@ -133,7 +164,8 @@ def _train_configs(args: argparse.Namespace, input_dim: int) -> tuple[Any, Any]:
         model_d["codebook_size"] = model_d["codebook_size"][0]
     model_d["input_dim"] = input_dim
     tflags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-              "max_train_items": args.max_train_items, "seed": args.seed, "device": args.device}
+              "max_train_items": args.max_train_items, "seed": args.seed, "device": args.device,
+              "collaborative_weight": getattr(args, "collaborative_weight", None)}
     train_d.update({k: v for k, v in tflags.items() if v is not None})
     return ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
 
@@ -146,6 +178,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
         out = synth(args.out, n=args.n, dim=args.dim, seed=args.seed,
                     progress=lambda done, total: bar.update(done - bar.done))
     print(out)
+    if args.interactions:
+        from .interactions import write_interactions
+        from .io import read_embeddings
+        from .synth import synth_interactions
+
+        data = read_embeddings(out)
+        events = synth_interactions(data.ids, data.vectors, n_users=args.users, events=30, seed=args.seed)
+        print(write_interactions(args.interactions, events))
     return EXIT_OK
 
 
@@ -157,8 +197,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = read_embeddings(args.embeddings, allow_pickle=args.allow_pickle)
     check_embeddings(data.ids, data.vectors, expected_dim=args.expected_dim, min_items=args.min_items,
                      path=args.embeddings)
+    sequences = None
+    if args.interactions:
+        from .collaborative import DEFAULT_WEIGHT, read_sequences
+        from .config import load_config_file
+
+        sequences = read_sequences(args.interactions, data.ids, holdout_last=args.holdout_last)
+        in_file = load_config_file(args.config)[1] if args.config else {}
+        if args.collaborative_weight is None and "collaborative_weight" not in in_file:
+            args.collaborative_weight = DEFAULT_WEIGHT
     model_cfg, train_cfg = _train_configs(args, data.vectors.shape[1])
-    result = train(data.vectors, model_cfg, train_cfg, out_dir=args.out, show_progress=not args.quiet)
+    result = train(data.vectors, model_cfg, train_cfg, out_dir=args.out, show_progress=not args.quiet,
+                   interactions=sequences)
     print(json.dumps({"model": str(args.out), **_round(result.metrics)}))
     return EXIT_OK
 
@@ -192,6 +242,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _id_set_names(paths: list[str], names: list[str] | None) -> list[str]:
+    from pathlib import Path
+
+    if names is not None and len(names) != len(paths):
+        raise ValueError(f"got {len(names)} --name for {len(paths)} --ids; give one name per ID file or none")
+    chosen = names or [Path(p).stem if Path(p).suffix else Path(p).name for p in paths]
+    if len(set(chosen)) != len(chosen):
+        chosen = [f"{n}#{i + 1}" for i, n in enumerate(chosen)] if names is None else chosen
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"--name values must differ, got {chosen}")
+    return chosen
+
+
+def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
+    from .interactions import read_interactions
+    from .retrieval import IdTable, RetrievalConfig, evaluate_id_sets
+
+    names = _id_set_names(args.ids, args.name)
+    tables = {name: IdTable.from_parquet(path) for name, path in zip(names, args.ids, strict=True)}
+    interactions = read_interactions(args.interactions)
+    flags = {"epochs": args.epochs, "max_users": args.max_users, "history": args.history, "beam": args.beam,
+             "device": args.device}
+    config = RetrievalConfig(**{k: v for k, v in flags.items() if v is not None})
+    report = evaluate_id_sets(tables, interactions, config, seeds=args.seeds)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        info = report.info
+        print(f"{len(report.users)} users ({int(report.cold.sum())} cold), {info['n_items']} items, "
+              f"seeds {report.seeds}; {info['dropped_interactions']} interactions without an ID and "
+              f"{info['dropped_users']} users with < {config.min_interactions} interactions dropped; "
+              f"differences vs {names[0]!r}, paired on the same users\n")
+        print(report.table())
+    return EXIT_OK
+
+
 def _round(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 6)
@@ -202,7 +288,8 @@ def _round(value: Any) -> Any:
     return value
 
 
-COMMANDS = {"synth": cmd_synth, "train": cmd_train, "encode": cmd_encode, "evaluate": cmd_evaluate}
+COMMANDS = {"synth": cmd_synth, "train": cmd_train, "encode": cmd_encode, "evaluate": cmd_evaluate,
+            "evaluate-retrieval": cmd_evaluate_retrieval}
 
 
 def main(argv: list[str] | None = None) -> int:

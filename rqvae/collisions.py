@@ -8,7 +8,8 @@ last-level residual to each last-level codeword, so the moved item still lands c
 it. Items whose prefix has no free code left stay and get a dedup digit.
 
 Pinned items (``fixed``: published IDs kept by an incremental run) never move and keep their dedup value;
-new items are resolved against their occupancy.
+new items are resolved against their occupancy. ``reserved`` IDs (codes + dedup of retired items, see
+:mod:`rqvae.lineage`) occupy their slot like pinned items that are not in the output: nobody is given them.
 
 Only numpy here: the caller supplies the distances (see :func:`rqvae.encode.encode_file`), so a test can
 hand in any matrix. Movers are a minority, so the work is proportional to them, not to all items.
@@ -54,19 +55,55 @@ class Reassignment(NamedTuple):
     stuck: np.ndarray  # [N] bool: items that had to move but found their prefix full (they keep a dedup digit)
 
 
+Reserved = tuple[np.ndarray, np.ndarray]
+"""(codes [R, L], dedup [R]) of IDs no item may be given (retired IDs)."""
+
+
 class Resolution(NamedTuple):
     codes: np.ndarray  # [N, L] int32
     dedup: np.ndarray  # [N] int32: codes + dedup is unique per item
     stats: dict  # pre/post collision rate, items moved, stuck, largest dedup
 
 
+def with_reserved(
+    ids: np.ndarray,
+    codes: np.ndarray,
+    fixed: np.ndarray | None,
+    fixed_dedup: np.ndarray | None,
+    reserved: Reserved | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The items followed by one pinned placeholder per reserved ID (ids -1, -2, ...; rows n.. of the result).
+
+    Placeholders sort with the pinned items and never move, so every rule that respects pinned IDs respects
+    reserved ones; callers keep the first n rows of whatever they compute.
+    """
+    if reserved is None or len(reserved[0]) == 0:
+        return ids, codes, fixed, fixed_dedup
+    n, r = len(ids), len(reserved[0])
+    pinned = np.zeros(n, bool) if fixed is None else np.asarray(fixed, bool)
+    given = np.zeros(n, np.int32) if fixed_dedup is None else np.asarray(fixed_dedup, np.int32)
+    return (
+        np.r_[np.asarray(ids, np.int64), -1 - np.arange(r, dtype=np.int64)],
+        np.r_[np.asarray(codes, np.int32), np.asarray(reserved[0], np.int32).reshape(r, -1)],
+        np.r_[pinned, np.ones(r, bool)],
+        np.r_[given, np.asarray(reserved[1], np.int32)],
+    )
+
+
 def collision_movers(
-    ids: np.ndarray, codes: np.ndarray, codebook_sizes: Sequence[int], fixed: np.ndarray | None = None
+    ids: np.ndarray,
+    codes: np.ndarray,
+    codebook_sizes: Sequence[int],
+    fixed: np.ndarray | None = None,
+    reserved: Reserved | None = None,
 ) -> np.ndarray:
     """[N] bool: items that share their tuple with an item ranked before them (pinned first, then by item_id).
 
-    Pinned items are never movers, even when several of them share a tuple (their dedup values differ).
+    Pinned items are never movers, even when several of them share a tuple (their dedup values differ). An
+    item on a reserved tuple is a mover too.
     """
+    n = len(ids)
+    ids, codes, fixed, _ = with_reserved(ids, codes, fixed, None, reserved)
     ids = np.asarray(ids, dtype=np.int64)
     key = pack_codes(codes, codebook_sizes)
     pinned = np.zeros(len(ids), bool) if fixed is None else np.asarray(fixed, bool)
@@ -75,7 +112,7 @@ def collision_movers(
     later = np.r_[False, sorted_key[1:] == sorted_key[:-1]]
     movers = np.zeros(len(ids), bool)
     movers[order[later]] = True
-    return movers & ~pinned
+    return (movers & ~pinned)[:n]
 
 
 def reassign_collisions(
@@ -235,22 +272,27 @@ def resolve_collisions(
     *,
     fixed: np.ndarray | None = None,
     fixed_dedup: np.ndarray | None = None,
+    reserved: Reserved | None = None,
 ) -> Resolution:
     """Unique IDs (codes + dedup) under `mode`, with the figures a report needs.
 
     ``collision_rate_pre``/``_post``: share of items whose code tuple (without dedup) is shared, before and
     after moving; ``moved``: items that changed their last code; ``stuck``: movers whose prefix was full.
+    ``reserved`` IDs are given to no item (figures count the items only).
     """
     mode = CollisionMode.parse(mode)
+    n = len(ids)
     codes = np.asarray(codes, dtype=np.int32)
     pre = collision_rate(codes, codebook_sizes)
+    ids, codes, fixed, fixed_dedup = with_reserved(ids, codes, fixed, fixed_dedup, reserved)
     moved = stuck = 0
     if mode is CollisionMode.REASSIGN:
         if last_distances is None:
             raise ValueError("collision mode 'reassign' needs last_distances (the model's last-level distances)")
         result = reassign_collisions(ids, codes, codebook_sizes, last_distances, fixed=fixed)
         codes, moved, stuck = result.codes, int(result.moved.sum()), int(result.stuck.sum())
-    dedup = dedup_with_fixed(ids, codes, codebook_sizes, fixed, fixed_dedup)
+    dedup = dedup_with_fixed(ids, codes, codebook_sizes, fixed, fixed_dedup)[:n]
+    codes = codes[:n]
     stats = {
         "collision_mode": mode.value,
         "collision_rate_pre": pre,

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,9 @@ from .model import RQVAE
 from .progress import Progress
 from .search import distances, search_table
 from .stability import embedding_hash, write_hashes
+
+if TYPE_CHECKING:
+    from .lineage import Lineage
 
 logger = logging.getLogger(__name__)
 
@@ -299,30 +302,46 @@ def _resolve(
     collisions: str | CollisionMode,
     batch_rows: int,
     allow_pickle: bool,
+    lineage: Lineage | None = None,
+    audit_path: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(ids, codes, dedup, metrics) once collisions over all items of the pass are resolved.
 
     The one place both encoding paths end in, so a sharded run publishes exactly what a single pass would.
+    ``lineage`` (see :mod:`rqvae.lineage`) pins codes kept from the previous version and reserves retired IDs;
+    ``audit_path`` gets the table of items reassignment moved (see :mod:`rqvae.audit`).
     """
     mode = CollisionMode.parse(collisions)
     metrics = _pass_metrics(run, model.codebook_size)
-    ids = run.ids
+    ids, codes, fixed, fixed_dedup, reserved = run.ids, run.codes, run.fixed, run.fixed_dedup, None
+    if lineage is not None:
+        codes, fixed, fixed_dedup, reserved = lineage.prepare(ids, codes, fixed, fixed_dedup, run.hashes)
+        metrics["lineage"] = lineage.stats
     t0 = time.perf_counter()
-    last_distances = None
+    last_distances = movers = None
     if mode is CollisionMode.REASSIGN:
-        movers = collision_movers(ids, run.codes, model.codebook_size, run.fixed)
+        movers = collision_movers(ids, codes, model.codebook_size, fixed, reserved)
         mover_ids, residuals = last_residuals(
-            model, embeddings_path, ids[movers], batch_rows, allow_pickle, codes=run.codes[movers]
+            model, embeddings_path, ids[movers], batch_rows, allow_pickle, codes=codes[movers]
         )
 
         def last_distances(rows: np.ndarray) -> np.ndarray:
             return last_level_distances(model, residuals[np.searchsorted(mover_ids, ids[rows])])
 
     resolved = resolve_collisions(
-        ids, run.codes, model.codebook_size, mode, last_distances, fixed=run.fixed, fixed_dedup=run.fixed_dedup
+        ids, codes, model.codebook_size, mode, last_distances, fixed=fixed, fixed_dedup=fixed_dedup,
+        reserved=reserved,
     )
     metrics.update(resolved.stats)
     metrics["resolve_seconds"] = round(time.perf_counter() - t0, 3)
+    if audit_path is not None:
+        from .audit import audit_collisions
+
+        metrics["collision_audit"] = audit_collisions(
+            model, embeddings_path, audit_path, ids, codes, resolved.codes, resolved.dedup, movers, last_distances,
+            collision_mode=mode.value, reserved_codes=None if reserved is None else reserved[0],
+            batch_rows=batch_rows, allow_pickle=allow_pickle,
+        )
     if mode is CollisionMode.REASSIGN:
         metrics.update(code_metrics(resolved.codes, model.codebook_size))  # unique ratio etc. of the IDs as published
     return ids, resolved.codes, resolved.dedup, metrics
@@ -428,17 +447,22 @@ def merge_shards(
     hashes_path: str | Path | None = None,
     errors_path: str | Path | None = None,
     batch_rows: int = 262_144,
+    lineage: Lineage | None = None,
+    audit_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Resolve collisions over all shards and write ``{out_dir}/part-{i:05d}.parquet``, one part per shard.
 
     Shards must be given in row order of the artifact (what :func:`encode_file` would have read). The part
     folder is written beside ``out_dir`` and swapped in whole, so readers never see a mix of two runs' parts.
     ``hashes_path``: item_id + emb_hash of every item (sorted by id), for the next incremental run.
+    ``lineage``: continuity with the previous version (kept dedup, retired IDs); ``audit_path``: the table of
+    items `reassign` moved (written in either mode, empty for `dedup`).
     """
     model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
     run, sizes = _read_shards(shard_paths, model.num_codebooks)
     _check_duplicates(run.ids, embeddings_path)
-    ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, False)
+    ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, False, lineage,
+                                          audit_path)
     out_dir = Path(out_dir)
     _remove_leftovers(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -2,21 +2,32 @@
 
 Codebooks are fitted once on a sample of the data and then trained. The public baseline refitted k-means on
 every batch, so an item's codes depended on its batch companions; here fitting is a one-off step.
+
+A user callable may have either signature the users' code has: ``kmeans(data, n_clusters, kmeans_iters)`` (their
+existing function; gets a numpy array unless its first parameter is annotated as a torch Tensor) or
+``fn(data, k)`` (gets a torch tensor unless annotated as a numpy array). It may return the codebook ``[k, d]`` or
+``(codebook, labels)``, as numpy or torch; labels are not used, since the model's own search assigns codes.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from .search import Distance, nearest_codeword, search_table
 
 logger = logging.getLogger(__name__)
 
-KMeansFn = Callable[[torch.Tensor, int], torch.Tensor]
+KMeansFn = Callable[..., Any]  # fn(data, k) or kmeans(data, n_clusters, kmeans_iters); see the module docstring
+CALLABLE_FORMS = (
+    "kmeans(data, n_clusters, kmeans_iters) -> (codebook, labels) or codebook, or fn(data, k) -> codebook; "
+    "data and results as numpy arrays or torch tensors, codebook shaped [n_clusters, dim]"
+)
 METHODS = ("kmeans", "progressive", "bkmeans", "none")
 KMeansMethod = Literal["kmeans", "progressive", "bkmeans", "none"] | KMeansFn
 
@@ -206,13 +217,10 @@ def fit_codebook(
     iters: int = 20,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Fit k centres [k, d] to x [n, d] with the named method or a callable ``fn(x, k) -> [k, d]``."""
+    """Fit k centres [k, d] to x [n, d] with the named method or a user callable (see the module docstring)."""
     x = x.float()
     if callable(method):
-        out = torch.as_tensor(method(x, k), dtype=x.dtype, device=x.device)
-        if out.shape != (k, x.shape[1]):
-            raise ValueError(f"kmeans_method callable returned shape {tuple(out.shape)}, expected {(k, x.shape[1])}")
-        return out
+        return call_user_kmeans(method, x, k, iters)
     if method == "kmeans":
         return kmeans(x, k, iters, generator)
     if method == "progressive":
@@ -222,3 +230,56 @@ def fit_codebook(
     if method == "none":
         return random_init(x, k, generator)
     raise ValueError(f"unknown kmeans_method {method!r}; expected one of {list(METHODS)} or a callable")
+
+
+def call_user_kmeans(fn: KMeansFn, x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """Run a user's k-means in whichever of the two accepted forms it has; the codebook [k, d] on x's device."""
+    arity = _arity(fn)
+    if arity is None:
+        raise TypeError(f"kmeans_method callable {_label(fn)} takes neither (data, n_clusters, kmeans_iters) nor "
+                        f"(data, k); expected {CALLABLE_FORMS}")
+    data: Any = x if _wants_torch(fn, arity) else x.detach().cpu().numpy()
+    out = fn(data, k, iters) if arity == 3 else fn(data, k)
+    if isinstance(out, tuple | list) and len(out) == 2:  # (codebook, labels)
+        out = out[0]
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(np.ascontiguousarray(out))
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"kmeans_method callable {_label(fn)} returned {type(out).__name__}; expected {CALLABLE_FORMS}")
+    if tuple(out.shape) != (k, x.shape[1]):
+        raise ValueError(f"kmeans_method callable {_label(fn)} returned a codebook of shape {tuple(out.shape)}, "
+                         f"expected {(k, x.shape[1])}; expected {CALLABLE_FORMS}")
+    return out.to(device=x.device, dtype=x.dtype)
+
+
+def _arity(fn: KMeansFn) -> int | None:
+    """3 when fn accepts (data, n_clusters, kmeans_iters) positionally, 2 for (data, k), None for neither."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without introspection: assume the historical two-argument form
+        return 2
+    for arity in (3, 2):
+        try:
+            signature.bind(*range(arity))
+        except TypeError:
+            continue
+        return arity
+    return None
+
+
+def _wants_torch(fn: KMeansFn, arity: int) -> bool:
+    """Input kind: the first parameter's annotation decides; else numpy for the users' 3-argument form."""
+    try:
+        first = next(iter(inspect.signature(fn).parameters.values()), None)
+    except (TypeError, ValueError):
+        first = None
+    note = "" if first is None or first.annotation is inspect.Parameter.empty else str(first.annotation)
+    if "Tensor" in note:
+        return True
+    if "ndarray" in note:
+        return False
+    return arity == 2
+
+
+def _label(fn: KMeansFn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)

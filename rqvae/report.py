@@ -68,6 +68,15 @@ def write_report(
     return written
 
 
+def training_signal(collaborative: dict[str, Any] | None) -> str:
+    """One line saying whether a version learnt from interactions and with what weight (manifest["collaborative"])."""
+    if not collaborative or not collaborative.get("used"):
+        return "content only (no interactions)"
+    return (f"content + interactions {collaborative.get('interactions')} (collaborative weight "
+            f"{_format(float(collaborative.get('weight', 0.0)))}; {int(collaborative.get('n_interactions', 0)):,} "
+            f"interactions on {int(collaborative.get('n_items_with_interactions', 0)):,} items)")
+
+
 def _usage_plot(plt, codes: np.ndarray, sizes: list[int], path: Path) -> None:
     """Items per code, one panel per level, codes sorted by count: a flat profile means even usage."""
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.2), squeeze=False)

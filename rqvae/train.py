@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from .config import ModelConfig, TrainConfig
 from .metrics import code_metrics
 from .model import RQVAE, resolve_device
 from .progress import Progress, format_seconds
+
+if TYPE_CHECKING:
+    from .collaborative import CollaborativeLoss, ItemSequences
+    from .interactions import Interactions
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +133,21 @@ def train(
     out_dir: str | Path | None = None,
     *,
     show_progress: bool = True,
+    interactions: Interactions | ItemSequences | None = None,
+    item_ids: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train an RQVAE on vectors [N, D]; write the model directory to out_dir when given."""
+    """Train an RQVAE on vectors [N, D]; write the model directory to out_dir when given.
+
+    ``interactions`` (with ``item_ids``, the item of each row of vectors) adds the collaborative term of
+    :mod:`rqvae.collaborative`, weighted by ``train_cfg.collaborative_weight``; without them, or with weight 0,
+    training is exactly the content-only one. Pass only logs the model may learn from: when its IDs are to be
+    evaluated on users' last items, the training part of the split (``LeaveOneOut.train_interactions()``).
+    """
     cfg = train_cfg or TrainConfig()
     x_np = np.ascontiguousarray(vectors, dtype=np.float32)
     if x_np.ndim != 2 or x_np.shape[1] != model_cfg.input_dim:
         raise ValueError(f"vectors must be [N, {model_cfg.input_dim}], got {x_np.shape}")
+    collab = _collaborative(x_np, model_cfg, cfg, interactions, item_ids)
     rng = np.random.default_rng(cfg.seed)
     if x_np.shape[0] > cfg.max_train_items:
         pick = np.sort(rng.choice(x_np.shape[0], cfg.max_train_items, replace=False))
@@ -151,6 +164,8 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup_frac))
     eval_x = x_all[torch.from_numpy(np.sort(rng.choice(n, min(n, cfg.eval_items), replace=False))).to(device)]
     meta = {"data": _fingerprint(x_np), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    if collab is not None:
+        meta["interactions"] = collab.fingerprint
 
     ckpt = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     saved = _try_resume(ckpt, model, opt, sched, meta) if ckpt is not None else None
@@ -162,6 +177,11 @@ def train(
         init_idx = np.sort(rng.choice(n, min(n, cfg.init_items), replace=False))
         t0 = time.perf_counter()
         model.initialize(x_all[torch.from_numpy(init_idx).to(device)], generator=gen)
+        if collab is not None and cfg.collaborative_steps:
+            _shape_latent(model, x_all, collab, cfg)
+            with torch.no_grad():
+                z_init = model.encode_latent(x_all[torch.from_numpy(init_idx).to(device)])
+            model.quantizer.init_from_data_(z_init, model.kmeans_method, model.kmeans_iters, gen)
         init_metrics = {**evaluate(model, eval_x), "seconds": round(time.perf_counter() - t0, 3)}
         start_epoch, history = 1, []
         logger.info(
@@ -177,6 +197,8 @@ def train(
         model.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         reseed_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        pair_rng = np.random.default_rng([cfg.seed, epoch, 104_729])  # own stream: content path RNG untouched
+        collab_sum = 0.0
         counts = torch.zeros(model.num_codebooks, kmax, dtype=torch.long, device=device)
         loss_sum, loss_n, reseeded = 0.0, 0, 0
         t_epoch = time.perf_counter()
@@ -187,8 +209,13 @@ def train(
                 xb = x_all[perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out = model(xb)
+                    loss = out.total_loss
+                    if collab is not None:
+                        c_loss = collab(model, pair_rng)
+                        loss = loss + cfg.collaborative_weight * c_loss
+                        collab_sum += float(c_loss.detach())
                 opt.zero_grad(set_to_none=True)
-                out.total_loss.backward()
+                loss.backward()
                 opt.step()
                 sched.step()
                 step += 1
@@ -216,6 +243,8 @@ def train(
             "reseeded_codes": reseeded,
             "seconds": round(time.perf_counter() - t_epoch, 3),
         }
+        if collab is not None:
+            record["collaborative_loss"] = collab_sum / max(1, loss_n)
         history.append(record)
         logger.info(
             "epoch %d/%d: loss %.5f recon_mse %.6f usage %s unique %.4f reseeded %d | %.1fs, ETA %s",
@@ -241,7 +270,70 @@ def train(
         "init_recon_mse": init_metrics["recon_mse"],
         "init_unique_ratio": init_metrics["unique_ratio"],
     }
+    if collab is not None:
+        metrics["collaborative"] = {"used": True, "weight": cfg.collaborative_weight, **collab.summary}
     if out_dir is not None:
         save_model(model, out_dir, extra={"train": cfg.to_dict(), "metrics": metrics})
         shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(model, history, metrics, resumed_from_epoch=start_epoch - 1)
+
+
+def _collaborative(
+    x: np.ndarray,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    interactions: Interactions | ItemSequences | None,
+    item_ids: np.ndarray | None,
+) -> CollaborativeLoss | None:
+    """The collaborative term, or None for content-only training (no logs, weight 0 or rqkmeans)."""
+    if interactions is None:
+        return None
+    if cfg.collaborative_weight <= 0 or model_cfg.method == "rqkmeans":
+        logger.info("interactions given but not used (collaborative_weight %s, method %s): content-only training",
+                    cfg.collaborative_weight, model_cfg.method)
+        return None
+    from .collaborative import CollaborativeLoss, ItemSequences
+
+    if isinstance(interactions, ItemSequences):
+        sequences = interactions
+    else:
+        if item_ids is None or len(item_ids) != x.shape[0]:
+            raise ValueError("training with interactions needs item_ids: the item id of every row of vectors")
+        sequences = ItemSequences.from_interactions(interactions, np.asarray(item_ids))
+    loss = CollaborativeLoss(sequences, x, window=cfg.collaborative_window,
+                             temperature=cfg.collaborative_temperature, pairs=cfg.collaborative_pairs or cfg.batch_size)
+    logger.info("collaborative term: weight %s, %d interactions of %d users on %d items, window %d",
+                cfg.collaborative_weight, loss.summary["n_interactions"], loss.summary["n_users"],
+                loss.summary["n_items_with_interactions"], cfg.collaborative_window)
+    return loss
+
+
+def _shape_latent(model: RQVAE, x_all: torch.Tensor, collab: CollaborativeLoss, cfg: TrainConfig) -> None:
+    """Before any codebook exists: train encoder and decoder on the continuous latent, reconstruction of every
+    item plus the collaborative term, so the residual k-means that follows cuts a latent already shaped by
+    behaviour (codebooks fitted afterwards use every code; pulling latents under fixed codebooks collapses them).
+    """
+    params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.collaborative_steps, cfg.warmup_frac))
+    gen = torch.Generator().manual_seed(cfg.seed * 31 + 7)
+    rng = np.random.default_rng([cfg.seed, 0, 104_729])
+    n = x_all.shape[0]
+    model.train()
+    t0 = time.perf_counter()
+    rec_sum = col_sum = 0.0
+    for step in range(cfg.collaborative_steps):
+        xb = x_all[torch.randint(0, n, (cfg.batch_size,), generator=gen).to(x_all.device)]
+        recon = torch.nn.functional.mse_loss(model.decode_latent(model.encode_latent(xb)), xb)
+        c_loss = collab(model, rng)
+        loss = recon + cfg.collaborative_weight * c_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        rec_sum += float(recon.detach())
+        col_sum += float(c_loss.detach())
+        if (step + 1) % 100 == 0 or step + 1 == cfg.collaborative_steps:
+            logger.info("shaping the latent: step %d/%d recon %.6f collaborative %.4f (%.1fs)", step + 1,
+                        cfg.collaborative_steps, rec_sum / 100, col_sum / 100, time.perf_counter() - t0)
+            rec_sum = col_sum = 0.0

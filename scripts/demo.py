@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airflow_env import GPU_POOL_SLOTS, REPO, airflow_env  # noqa: E402
 
 DAG_ID = "rqvae_semantic_ids"
+EVAL_DAG_ID = "semantic_ids_evaluation"
 BIN = Path(sys.executable).parent
 MOVIELENS = REPO.parent / "shared" / "data" / "movielens_small" / "embeddings.parquet"
+RATINGS_NAME = "ratings.parquet"  # beside the MovieLens embeddings: real user histories for the evaluation
 
 
 def main() -> int:
@@ -34,6 +36,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=32, help="synthetic dimension (default 32)")
     parser.add_argument("--date", default=None, help="snapshot date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--conf", default="{}", help="extra run conf as JSON, e.g. '{\"epochs\": 2}'")
+    parser.add_argument("--eval-conf", default="{}", help="run conf of the evaluation DAG, e.g. '{\"epochs\": 2}'")
     parser.add_argument("--no-movielens", action="store_true", help="skip the MovieLens data set")
     args = parser.parse_args()
 
@@ -56,10 +59,15 @@ def main() -> int:
 
     roots = load_roots()
     runs = [("synthetic", {}, ensure_synthetic(roots.embeddings / snapshot, args.items, args.dim))]
+    ensure_synthetic_interactions(roots.embeddings / snapshot, roots.interactions / snapshot)
     movielens = Path(os.environ.get("RQVAE_MOVIELENS", MOVIELENS))
     if not args.no_movielens and movielens.is_file():
         runs.append(("movielens", {"embeddings_root": "movielens"},
                      ensure_linked(movielens, roots.embeddings / "movielens" / snapshot)))
+        ratings = movielens.with_name(RATINGS_NAME)
+        if ratings.is_file():
+            ensure_linked(ratings, roots.interactions / "movielens" / snapshot)
+            step("interactions [movielens]", f"{ratings.name} linked into {roots.interactions / 'movielens'}")
 
     failed = False
     for name, conf, source in runs:
@@ -72,8 +80,61 @@ def main() -> int:
         publish_root = roots.publish / ("movielens" if name == "movielens" else "")
         report(snapshot, publish_root, code == 0)
         failed = failed or code != 0
+        if code == 0:
+            failed = evaluate(name, snapshot, publish_root, logs, json.loads(args.eval_conf)) or failed
     step("demo wall time", f"{time.perf_counter() - started:.1f}s")
     return 1 if failed else 0
+
+
+def evaluate(name: str, snapshot: str, publish_root: Path, logs: Path, extra: dict) -> bool:
+    """Run the downstream-evaluation DAG on the version just published (a scheduler would start it from the
+    `semantic_ids` asset event; `dags test` runs no scheduler, so the demo names the version). True if failed."""
+    version = f"movielens/{snapshot}" if name == "movielens" else snapshot
+    conf = {"version": version, **extra}
+    log = logs / f"dags-test-{EVAL_DAG_ID}-{name}-{snapshot}.log"
+    step(f"evaluate [{name}]", f"airflow dags test {EVAL_DAG_ID} {snapshot} -c '{json.dumps(conf)}'")
+    t0 = time.perf_counter()
+    code = airflow(["dags", "test", EVAL_DAG_ID, snapshot, "-c", json.dumps(conf)], log, check=False)
+    print(f"   finished in {time.perf_counter() - t0:.1f}s, exit code {code}; full log: {log}")
+    path = publish_root / snapshot / "evaluation.json"
+    if not path.is_file():
+        print("   no evaluation written (no interactions snapshot, or the run failed: see the log)")
+        return code != 0
+    evaluation = json.loads(path.read_text())
+    retrieval = evaluation["retrieval"]
+    print(f"   {retrieval['n_users']} users, {retrieval['info']['n_items']} items, seeds {retrieval['seeds']}; "
+          f"gate: {evaluation['summary']['status']} {evaluation['summary']['reason']}")
+    print(f"   {'ID set':<10} {'Recall@10':>18} {'NDCG@10':>18} {'NLL':>18}")
+    for set_name, entry in retrieval["id_sets"].items():
+        cells = [_pm(entry["all"][m]) for m in ("recall@10", "ndcg@10", "nll")]
+        print(f"   {set_name:<10} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
+    for pair, diffs in evaluation["paired"].items():
+        cells = [_pm(diffs[m], signed=True) for m in ("recall@10", "ndcg@10", "nll")]
+        print(f"   {pair:<18} paired diff: R@10 {cells[0]}, NDCG@10 {cells[1]}, NLL {cells[2]}")
+    return code != 0 and evaluation["summary"]["status"] != "failed"
+
+
+def _pm(stat: dict, signed: bool = False) -> str:
+    if stat.get("mean") is None:
+        return "n/a"
+    mean = f"{stat['mean']:+.4f}" if signed else f"{stat['mean']:.4f}"
+    return f"{mean} ± {stat['se']:.4f}" if stat.get("se") is not None else mean
+
+
+def ensure_synthetic_interactions(embeddings: Path, folder: Path) -> None:
+    """Synthetic user histories over the synthetic items (neighbouring items in sequence), unless present."""
+    from include.snapshot import snapshot_ready
+
+    if snapshot_ready(folder):
+        return
+    from rqvae.interactions import write_interactions
+    from rqvae.io import read_embeddings
+    from rqvae.synth import synth_interactions
+
+    emb = read_embeddings(embeddings)
+    events = synth_interactions(emb.ids, emb.vectors, n_users=1000, events=30, seed=0)
+    write_interactions(folder, events)
+    step("interactions", f"{len(events)} synthetic events of {events.n_users} users written to {folder}")
 
 
 def step(title: str, detail: str) -> None:

@@ -15,7 +15,7 @@
 # STACK_GPU_WORKERS (1: gpu-queue workers, as one per GPU; the rqvae_gpu pool gets as many slots),
 # STACK_VENV (.venv), STACK_PG_BIN (Debian's newest /usr/lib/postgresql/*/bin), STACK_TIMEOUT_S (240).
 # RQVAE_* tuning variables (RQVAE_SENSOR_POKE_S, RQVAE_RETRY_DELAY_S, ...) pass through to the workers;
-# the data roots are always $STACK_DIR/data/{embeddings,work,published}.
+# the data roots are always $STACK_DIR/data/{embeddings,work,published,interactions}.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -98,6 +98,7 @@ stack_env() {
     export RQVAE_EMBEDDINGS_ROOT="$DATA/embeddings"
     export RQVAE_WORK_ROOT="$DATA/work"
     export RQVAE_PUBLISH_ROOT="$DATA/published"
+    export RQVAE_INTERACTIONS_ROOT="$DATA/interactions"
     # `include/` is a top-level package of the project, imported by the task code on the workers.
     export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$BIN:$PATH"

@@ -224,6 +224,7 @@ def check_report_plugin(page: Page, ui: AirflowUI) -> None:
     expect(listing.get_by_role("columnheader", name="Downstream")).to_be_visible()
     expect(row.locator("td.downstream")).to_have_text(DOWNSTREAM_CELL)
     expect(listing.get_by_role("columnheader", name="Interactions")).to_be_visible()
+    expect(listing.get_by_role("columnheader", name="Migration")).to_be_visible()  # first version: no previous
     expect(row).to_contain_text(re.compile(r"content only|w=[0-9.e+-]+"))
     latest = listing.frame_locator("iframe[title='latest report']")
     expect(latest.get_by_role("heading", name=f"Semantic IDs {SNAPSHOT}")).to_be_visible()

@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SNAPSHOT = "2026-11-20"
 SMALL = {"min_items": 100, "codebook_size": 16, "epochs": 1, "min_unique_ratio": 0.1, "max_recon_mse": 0.5}
+EVAL = {"epochs": 1, "max_users": 200}
 
 
 @pytest.mark.airflow
@@ -28,7 +29,7 @@ def test_demo_publishes_a_version_and_prints_where(tmp_path: Path) -> None:
     })
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--items", "3000", "--dim", "16", "--date", SNAPSHOT,
-         "--no-movielens", "--conf", json.dumps(SMALL)],
+         "--no-movielens", "--conf", json.dumps(SMALL), "--eval-conf", json.dumps(EVAL)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
@@ -40,3 +41,10 @@ def test_demo_publishes_a_version_and_prints_where(tmp_path: Path) -> None:
     assert "codebooks [16, 16, 16]" in out and "validation: input" in out
     assert (version / "semantic_ids.parquet").is_file() and (version / "report" / "index.html").is_file()
     assert (tmp_path / "data" / "published" / "latest").resolve() == version.resolve()
+    # then the downstream evaluation of that version, on the synthetic interactions the demo wrote
+    assert (tmp_path / "data" / "interactions" / SNAPSHOT / "_SUCCESS").is_file()
+    assert f"evaluate [synthetic]: airflow dags test semantic_ids_evaluation {SNAPSHOT}" in out
+    evaluation = json.loads((version / "evaluation.json").read_text())
+    assert evaluation["retrieval"]["n_users"] == 200
+    for set_name in ("this", "rqkmeans", "random"):
+        assert any(line.split()[:1] == [set_name] for line in out.splitlines()), out

@@ -159,7 +159,7 @@ def test_index_lists_versions_and_marks_latest(client):
 
 def test_index_shows_downstream_and_interactions_columns(client):
     text = client.get("/semantic-ids/").text
-    assert "<th>Interactions</th>" in text and "<th>Downstream</th>" in text
+    assert "<th>Interactions</th>" in text and "<th>Downstream</th>" in text and "<th>Migration</th>" in text
     assert "passed · R@10 0.069 ± 0.010 · NLL 5.21 ± 0.08 (vs rq-kmeans -0.05 ± 0.03)" in text
     assert '<td class="downstream absent">—</td>' in text  # 2026-03-01 has no evaluation.json
     assert text.count("<td>content only</td>") == 2  # the real manifests have no "collaborative" key
@@ -294,3 +294,20 @@ def test_bad_files_do_not_break_the_page(tmp_path, tokens):
     assert "FAILED: worse than &lt;previous&gt; by 3 se</td>" in text and "<td>w=0.25</td>" in text
     assert '<td class="downstream unreadable">unreadable</td>' in text
     assert "unreadable manifest" in text and 'href="2026-04-03/evaluation.json"' in text
+
+
+@pytest.mark.parametrize(
+    ("manifest", "text"),
+    [({"migration": {"previous": "2026-03-01", "kept": 2700, "changed": 270, "new": 30, "removed": 0,
+                     "alignment": None}}, "vs 2026-03-01: kept 2,700 · changed 270 · new 30 · removed 0"),
+     ({"migration": {"previous": "2026-03-01", "kept": 10, "changed": 90, "new": 0, "removed": 0,
+                     "alignment": {"applied": True, "id_churn_before": 1.0, "id_churn_after": 0.206}}},
+      "vs 2026-03-01: kept 10 · changed 90 · new 0 · removed 0 (aligned: churn 100% -> 21%)"),
+     ({"migration": {"previous": None}}, None),
+     ({}, None),
+     ({"migration": "yes"}, None)],
+)
+def test_migration_cell(manifest, text):
+    from plugins.semantic_ids_plugin import migration
+
+    assert migration(manifest) == text

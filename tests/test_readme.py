@@ -87,13 +87,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_readme_cli_commands_run(workdir: Path):
     """The CLI walkthrough as written, its `var/` paths inside a temp folder; each exits 0 and leaves its file."""
     cli = [c for c in commands() if c.startswith("rqvae ")]
-    assert [shlex.split(c)[1] for c in cli] == ["synth", "train", "encode", "evaluate"]
+    assert [shlex.split(c)[1] for c in cli] == ["synth", "train", "encode", "evaluate", "evaluate-retrieval"]
     for command in cli:
         argv = [a.replace("var/", f"{workdir}/var/", 1) if a.startswith("var/") else a for a in shlex.split(command)]
         proc = subprocess.run([sys.executable, "-m", "rqvae.cli", *argv[1:]], capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
-        for flag in ("--out", "--json-dict"):
+        for flag in ("--out", "--json-dict", "--interactions"):
             if flag in argv:
                 assert Path(argv[argv.index(flag) + 1]).exists(), f"{command}: no {flag} output"
 

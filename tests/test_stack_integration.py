@@ -32,6 +32,7 @@ STACK = REPO / "scripts" / "stack.sh"
 STACK_DIR = REPO / "var" / "stack-test"
 TIMINGS = REPO / "var" / "stack-test-timings.json"
 DAG_ID = "rqvae_semantic_ids"
+EVAL_DAG_ID = "semantic_ids_evaluation"  # scheduled on the `semantic_ids` asset that publish updates
 PORTS = {
     "STACK_PG_PORT": "55442",
     "STACK_REDIS_PORT": "56389",
@@ -146,24 +147,42 @@ def stack() -> Iterator[Stack]:
 
 
 def _make_snapshots(stack: Stack) -> None:
-    from rqvae.synth import synth
+    from rqvae.interactions import write_interactions
+    from rqvae.io import read_embeddings
+    from rqvae.synth import synth, synth_interactions
 
     for seed, day in enumerate([*BACKFILLED, TRIGGERED]):
         synth(stack.data / "embeddings" / day, 3000, dim=DIM, seed=seed)
+    # Only the triggered day has user histories: its evaluation runs, the backfilled days' evaluations skip.
+    emb = read_embeddings(stack.data / "embeddings" / TRIGGERED)
+    events = synth_interactions(emb.ids, emb.vectors, n_users=120, events=10, step=20)
+    write_interactions(stack.data / "interactions" / TRIGGERED, events)
 
 
-def _wait_dag_parsed(stack: Stack, timeout_s: float = 120) -> None:
+def _wait_asset_triggered_evaluation(stack: Stack, timeout_s: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+    """The evaluation run the scheduler created from publish's asset event, once it has finished."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = stack.request("GET", f"/api/v2/dags/{EVAL_DAG_ID}/dagRuns?limit=20")["dag_runs"]
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        if done:
+            return done[0]
+        time.sleep(2)
+    pytest.fail(f"no {EVAL_DAG_ID} run finished within {timeout_s}s of the publish")
+
+
+def _wait_dag_parsed(stack: Stack, dag_id: str = DAG_ID, timeout_s: float = 120) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = httpx.get(
-            f"{stack.api}/api/v2/dags/{DAG_ID}", headers={"Authorization": f"Bearer {stack.token}"}, timeout=30
+            f"{stack.api}/api/v2/dags/{dag_id}", headers={"Authorization": f"Bearer {stack.token}"}, timeout=30
         )
         if response.status_code == 200:
             return
         time.sleep(1)
-    pytest.fail(f"the dag-processor did not register {DAG_ID} within {timeout_s}s")
+    pytest.fail(f"the dag-processor did not register {dag_id} within {timeout_s}s")
 
 
 def _task_instances(stack: Stack, run_id: str) -> list[dict[str, Any]]:
@@ -196,7 +215,9 @@ def _backfill_runs(stack: Stack) -> list[dict[str, Any]]:
 def test_trigger_and_backfill_on_the_celery_stack(stack: Stack) -> None:
     _make_snapshots(stack)
     _wait_dag_parsed(stack)
+    _wait_dag_parsed(stack, EVAL_DAG_ID)
     stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+    stack.request("PATCH", f"/api/v2/dags/{EVAL_DAG_ID}", {"is_paused": False})
 
     # 1. A run triggered through the REST API, its snapshot, model size and shard size in the conf.
     t0 = time.perf_counter()
@@ -204,6 +225,20 @@ def test_trigger_and_backfill_on_the_celery_stack(stack: Stack) -> None:
     run = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
     _wait_runs(stack, [run["dag_run_id"]])
     stack.timings["triggered_run_s"] = round(time.perf_counter() - t0, 1)
+
+    # 1b. publish updated the `semantic_ids` asset: the scheduler starts the evaluation DAG on its own, for the
+    # version named in the event, with the retriever on a gpu worker.
+    t0 = time.perf_counter()
+    evaluation_run = _wait_asset_triggered_evaluation(stack)
+    stack.timings["evaluation_run_s"] = round(time.perf_counter() - t0, 1)
+    assert evaluation_run["run_type"] == "asset_triggered", evaluation_run
+    eval_tis = {ti["task_id"]: ti for ti in stack.request(
+        "GET", f"/api/v2/dags/{EVAL_DAG_ID}/dagRuns/{evaluation_run['dag_run_id']}/taskInstances")["task_instances"]}
+    assert {t: ti["state"] for t, ti in eval_tis.items() if t != "record_evaluation"} == dict.fromkeys(
+        ["find_version", "has_interactions", "validate_interactions", "evaluate_retrieval"], "success"), eval_tis
+    assert eval_tis["evaluate_retrieval"]["queue"] == "gpu"
+    evaluation = json.loads((stack.data / "published" / TRIGGERED / "evaluation.json").read_text())
+    assert evaluation["snapshot"] == TRIGGERED and evaluation["summary"]["status"] in ("passed", "failed")
 
     # 2. A backfill of three days from the CLI: the scheduler creates and runs them (one per midnight logical date).
     t0 = time.perf_counter()

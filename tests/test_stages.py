@@ -87,7 +87,8 @@ def test_a_sub_dataset_gets_its_own_work_and_publish_namespace(tmp_path):
     assert settings.dataset_roots(roots, "") == roots
     movielens = settings.dataset_roots(roots, "movielens")
     assert movielens == settings.Roots(tmp_path / "emb" / "movielens", tmp_path / "work" / "movielens",
-                                       tmp_path / "pub" / "movielens")
+                                       tmp_path / "pub" / "movielens", tmp_path / "interactions" / "movielens")
+    assert roots.interactions == tmp_path / "interactions", "interaction logs default to a sibling of the inputs"
     with pytest.raises(settings.PathOutsideRootError):
         settings.dataset_roots(roots, "../work")
 
