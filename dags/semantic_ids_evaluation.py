@@ -106,7 +106,7 @@ PARAMS = {
         section="Retriever",
     ),
     "epochs": Param(
-        10, type="integer", minimum=1, maximum=200, title="Epochs",
+        5, type="integer", minimum=1, maximum=200, title="Epochs",
         description="Training epochs of the retriever per ID set (the best validation epoch is kept).",
         section="Retriever",
     ),

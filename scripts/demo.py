@@ -36,7 +36,9 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=32, help="synthetic dimension (default 32)")
     parser.add_argument("--date", default=None, help="snapshot date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--conf", default="{}", help="extra run conf as JSON, e.g. '{\"epochs\": 2}'")
-    parser.add_argument("--eval-conf", default="{}", help="run conf of the evaluation DAG, e.g. '{\"epochs\": 2}'")
+    parser.add_argument("--eval-conf", default='{"epochs": 3}',
+                        help="run conf of the evaluation DAG (default '{\"epochs\": 3}': a quick look; the DAG's "
+                        "own default is 5 epochs, make bench-downstream runs 3 seeds)")
     parser.add_argument("--no-movielens", action="store_true", help="skip the MovieLens data set")
     args = parser.parse_args()
 
