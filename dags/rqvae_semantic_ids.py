@@ -178,14 +178,15 @@ PARAMS = {
         section="Training",
     ),
     "collaborative_weight": Param(
-        0.3,  # rqvae.collaborative.DEFAULT_WEIGHT (not imported here: torch stays out of DAG parsing)
+        0.0,  # opt-in: the collaborative term has not yet shown a downstream gain (see docs/benchmarks.md)
         type="number",
         minimum=0,
         maximum=100,
         title="Collaborative weight",
         description="Weight of the behaviour signal when the interactions snapshot {interactions_root}/{snapshot}/ "
         "is complete (_SUCCESS): items users consume together are pulled into shared code prefixes; each user's "
-        "last two interactions are held out for the evaluation. 0, or no snapshot, = content-only training.",
+        "last two interactions are held out for the evaluation. 0 (the default), or no snapshot, = content-only "
+        "training.",
         section="Training",
     ),
     "shard_size": Param(
@@ -386,7 +387,7 @@ def rqvae_semantic_ids() -> None:
             snapshot=run["snapshot"],
             interactions_dir=str(roots.interactions / run["snapshot"]),
             interactions_root=str(roots.interactions),
-            collaborative_weight=float(params.get("collaborative_weight", 0.3)),
+            collaborative_weight=float(params.get("collaborative_weight", 0.0)),
         )
 
     @task(task_id="plan_shards")
