@@ -6,7 +6,7 @@ NDCG@10 and the exact next-item NLL with SEs, paired differences against faiss r
 subset, and the reconstruction MSE / unique-ID ratio of every set. Written into docs/benchmarks.md between the
 ``downstream`` markers.
 
-    python bench/downstream.py                       # rqvae, rqkmeans, faiss, random; retriever seeds 0,1,2
+    python bench/downstream.py                       # rqvae, collab, rqkmeans, faiss, random; seeds 0,1,2
     python bench/downstream.py --sets faiss,random --seeds 0 --epochs 2     # a quick look
 
 Adding an ID set is one entry in ``ID_SETS``: a builder gets :class:`BenchInputs`; one that learns from
@@ -73,6 +73,32 @@ def _ours(inputs: BenchInputs, method: str) -> Built:
     return model_ids(inputs.item_ids, inputs.vectors, cfg, TrainConfig(epochs=5, seed=inputs.seed))
 
 
+def _collaborative(inputs: BenchInputs) -> Built:
+    """The project's model trained with interactions (rqvae.collaborative, default weight): the split's training
+    part only, so no validation or test event reaches the IDs it is judged on."""
+    import torch
+
+    from rqvae.collaborative import DEFAULT_WEIGHT
+    from rqvae.collisions import resolve_collisions
+    from rqvae.config import ModelConfig, TrainConfig
+    from rqvae.encode import encode_array
+    from rqvae.metrics import code_metrics
+    from rqvae.train import train
+
+    cfg = ModelConfig(input_dim=inputs.vectors.shape[1], num_codebooks=inputs.levels,
+                      codebook_size=inputs.codebook_size)
+    tcfg = TrainConfig(epochs=5, seed=inputs.seed, collaborative_weight=DEFAULT_WEIGHT)
+    model = train(inputs.vectors, cfg, tcfg, show_progress=False, interactions=inputs.train_interactions,
+                  item_ids=inputs.item_ids).model
+    codes = encode_array(model, inputs.vectors)
+    with torch.no_grad():
+        x_hat = model.decode_codes(torch.from_numpy(codes).long().to(model.device)).cpu().numpy()
+    sizes = [inputs.codebook_size] * inputs.levels
+    table = IdTable(inputs.item_ids, codes, resolve_collisions(inputs.item_ids, codes, sizes).dedup, tuple(sizes))
+    return table, {"recon_mse": float(np.mean((inputs.vectors - x_hat) ** 2)),
+                   "unique_ratio": code_metrics(codes, sizes)["unique_ratio"]}
+
+
 def _faiss(inputs: BenchInputs) -> Built:
     from bench.quality import run_faiss
     from rqvae.collisions import resolve_collisions
@@ -96,6 +122,7 @@ def _random(inputs: BenchInputs) -> Built:
 
 ID_SETS: dict[str, IdSetSpec] = {
     "rqvae": IdSetSpec("rqvae (this project)", lambda inputs: _ours(inputs, "rqvae")),
+    "collab": IdSetSpec("rqvae + interactions (this project)", _collaborative),
     "rqkmeans": IdSetSpec("rqkmeans (this project)", lambda inputs: _ours(inputs, "rqkmeans")),
     "faiss": IdSetSpec("faiss residual k-means", _faiss),
     "random": IdSetSpec("random", _random),

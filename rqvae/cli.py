@@ -100,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expected-dim", type=int, default=0,
                    help="refuse inputs whose vectors do not have this many values (default 0: any)")
     p.add_argument("--min-items", type=int, default=1, help="refuse inputs with fewer rows (a truncated export)")
-    p.add_argument("--interactions", help="Parquet file or folder (user_id, item_id, timestamp): adds the "
-                   "collaborative term, items consumed together pulled into shared code prefixes")
+    p.add_argument("--interactions", help="Parquet file or folder (user_id, item_id, timestamp): aligns part of "
+                   "the latent with the items' collaborative embeddings (docs/collaborative.md)")
     p.add_argument("--collaborative-weight", type=float,
-                   help="weight of that term (default 0.3 with --interactions; 0 = content only)")
+                   help="behaviour's weight against content in the latent (default 1 with --interactions; "
+                   "0 = content only)")
     p.add_argument("--holdout-last", type=int, choices=[0, 2], default=0,
                    help="2: learn only from each user's leave-one-out training part (last two events held out), "
                    "so the IDs can be evaluated on those events without leakage (default 0: all events)")

@@ -121,23 +121,19 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     # Collaborative signal (rqvae.collaborative), used only when train() gets interactions; weight 0 = content only.
-    collaborative_weight: float = 0.0
-    collaborative_window: int = 5
-    collaborative_temperature: float = 0.1
-    collaborative_pairs: int = 0  # co-consumed pairs per step; 0 = batch_size
-    collaborative_steps: int = 300  # steps shaping the latent before the codebooks are fitted on it
+    collaborative_weight: float = 0.0  # behaviour's weight against content in the latent (1 = alike)
+    collaborative_dim: int = 64  # latent block aligned with the collaborative embeddings (at most latent / 4)
+    collaborative_hidden: int = 8192  # max hidden width with interactions (~1 unit per warm item); 0 = unchanged
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_train_items", "init_items", "eval_items", "collaborative_window"):
+        for name in ("epochs", "batch_size", "max_train_items", "init_items", "eval_items", "collaborative_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.collaborative_weight < 0 or self.collaborative_pairs < 0 or self.collaborative_steps < 0:
-            raise ValueError("collaborative_weight and collaborative_pairs must be >= 0, got "
-                             f"{self.collaborative_weight} and {self.collaborative_pairs}")
-        if self.collaborative_temperature <= 0:
-            raise ValueError(f"collaborative_temperature must be > 0, got {self.collaborative_temperature}")
+        if self.collaborative_weight < 0 or self.collaborative_hidden < 0:
+            raise ValueError("collaborative_weight and collaborative_hidden must be >= 0, got "
+                             f"{self.collaborative_weight} and {self.collaborative_hidden}")
 
 
 def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -28,13 +28,14 @@ from .model import RQVAE, resolve_device
 from .progress import Progress, format_seconds
 
 if TYPE_CHECKING:
-    from .collaborative import CollaborativeLoss, ItemSequences
+    from .collaborative import CollaborativeEmbeddings, CollaborativeLoss, ItemSequences
     from .interactions import Interactions
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 _EVAL_BATCH = 65_536
+_EVAL_FLOATS = 1 << 27  # rows x hidden width per evaluation batch (a wide collaborative memory gets fewer rows)
 
 
 @dataclass
@@ -71,8 +72,9 @@ def evaluate(model: RQVAE, x: torch.Tensor) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     codes, sq_err = [], 0.0
-    for start in range(0, x.shape[0], _EVAL_BATCH):
-        xb = x[start : start + _EVAL_BATCH].to(model.device, torch.float32)
+    batch = max(1024, min(_EVAL_BATCH, _EVAL_FLOATS // max(model.hidden_channels)))
+    for start in range(0, x.shape[0], batch):
+        xb = x[start : start + batch].to(model.device, torch.float32)
         c = model.encode(xb)
         sq_err += float(((model.decode_codes(c) - xb) ** 2).double().sum())
         codes.append(c.cpu())
@@ -92,12 +94,16 @@ def _optimizer(model: RQVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _save_checkpoint(ckpt: Path, model: RQVAE, opt, sched, epoch: int, meta: dict[str, Any]) -> None:
+def _save_checkpoint(ckpt: Path, model: RQVAE, opt, sched, epoch: int, meta: dict[str, Any],
+                     collab: CollaborativeLoss | None = None) -> None:
     """Model weights (safetensors) + optimiser state (tensors only) + progress, swapped in atomically."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    if collab is not None:  # fitted at init, on the initial latent: a resumed run must not refit it
+        state["collaborative"] = {"basis": collab.basis, "scale": torch.tensor(collab.scale)}
+    torch.save(state, tmp / "optimizer.pt")
     (tmp / "progress.json").write_text(json.dumps({**meta, "epoch": epoch}))
     old = ckpt.with_name(ckpt.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -123,6 +129,7 @@ def _try_resume(ckpt: Path, model: RQVAE, opt, sched, meta: dict[str, Any]) -> d
     extra = torch.load(ckpt / "optimizer.pt", map_location=model.device, weights_only=True)
     opt.load_state_dict(extra["optimizer"])
     sched.load_state_dict(extra["scheduler"])
+    saved["collaborative_state"] = extra.get("collaborative")
     return saved
 
 
@@ -138,8 +145,9 @@ def train(
 ) -> TrainResult:
     """Train an RQVAE on vectors [N, D]; write the model directory to out_dir when given.
 
-    ``interactions`` (with ``item_ids``, the item of each row of vectors) adds the collaborative term of
-    :mod:`rqvae.collaborative`, weighted by ``train_cfg.collaborative_weight``; without them, or with weight 0,
+    ``interactions`` (with ``item_ids``, the item of each row of vectors) adds the collaborative signal of
+    :mod:`rqvae.collaborative` with ``train_cfg.collaborative_weight`` (behaviour's weight against content in the
+    latent the codebooks cut); without them, or with weight 0,
     training is exactly the content-only one. Pass only logs the model may learn from: when its IDs are to be
     evaluated on users' last items, the training part of the split (``LeaveOneOut.train_interactions()``).
     """
@@ -147,8 +155,9 @@ def train(
     x_np = np.ascontiguousarray(vectors, dtype=np.float32)
     if x_np.ndim != 2 or x_np.shape[1] != model_cfg.input_dim:
         raise ValueError(f"vectors must be [N, {model_cfg.input_dim}], got {x_np.shape}")
-    collab = _collaborative(x_np, model_cfg, cfg, interactions, item_ids)
+    signal = _collaborative(x_np, model_cfg, cfg, interactions, item_ids)
     rng = np.random.default_rng(cfg.seed)
+    pick = None
     if x_np.shape[0] > cfg.max_train_items:
         pick = np.sort(rng.choice(x_np.shape[0], cfg.max_train_items, replace=False))
         x_np = x_np[pick]
@@ -156,7 +165,14 @@ def train(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     x_all = torch.from_numpy(x_np).to(device)
-    model = RQVAE(**model_cfg.model_kwargs(), device=device)
+    kwargs = model_cfg.model_kwargs()
+    if signal is not None and cfg.collaborative_hidden:
+        # the memory of warm items' behaviour: about one hidden unit per warm item, up to collaborative_hidden,
+        # and at most 64 per input dimension (32x the content model's width) to bound training and encoding cost
+        warm = int(np.count_nonzero(signal[1].confidence))
+        kwargs["hidden_channels"] = [min(cfg.collaborative_hidden, 1 << max(6, (warm - 1).bit_length()),
+                                         64 * model_cfg.input_dim)]
+    model = RQVAE(**kwargs, device=device)
     opt = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = 0 if model_cfg.method == "rqkmeans" else (cfg.max_steps or cfg.epochs * steps_per_epoch)
@@ -164,24 +180,42 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup_frac))
     eval_x = x_all[torch.from_numpy(np.sort(rng.choice(n, min(n, cfg.eval_items), replace=False))).to(device)]
     meta = {"data": _fingerprint(x_np), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
-    if collab is not None:
-        meta["interactions"] = collab.fingerprint
+    if signal is not None:
+        meta["interactions"] = signal[0].fingerprint()
+    collab: CollaborativeLoss | None = None
 
     ckpt = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     saved = _try_resume(ckpt, model, opt, sched, meta) if ckpt is not None else None
     if saved is not None:
         start_epoch, history, init_metrics = saved["epoch"] + 1, saved["history"], saved["init"]
         logger.info("resuming from checkpoint after epoch %d/%d", saved["epoch"], epochs)
+        if signal is not None:
+            with torch.no_grad():  # the latent's width and device; basis and scale come from the checkpoint
+                collab = _alignment(signal, pick, model.encode_latent(eval_x), saved.get("collaborative_state"),
+                                    cfg.collaborative_weight)
+            _freeze_branches(model)
     else:
         gen = torch.Generator().manual_seed(cfg.seed)
         init_idx = np.sort(rng.choice(n, min(n, cfg.init_items), replace=False))
         t0 = time.perf_counter()
-        model.initialize(x_all[torch.from_numpy(init_idx).to(device)], generator=gen)
-        if collab is not None and cfg.collaborative_steps:
-            _shape_latent(model, x_all, collab, cfg)
+        init_x = x_all[torch.from_numpy(init_idx).to(device)]
+        if signal is not None:  # the codebooks are fitted after the alignment: skip the k-means here
+            method, model.kmeans_method = model.kmeans_method, "none"
+            model.initialize(init_x, generator=gen)
+            model.kmeans_method = method
+        else:
+            model.initialize(init_x, generator=gen)
+        if signal is not None:
+            from .collaborative import fit_alignment_
+
             with torch.no_grad():
-                z_init = model.encode_latent(x_all[torch.from_numpy(init_idx).to(device)])
-            model.quantizer.init_from_data_(z_init, model.kmeans_method, model.kmeans_iters, gen)
+                collab = _alignment(signal, pick, model.encode_latent(init_x), None, cfg.collaborative_weight)
+            width = model.encoder.branch[-1].in_features
+            fit_alignment_(model, init_x, torch.from_numpy(init_idx).to(device), collab, max_rows=2 * width)
+            _freeze_branches(model)
+            with torch.no_grad():  # codebooks cut the aligned latent (fitted before, they would collapse codes)
+                model.quantizer.init_from_data_(model.encode_latent(init_x), model.kmeans_method,
+                                                model.kmeans_iters, gen)
         init_metrics = {**evaluate(model, eval_x), "seconds": round(time.perf_counter() - t0, 3)}
         start_epoch, history = 1, []
         logger.info(
@@ -197,7 +231,6 @@ def train(
         model.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         reseed_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        pair_rng = np.random.default_rng([cfg.seed, epoch, 104_729])  # own stream: content path RNG untouched
         collab_sum = 0.0
         counts = torch.zeros(model.num_codebooks, kmax, dtype=torch.long, device=device)
         loss_sum, loss_n, reseeded = 0.0, 0, 0
@@ -206,13 +239,17 @@ def train(
             for b in range(steps_per_epoch):
                 if step >= total_steps:
                     break
-                xb = x_all[perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+                index = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                xb = x_all[index]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = model(xb)
-                    loss = out.total_loss
-                    if collab is not None:
-                        c_loss = collab(model, pair_rng)
-                        loss = loss + cfg.collaborative_weight * c_loss
+                    if collab is None:
+                        out = model(xb)
+                        loss = out.total_loss
+                    else:
+                        with _latent_of(model) as latent:
+                            out = model(xb)
+                        c_loss = collab(latent[0], index)
+                        loss = out.total_loss + c_loss
                         collab_sum += float(c_loss.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -252,7 +289,8 @@ def train(
             ev["unique_ratio"], reseeded, record["seconds"], format_seconds(eta),
         )
         if ckpt is not None:
-            _save_checkpoint(ckpt, model, opt, sched, epoch, {**meta, "history": history, "init": init_metrics})
+            _save_checkpoint(ckpt, model, opt, sched, epoch, {**meta, "history": history, "init": init_metrics},
+                             collab)
 
     model.eval()
     if model_cfg.last_level_balance > 0:
@@ -271,7 +309,8 @@ def train(
         "init_unique_ratio": init_metrics["unique_ratio"],
     }
     if collab is not None:
-        metrics["collaborative"] = {"used": True, "weight": cfg.collaborative_weight, **collab.summary}
+        metrics["collaborative"] = {"used": True, "weight": cfg.collaborative_weight, **collab.summary,
+                                    "embedding_seconds": round(collab.seconds, 3)}
     if out_dir is not None:
         save_model(model, out_dir, extra={"train": cfg.to_dict(), "metrics": metrics})
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -284,56 +323,66 @@ def _collaborative(
     cfg: TrainConfig,
     interactions: Interactions | ItemSequences | None,
     item_ids: np.ndarray | None,
-) -> CollaborativeLoss | None:
-    """The collaborative term, or None for content-only training (no logs, weight 0 or rqkmeans)."""
+) -> tuple[ItemSequences, CollaborativeEmbeddings] | None:
+    """The logs as item sequences and their collaborative embeddings, or None for content-only training (no
+    logs, weight 0 or rqkmeans)."""
     if interactions is None:
         return None
     if cfg.collaborative_weight <= 0 or model_cfg.method == "rqkmeans":
         logger.info("interactions given but not used (collaborative_weight %s, method %s): content-only training",
                     cfg.collaborative_weight, model_cfg.method)
         return None
-    from .collaborative import CollaborativeLoss, ItemSequences
+    from .collaborative import ItemSequences, collaborative_embeddings
 
     if isinstance(interactions, ItemSequences):
         sequences = interactions
+        if sequences.n_items != x.shape[0]:
+            raise ValueError(f"interactions were mapped onto {sequences.n_items} items, vectors have {x.shape[0]}")
     else:
         if item_ids is None or len(item_ids) != x.shape[0]:
             raise ValueError("training with interactions needs item_ids: the item id of every row of vectors")
         sequences = ItemSequences.from_interactions(interactions, np.asarray(item_ids))
-    loss = CollaborativeLoss(sequences, x, window=cfg.collaborative_window,
-                             temperature=cfg.collaborative_temperature, pairs=cfg.collaborative_pairs or cfg.batch_size)
-    logger.info("collaborative term: weight %s, %d interactions of %d users on %d items, window %d",
-                cfg.collaborative_weight, loss.summary["n_interactions"], loss.summary["n_users"],
-                loss.summary["n_items_with_interactions"], cfg.collaborative_window)
+    if sequences.n_events == 0:
+        raise ValueError("none of the interactions is on an item of these vectors: check that item ids match")
+    logger.info("collaborative training: weight %s, %d interactions of %d users on %d items", cfg.collaborative_weight,
+                sequences.n_events, sequences.n_users, sequences.summary()["n_items_with_interactions"])
+    latent = model_cfg.latent_dim or model_cfg.input_dim
+    dim = max(1, min(cfg.collaborative_dim, latent // 4))  # most of the latent stays with the content
+    return sequences, collaborative_embeddings(sequences, dim, seed=cfg.seed)
+
+
+def _alignment(signal: tuple[ItemSequences, CollaborativeEmbeddings], pick: np.ndarray | None, z: torch.Tensor,
+               state: dict[str, torch.Tensor] | None, weight: float) -> CollaborativeLoss:
+    """The alignment term for the training sample (``pick`` rows of the catalogue, None = all)."""
+    from .collaborative import CollaborativeLoss
+
+    sequences, embeddings = signal
+    loss = CollaborativeLoss(embeddings, pick, z, sequences.summary(), weight)
+    if state is not None:
+        loss.basis = state["basis"].to(loss.basis.device)
+        loss.scale = float(state["scale"])
     return loss
 
 
-def _shape_latent(model: RQVAE, x_all: torch.Tensor, collab: CollaborativeLoss, cfg: TrainConfig) -> None:
-    """Before any codebook exists: train encoder and decoder on the continuous latent, reconstruction of every
-    item plus the collaborative term, so the residual k-means that follows cuts a latent already shaped by
-    behaviour (codebooks fitted afterwards use every code; pulling latents under fixed codebooks collapses them).
-    """
-    params = list(model.encoder.parameters()) + list(model.decoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.collaborative_steps, cfg.warmup_frac))
-    gen = torch.Generator().manual_seed(cfg.seed * 31 + 7)
-    rng = np.random.default_rng([cfg.seed, 0, 104_729])
-    n = x_all.shape[0]
-    model.train()
-    t0 = time.perf_counter()
-    rec_sum = col_sum = 0.0
-    for step in range(cfg.collaborative_steps):
-        xb = x_all[torch.randint(0, n, (cfg.batch_size,), generator=gen).to(x_all.device)]
-        recon = torch.nn.functional.mse_loss(model.decode_latent(model.encode_latent(xb)), xb)
-        c_loss = collab(model, rng)
-        loss = recon + cfg.collaborative_weight * c_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        rec_sum += float(recon.detach())
-        col_sum += float(c_loss.detach())
-        if (step + 1) % 100 == 0 or step + 1 == cfg.collaborative_steps:
-            logger.info("shaping the latent: step %d/%d recon %.6f collaborative %.4f (%.1fs)", step + 1,
-                        cfg.collaborative_steps, rec_sum / 100, col_sum / 100, time.perf_counter() - t0)
-            rec_sum = col_sum = 0.0
+class _latent_of:
+    """Context manager capturing the encoder's output during one forward (the latent the quantiser gets), so the
+    alignment term uses the very tensor of the step without a second encoder pass."""
+
+    def __init__(self, model: RQVAE) -> None:
+        self.model = model
+        self.captured: list[torch.Tensor] = []
+
+    def __enter__(self) -> list[torch.Tensor]:
+        self.handle = self.model.encoder.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
+        return self.captured
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+def _freeze_branches(model: RQVAE) -> None:
+    """Keep the fitted memory as fitted: Adam moves each of a wide layer's weights by about its learning rate per
+    step, which on 8192 hidden units swings the output far enough to collapse the codes (measured: unique-ID ratio
+    0.0006 after one epoch). The linear paths and the codebooks keep training."""
+    for part in (model.encoder.branch, model.decoder.branch):
+        part.requires_grad_(False)
