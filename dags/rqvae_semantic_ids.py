@@ -15,14 +15,18 @@ DAG trains an RQ-VAE on the snapshot's item embeddings, encodes every item into 
 | `encode_items` | queue `gpu`, mapped: one instance per shard -> `{work}/shards/` | path, rows, speed |
 | `resolve_collisions` | collisions over all shards -> `{work}/semantic_ids/part-*.parquet` | path, counts, quality |
 | `validate_codes` | GX: coverage, code ranges, uniqueness, usage, recon MSE | ok, metrics |
-| `publish` | `{publish_root}/{snapshot}/` (IDs, model, serving index, migration map), `latest` | version |
+| `publish` | `{publish_root}/{snapshot}` (IDs, model, serving index, migration map), `latest`; prunes runs | version |
 
 A snapshot larger than `shard_size` (default 2M items) is encoded by several `encode_items` instances, in
 parallel on as many `gpu` workers (and `rqvae_gpu` pool slots) as there are; the IDs do not depend on it.
 
-`{work}` is `{work_root}/{snapshot}/`: a retry, a cleared task or a backfill of the same snapshot rewrites the
-same folder, and one version per snapshot results. `latest` never moves backwards, so backfilling old days
-is safe. Validation failures name each failed rule with counts and sample item ids, and fail without retries
+`{work}` is `{work_root}/{snapshot}/{run}/`, private to the run: a retry or a cleared task rewrites (and resumes)
+its own files, while two runs of one snapshot at once (the scheduled run and a manual trigger with other params,
+or a backfill over a running day) never share a model, checkpoint or ID file. Each publish replaces the
+snapshot's version with one atomic pointer swap, so one self-consistent version per snapshot results; the last
+publisher's wins. `latest` never moves backwards, so backfilling old days is safe. `publish` keeps the newest
+`keep_runs` finished run folders of the snapshot and removes the rest (and any left untouched for a week).
+Validation failures name each failed rule with counts and sample item ids, and fail without retries
 (bad data stays bad). `publish` updates the `semantic_ids` asset, so downstream DAGs can be scheduled on it.
 
 **Trigger by hand** with the form (leave `snapshot` empty for the run's date); **backfill** a range with
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import (
@@ -63,6 +68,7 @@ POKE_INTERVAL_S = float(os.environ.get("RQVAE_SENSOR_POKE_S", "300"))
 SENSOR_TIMEOUT_S = int(os.environ.get("RQVAE_SENSOR_TIMEOUT_S", str(12 * 3600)))
 GPU_TASK_TIMEOUT = timedelta(hours=float(os.environ.get("RQVAE_GPU_TASK_TIMEOUT_H", "8")))
 SHARD_SIZE = int(os.environ.get("RQVAE_SHARD_SIZE", "2000000"))  # include.encode_items.DEFAULT_SHARD_SIZE
+KEEP_RUNS = int(os.environ.get("RQVAE_KEEP_RUNS", "2"))
 
 SEMANTIC_IDS = Asset("semantic_ids")
 
@@ -224,6 +230,17 @@ PARAMS = {
         description="Mean squared error per element between input vectors and their reconstructions.",
         section="Output validation",
     ),
+    "keep_runs": Param(
+        KEEP_RUNS,
+        type="integer",
+        minimum=1,
+        maximum=100,
+        title="Run folders kept per snapshot",
+        description="After publishing, keep this many finished run folders {work_root}/{snapshot}/{run}/ of the "
+        "snapshot (this run's included) and delete older ones; an unfinished folder is deleted only when "
+        "untouched for a week, so a concurrent run's folder is never removed.",
+        section="Output",
+    ),
     "export_json": Param(
         False,
         type="boolean",
@@ -316,6 +333,7 @@ def rqvae_semantic_ids() -> None:
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
         from include import settings, snapshot
+        from include.layout import RunFolder
 
         context = get_current_context()
         params = context["params"]
@@ -327,7 +345,7 @@ def rqvae_semantic_ids() -> None:
         run = {
             "snapshot": name,
             "snapshot_dir": str(snapshot_dir),
-            "work_dir": str(roots.work / name),
+            "work_dir": str(RunFolder.for_run(roots.work, name, dag_run.run_id).root),  # this run's own
             "publish_root": str(roots.publish),
         }
         if snapshot.snapshot_ready(snapshot_dir):
@@ -452,6 +470,7 @@ def rqvae_semantic_ids() -> None:
         encoded: dict[str, Any],
     ) -> dict[str, Any]:
         from include import publish as stage
+        from include.layout import prune_runs
 
         context = get_current_context()
         params = _params()
@@ -465,6 +484,8 @@ def rqvae_semantic_ids() -> None:
             params=params,
             upstream={"load_embeddings": loaded, "train_rqvae": trained, "resolve_collisions": encoded},
         )
+        work = Path(run["work_dir"])
+        result["pruned_runs"] = prune_runs(work.parent, int(params.get("keep_runs", KEEP_RUNS)), current=work)
         context["outlet_events"][SEMANTIC_IDS].extra = {
             "snapshot": run["snapshot"],
             "version_path": result["version_path"],

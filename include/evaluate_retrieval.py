@@ -88,11 +88,20 @@ def find_version(roots: Roots, version_path: str | None, namespace: str | None =
         previous_path=str(previous) if previous else None,
         interactions_dir=str(roots.interactions / rel / snapshot),
         embeddings_dir=str(roots.embeddings / rel / snapshot),
-        work_embeddings=str(roots.work / rel / snapshot / "embeddings.parquet"),
+        work_embeddings=str(roots.work / rel / snapshot / _run_folder(version) / "embeddings.parquet"),
         eval_dir=str(roots.work / rel / "evaluation" / snapshot),
     )
     log.info("find_version: %s (previous: %s; interactions %s)", version, ref.previous_path, ref.interactions_dir)
     return ref
+
+
+def _run_folder(version: Path) -> str:
+    """The work folder of the run that published the version (`{snapshot}/{run}/`); `.` for versions published
+    before run folders (their work folder was `{snapshot}/` itself)."""
+    from include.publish import MANIFEST
+
+    name = (read_json(version / MANIFEST).get("work") or {}).get("run_folder")
+    return "." if not name or name == version.name else str(name)
 
 
 def triggering_version(events: Any) -> str | None:

@@ -32,7 +32,7 @@ def check_mode(mode: str) -> str:
 
 
 def latest_version(publish_root: str | Path | None) -> Path | None:
-    """The folder `latest` names, when it exists and holds a model, ids and hashes to build on."""
+    """The stored copy `latest` names, when it exists and holds a model, ids and hashes to build on."""
     from include.publish import read_latest
 
     if publish_root is None:
@@ -40,7 +40,8 @@ def latest_version(publish_root: str | Path | None) -> Path | None:
     name = read_latest(publish_root)
     if name is None:
         return None
-    version = Path(publish_root) / name
+    # the stored copy, not the name: a re-publish of that snapshot meanwhile must not swap the model's IDs
+    version = (Path(publish_root) / name).resolve()
     needed = [version / "model" / "config.json", version / "semantic_ids.parquet", version / ITEM_HASHES]
     if not all(p.exists() for p in needed):
         missing = [p.name for p in needed if not p.exists()]
@@ -144,7 +145,7 @@ def previous_version(publish_root: str | Path, snapshot: str) -> Path | None:
         return None
     older = []
     for child in root.iterdir():
-        if child.is_symlink() or not child.is_dir() or child.name.startswith("."):
+        if not child.is_dir() or child.name.startswith("."):  # versions are symlinks to their stored copies
             continue
         try:
             name = parse_snapshot(child.name)
@@ -182,8 +183,9 @@ def _first_row_dim(artifact: str | Path) -> int:
 
 def _published_recon_mse(version: Path) -> float | None:
     metrics = read_json(version / "manifest.json").get("metrics", {}) if (version / "manifest.json").exists() else {}
-    for source in ("encode", "codes", "train"):
-        value = metrics.get(source, {}).get("recon_mse")
+    # the model's own fit (before reassign moved items), as `auto` measures the new items
+    for source, key in [("encode", "recon_mse_model"), *((s, "recon_mse") for s in ("encode", "codes", "train"))]:
+        value = metrics.get(source, {}).get(key)
         if value is not None:
             return float(value)
     return None

@@ -1,19 +1,39 @@
-"""The per-snapshot work folder: every artifact path is derived from `(work_root, snapshot)`.
+"""The per-run work folder: every artifact path is derived from `(work_root, snapshot, run_id)`.
 
-Deriving paths instead of passing them around is what makes re-runs idempotent: a retry, a cleared task or a
-backfill of the same snapshot rewrites the same files, and two snapshots never share a folder.
+`{work_root}/{snapshot}/{run}/`: deriving paths instead of passing them around makes re-runs idempotent (a
+retry or a cleared task of a run rewrites its own files, and resumes its own checkpoints), and two runs never
+share a folder, even of one snapshot: the scheduled run and a manual trigger with other params, or a backfill
+over a day still running, each train, encode and publish from their own model and IDs. Finished runs leave a
+marker; `prune_runs` keeps the newest few per snapshot and deletes run folders abandoned long ago.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from include.snapshot import parse_snapshot
 
 log = logging.getLogger(__name__)
+
+FINISHED_MARKER = "published.json"  # written by include.publish once the run's version is published
+STALE_RUN_DAYS = 7.0  # an unfinished run folder untouched this long belongs to a failed or abandoned run
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_key(run_id: str) -> str:
+    """A folder name for an Airflow run_id (`manual__2026-11-30T12:00:00+00:00` has `:` and `+`): the readable
+    part plus a short hash of the exact id, so two ids that read alike never share a folder."""
+    text = str(run_id).strip()
+    if not text:
+        raise ValueError("run_id is empty: a run folder needs the run's id")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', text).strip('._')[:80]}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -24,7 +44,13 @@ class RunFolder:
 
     @classmethod
     def for_snapshot(cls, work_root: str | Path, snapshot: str) -> RunFolder:
+        """`{work_root}/{snapshot}/`: one folder for every run of the snapshot (library use, one run at a time)."""
         return cls(Path(work_root) / parse_snapshot(snapshot))
+
+    @classmethod
+    def for_run(cls, work_root: str | Path, snapshot: str, run_id: str) -> RunFolder:
+        """`{work_root}/{snapshot}/{run_key(run_id)}/`: the DAG's folder, private to one run."""
+        return cls(Path(work_root) / parse_snapshot(snapshot) / run_key(run_id))
 
     @classmethod
     def of(cls, work_dir: str | Path) -> RunFolder:
@@ -90,3 +116,41 @@ class RunFolder:
             log.info("removing previous work folder %s", self.root)
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
+
+
+def prune_runs(snapshot_dir: str | Path, keep: int, current: str | Path | None = None,
+               stale_days: float = STALE_RUN_DAYS) -> list[str]:
+    """Delete old run folders of one snapshot; returns the names removed.
+
+    Finished runs (with the marker) beyond the newest `keep` go, `current` counting as one of them; unfinished
+    ones only when nothing in them changed for `stale_days` (a run still training writes a checkpoint per
+    epoch), so a concurrent run's folder is never taken from under it.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the current run's folder), got {keep}")
+    base = Path(snapshot_dir)
+    own = Path(current).name if current is not None else None
+    finished, stale = [], []
+    for folder in (p for p in base.iterdir() if p.is_dir() and not p.is_symlink() and p.name != own):
+        marker = folder / FINISHED_MARKER
+        if marker.is_file():
+            finished.append((marker.stat().st_mtime, folder))
+        elif time.time() - _last_change(folder) > stale_days * 86400:
+            stale.append(folder)
+    finished.sort(reverse=True)
+    doomed = [f for _, f in finished[keep - 1 if own else keep:]] + stale
+    for folder in doomed:
+        log.info("removing old run folder %s", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return sorted(f.name for f in doomed)
+
+
+def _last_change(folder: Path) -> float:
+    """The newest modification time of the folder or anything in it."""
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # removed meanwhile (a retry rewriting its files): that is a change too
+            return time.time()
+
+    return max([mtime(folder), *(mtime(p) for p in folder.rglob("*"))])

@@ -2,16 +2,23 @@
 
 Layout under the publish root::
 
-    {publish_root}/{snapshot}/        one version per snapshot: semantic_ids.parquet (the work folder's parts,
-                                      merged in order), model/, manifest.json,
+    {publish_root}/{snapshot}         symlink -> .versions/{snapshot}/{copy}/{snapshot} (relative)
+    {publish_root}/.versions/{snapshot}/{copy}/{snapshot}/
+                                      one immutable copy per publish ({copy}: publish time + random id; the
+                                      folder keeps the snapshot's name): semantic_ids.parquet (the work
+                                      folder's parts, merged in order), model/, manifest.json,
                                       validation/*.json, semantic_id_dict.json (when export_json)
-    {publish_root}/latest             symlink -> the newest published snapshot (relative target)
+    {publish_root}/latest             symlink -> {snapshot} (relative)
     {publish_root}/latest.json        the same pointer as a file, for readers that cannot follow symlinks
 
-Consumers either see the previous version or the complete new one: files are written into a hidden staging
-folder on the same filesystem and renamed into place; `latest` is switched by renaming a fresh symlink over
-it. A backfill of old days publishes their versions but leaves `latest` on the newest snapshot. A file lock
-serialises publishers, so two runs finishing together cannot interleave the compare-and-switch.
+Consumers either see the previous version or the complete new one, whatever instruction a kill lands on:
+a copy is written into a hidden staging folder, moved under `.versions/` once complete, and made visible by
+renaming a fresh symlink over `{snapshot}` (one atomic pointer swap); `latest` is switched the same way.
+Nothing a pointer names is ever renamed or deleted, so neither `{snapshot}` nor `latest` can dangle; the
+superseded copy of a re-published snapshot is kept one generation (a reader or a run building on it may be
+mid-way) and deleted by the publish after. A backfill of old days publishes their versions but leaves
+`latest` on the newest snapshot. A file lock serialises publishers, so two runs finishing together cannot
+interleave the compare-and-switch.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from include.files import read_json, sha256_file, sha256_tree, write_json_atomic
-from include.layout import RunFolder
+from include.layout import FINISHED_MARKER, RunFolder
 from include.publish_report import add_extras
 from include.snapshot import parse_snapshot
 
@@ -39,6 +46,8 @@ LATEST_JSON = "latest.json"
 MANIFEST = "manifest.json"
 JSON_DICT = "semantic_id_dict.json"
 LOCK_FILE = ".publish.lock"
+VERSIONS = ".versions"  # the immutable copies the `{snapshot}` symlinks name
+KEEP_SUPERSEDED = 1  # superseded copies of a snapshot kept for readers and runs still using them
 SKIPPED_MODEL_PARTS = ("checkpoint",)  # optimizer state for resuming: large and useless to consumers
 
 
@@ -71,15 +80,20 @@ def publish(
 
     with publish_lock(root):
         _remove_leftovers(root, snapshot)
-        staging = root / f".staging-{snapshot}-{uuid.uuid4().hex[:8]}"
+        token = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"  # sorts by publish time
+        staging = root / f".staging-{snapshot}-{token[-8:]}"
         try:
             manifest = _stage(staging, folder, snapshot, export_json, run_id, dag_id, params or {}, upstream)
-            version = _swap_in(staging, root / snapshot)
+            stored = _store(staging, root, snapshot, token)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
+        version = _link_snapshot(root, snapshot, stored)
         latest, moved = _move_latest(root, snapshot, run_id)
-    log.info("publish: %s (latest -> %s, moved: %s)", version, latest, moved)
+        _drop_copies(root, snapshot)
+    # the run is finished: include.layout.prune_runs may now delete its folder
+    write_json_atomic(folder.root / FINISHED_MARKER, {"snapshot": snapshot, "run_id": run_id, "copy": token})
+    log.info("publish: %s -> copy %s (latest -> %s, moved: %s)", version, token, latest, moved)
     return {
         "version_path": str(version),
         "latest": latest,
@@ -161,6 +175,7 @@ def _stage(
         "version": snapshot,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "airflow": {"dag_id": dag_id, "run_id": run_id},
+        "work": {"run_folder": folder.root.name},  # the run's own work folder (include.layout)
         "counts": {
             "n_items": metadata.num_rows,
             "n_input_items": load.get("n_items", input_report.get("n_items")),
@@ -195,19 +210,47 @@ def _brief(report: dict[str, Any]) -> dict[str, Any]:
     return {k: report.get(k) for k in ("suite", "success", "evaluated", "failed", "seconds")}
 
 
-def _swap_in(staging: Path, final: Path) -> Path:
-    """Rename staging to its final name; an existing version of the same snapshot is moved aside first.
+def _store(staging: Path, root: Path, snapshot: str, token: str) -> Path:
+    """Move the complete staging folder to its immutable place; nothing names it yet."""
+    holder = root / VERSIONS / snapshot / token
+    holder.mkdir(parents=True)
+    for folder in (holder.parent.parent, holder.parent, holder):
+        folder.chmod(0o755)
+    os.rename(staging, holder / snapshot)
+    return holder / snapshot
 
-    Two renames (old aside, new in) rather than one because a directory cannot replace a non-empty one;
-    the gap is microseconds and `latest` keeps naming the snapshot, which exists again right after.
+
+def _swap_link(link: Path, target: Path | str) -> None:
+    """Point `link` at `target` with one rename over it: readers see the old target or the new, never neither."""
+    tmp = link.with_name(f".{link.name}.link-{uuid.uuid4().hex[:8]}")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _link_snapshot(root: Path, snapshot: str, stored: Path) -> Path:
+    """Make `{root}/{snapshot}` name the stored copy; returns that path (what consumers are given)."""
+    link = root / snapshot
+    target = stored.relative_to(root)
+    if link.is_dir() and not link.is_symlink():
+        _convert_folder(root, snapshot, target)
+    else:
+        _swap_link(link, target)
+    return link
+
+
+def _convert_folder(root: Path, snapshot: str, target: Path) -> None:
+    """Replace a version folder published before copies were immutable by a symlink to the new copy.
+
+    A folder cannot be swapped for a symlink in one rename, so while its name is missing `latest` (when it
+    names this snapshot) points straight at the new copy; `_move_latest` then points it back at the name.
     """
-    from rqvae.io import replace_dir
-
-    existed = final.exists()
-    replace_dir(staging, final, final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}"))
-    if existed:
-        log.info("replaced the earlier version of %s", final.name)
-    return final
+    if read_latest(root) == snapshot:
+        _swap_link(root / LATEST, target)  # `.versions/{snapshot}/{copy}/{snapshot}`: still named {snapshot}
+    aside = root / f".old-{snapshot}-{uuid.uuid4().hex[:8]}"
+    os.rename(root / snapshot, aside)
+    _swap_link(root / snapshot, target)
+    shutil.rmtree(aside)
+    log.info("converted %s from a folder into a pointer to %s", snapshot, target)
 
 
 def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bool]:
@@ -216,9 +259,7 @@ def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bo
     if current is not None and current > snapshot:
         log.info("latest stays at %s: %s is older (a backfill)", current, snapshot)
         return current, False
-    tmp_link = root / f".{LATEST}-{uuid.uuid4().hex[:8]}"
-    os.symlink(snapshot, tmp_link)
-    os.replace(tmp_link, root / LATEST)
+    _swap_link(root / LATEST, snapshot)
     write_json_atomic(
         root / LATEST_JSON,
         {
@@ -231,15 +272,37 @@ def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bo
     return snapshot, True
 
 
+def _copy_of(link: Path) -> str | None:
+    """The stored copy a pointer names (`{copy}` of `.versions/{snapshot}/{copy}/{snapshot}`), else None."""
+    parts = Path(os.readlink(link)).parts if link.is_symlink() else ()
+    return parts[-2] if len(parts) >= 4 and parts[-4] == VERSIONS else None
+
+
+def _drop_copies(root: Path, snapshot: str) -> None:
+    """Delete the stored copies of `snapshot` no pointer names: all but the newest `KEEP_SUPERSEDED` older than
+    the current one, and any newer one (a publish killed before linking it). We hold the publish lock."""
+    parent = root / VERSIONS / snapshot
+    if not parent.is_dir():
+        return
+    current = _copy_of(root / snapshot)
+    named = {current, _copy_of(root / LATEST)}
+    copies = sorted(p for p in parent.iterdir() if p.name not in named)
+    older = [p for p in copies if current is not None and p.name < current]
+    for copy in [*older[: max(0, len(older) - KEEP_SUPERSEDED)], *(p for p in copies if p not in older)]:
+        log.info("removing stored copy %s (superseded or never linked)", copy)
+        shutil.rmtree(copy)
+
+
 def _remove_leftovers(root: Path, snapshot: str) -> None:
     """Clean up after a publish killed half way (we hold the lock, so no other publisher is mid-way).
 
-    A version moved aside whose replacement never arrived is moved back first: it is complete and `latest`
-    may name it. Then staging folders, moved-aside copies and the temp pointers of `latest` are deleted.
+    A pre-immutable version folder moved aside whose pointer never arrived is moved back first: it is complete
+    and `latest` may name it. Then staging folders, moved-aside copies, temp pointers and unnamed stored copies
+    are deleted.
     """
     final = root / snapshot
     for old in sorted(root.glob(f".old-{snapshot}-*")):
-        if not final.exists() and (old / MANIFEST).is_file():
+        if not os.path.lexists(final) and (old / MANIFEST).is_file():
             log.warning("restoring %s: an interrupted publish had moved it aside", final)
             os.rename(old, final)
             continue
@@ -248,9 +311,10 @@ def _remove_leftovers(root: Path, snapshot: str) -> None:
     for leftover in root.glob(f".staging-{snapshot}-*"):
         log.warning("removing leftover %s from an interrupted publish", leftover)
         shutil.rmtree(leftover)
-    for pointer in [*root.glob(f".{LATEST}-*"), *root.glob(f".{LATEST_JSON}.tmp-*")]:
-        log.warning("removing leftover %s from an interrupted switch of %s", pointer.name, LATEST)
+    for pointer in [*root.glob(".*.link-*"), *root.glob(f".{LATEST_JSON}.tmp-*")]:
+        log.warning("removing leftover %s from an interrupted pointer switch", pointer.name)
         pointer.unlink()
+    _drop_copies(root, snapshot)
 
 
 @contextmanager

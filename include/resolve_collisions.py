@@ -38,6 +38,18 @@ def check_shards(shards: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return ordered
 
 
+def after_moves(result: dict[str, Any]) -> dict[str, Any]:
+    """Make `recon_mse` the figure of the IDs as published: `reassign` moves items off the code the model chose,
+    and the merge measured them before the move. The audit decoded every moved item from its new and its
+    original codes (`recon_mse_delta`: the per-element difference summed over moved items, over all items);
+    the model's own figure stays as `recon_mse_model` (what `auto` compares new items against)."""
+    result["recon_mse_model"] = result["recon_mse"]
+    delta = (result.get("collision_audit") or {}).get("recon_mse_delta")
+    if delta is not None:
+        result["recon_mse"] = float(result["recon_mse"]) + float(delta)
+    return result
+
+
 def resolve_collisions(
     model_dir: str | Path,
     artifact: str | Path,
@@ -75,6 +87,7 @@ def resolve_collisions(
     )
     if lineage is not None and lineage.retired_out is not None:
         lineage.retired_out.write(folder.retired_ids)
+    after_moves(result)
     result["mode"] = (mode or {}).get("used", "retrain")
     result["shards"] = [
         {k: s.get(k) for k in ("index", "rows", "n_pinned", "encode_seconds", "items_per_second", "device")}

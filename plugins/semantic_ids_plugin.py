@@ -34,6 +34,7 @@ URL_PREFIX = "/semantic-ids"
 DAG_ID = "rqvae_semantic_ids"
 REPORT_SUFFIXES = {".html", ".png", ".json"}
 VERSION_FILES = {"manifest.json", "evaluation.json"}  # plus evaluation*.png, next to the manifest
+STORED = ".versions"  # where `{snapshot}` symlinks point: include.publish.VERSIONS (not imported: heavy)
 MAX_DEPTH = 3  # namespaces nest at most this deep under the publish root (e.g. movielens/)
 MAX_PATH_CHARS = 1024  # far above any real report path; longer requests are refused before touching the disk
 MAX_NAME_BYTES = 255  # the filesystem's own limit: a longer name would raise instead of "not found"
@@ -109,8 +110,10 @@ def _latest(folder: Path) -> str | None:
 
 
 def _versions(folder: Path) -> list[Path]:
+    """Published versions by name: `{snapshot}` symlinks to their stored copies (see include.publish)."""
     return sorted(
-        (p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and (p / "manifest.json").is_file()),
+        (p for p in folder.iterdir()
+         if p.is_dir() and p.name != "latest" and not p.name.startswith(".") and (p / "manifest.json").is_file()),
         key=lambda p: p.name,
         reverse=True,
     )
@@ -332,10 +335,23 @@ def _request_parts(path: str) -> list[str] | None:
     return parts
 
 
+def _stored_copy_named(rel: tuple[str, ...]) -> tuple[str, ...]:
+    """`rel` with each stored copy `.versions/{snapshot}/{copy}/{snapshot}` read as `{snapshot}`: the one hidden
+    folder a version name resolves into. Any other hidden part stays and is refused."""
+    out: list[str] = []
+    i = 0
+    while i < len(rel):
+        if rel[i] == STORED and i + 3 < len(rel) and rel[i + 1] == rel[i + 3] and not rel[i + 2].startswith("."):
+            i += 3
+        out.append(rel[i])
+        i += 1
+    return tuple(out)
+
+
 def servable(base: Path, target: Path) -> bool:
     """Report files of a version, and its manifest / evaluation files: judged on the resolved path."""
     rel = target.relative_to(base).parts
-    if any(part.startswith(".") for part in rel):
+    if any(part.startswith(".") for part in _stored_copy_named(rel)):
         return False
     if "report" in rel[1:-1]:
         version = base.joinpath(*rel[: rel.index("report", 1)])

@@ -1,8 +1,8 @@
 """Render docs/reliability.md from what the reliability tests observed, never by hand.
 
-Runs tests/test_bad_inputs.py, tests/test_faults.py and tests/test_security.py with RQVAE_RELIABILITY_JSON
-pointing at a temp file (the `reliability_log` fixture in tests/conftest.py writes each case's outcome there),
-refuses to write anything if a test failed, then renders the tables:
+Runs tests/test_bad_inputs.py, tests/test_faults.py, tests/test_run_isolation.py and tests/test_security.py
+with RQVAE_RELIABILITY_JSON pointing at a temp file (the `reliability_log` fixture in tests/conftest.py writes each
+case's outcome there), refuses to write anything if a test failed, then renders the tables:
 
     .venv/bin/python scripts/reliability_report.py            # runs the tests, rewrites docs/reliability.md
     .venv/bin/python scripts/reliability_report.py --from outcomes.json   # render an existing outcome file
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_bad_inputs.py", "tests/test_faults.py", "tests/test_security.py"]
+TESTS = ["tests/test_bad_inputs.py", "tests/test_faults.py", "tests/test_run_isolation.py", "tests/test_security.py"]
 OUT = REPO / "docs" / "reliability.md"
 
 
@@ -92,8 +92,10 @@ def render(records: list[dict], seconds: float | None) -> str:
         "",
         "A kill is an `os._exit(137)` at the named step inside a child process (what SIGKILL leaves: no",
         "`finally`, no cleanup); the retry is the same stage run again, as Airflow's task retry does. After",
-        "every kill but one (below) `latest` names a complete version, and every version folder verifies",
-        "against its manifest's checksums; after every retry there is one consistent version per snapshot.",
+        "every kill `latest` and every version name resolve to a complete version that verifies against its",
+        "manifest's checksums; after every retry there is one consistent version per snapshot. The sweep rows",
+        "kill a publish before each rename, symlink, mkdir or delete it makes under the publish root, one run",
+        "per step.",
         "",
     ]
     rows = [
@@ -104,11 +106,12 @@ def render(records: list[dict], seconds: float | None) -> str:
                  rows)
     out += [
         "",
-        "One window remains by design: re-publishing a snapshot moves its old folder aside and renames the new one",
-        "in (two renames, microseconds apart). A kill exactly between them leaves that snapshot's folder under",
-        "`.old-<snapshot>-*`; the next publish of any kind restores it before doing anything else (tested: a",
-        "retry that itself fails with a full disk still brings it back). Library-level training kill/resume:",
-        "`tests/test_train_resume.py`.",
+        "A version is a symlink `{snapshot} -> .versions/{snapshot}/{copy}/{snapshot}` to an immutable copy, so",
+        "(re-)publishing is one atomic pointer swap and nothing a pointer names is renamed or deleted; the",
+        "superseded copy is kept one generation. The one folder-to-pointer conversion of a version published",
+        "before this layout points `latest` straight at the new copy while the old folder's name is moved (tested:",
+        "a retry that itself fails with a full disk still brings the name back). Each run works in its own",
+        "`{work_root}/{snapshot}/{run}/`. Library-level training kill/resume: `tests/test_train_resume.py`.",
         "",
         "## Security",
         "",

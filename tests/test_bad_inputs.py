@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from include.layout import run_key
 from tests.helpers import DIM, TASK_IDS, latest, make_snapshot, run, scrub_paths, states, tree
 
 N = 300
@@ -299,7 +300,8 @@ def test_dag_refuses_bad_snapshot(case, pipeline_dag, roots, good_version, capfd
     for fragment in [*case.dag_says, *map(str, case.ids)]:
         assert fragment in error, f"{fragment!r} not in the task's error: {error}"
     if case.task == "validate_dims":  # the saved GX report says the same
-        report = json.loads((roots["work"] / snapshot / "validation" / "input.json").read_text())
+        run_folder = roots["work"] / snapshot / run_key(dag_run.run_id)
+        report = json.loads((run_folder / "validation" / "input.json").read_text())
         assert not report["success"]
         assert any(case.dag_says[0] in line for line in report["failures"]), report["failures"]
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from include.layout import FINISHED_MARKER, run_key
 from tests.helpers import DIM, TASK_IDS, latest, make_snapshot, run, states, xcoms
 
 pytestmark = pytest.mark.airflow
@@ -30,6 +31,8 @@ def test_run_publishes_a_version_and_moves_latest(airflow_db, pipeline_dag, root
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["snapshot"] == "2026-02-01"
     assert manifest["airflow"] == {"dag_id": "rqvae_semantic_ids", "run_id": dag_run.run_id}
+    work = roots["work"] / "2026-02-01" / run_key(dag_run.run_id)  # the run's own folder
+    assert manifest["work"] == {"run_folder": work.name} and (work / FINISHED_MARKER).is_file()
     assert manifest["counts"]["n_items"] == 3000 and manifest["counts"]["dim"] == DIM
     assert manifest["config"]["params"]["codebook_size"] == 16
     assert manifest["config"]["model"]["model"]["codebook_size"] == [16, 16]
@@ -42,7 +45,7 @@ def test_run_publishes_a_version_and_moves_latest(airflow_db, pipeline_dag, root
     from include.files import sha256_file
     from rqvae.io import read_semantic_ids
 
-    artifact = roots["work"] / "2026-02-01" / "embeddings.parquet"
+    artifact = work / "embeddings.parquet"
     assert manifest["checksums"]["input"] == sha256_file(artifact)
     ids, codes, dedup = read_semantic_ids(version / "semantic_ids.parquet")
     assert sorted(ids.tolist()) == sorted(pq.read_table(artifact).column("item_id").to_pylist())
@@ -57,6 +60,7 @@ def test_run_publishes_a_version_and_moves_latest(airflow_db, pipeline_dag, root
     assert values["plan_shards"] == [{"index": 0, "count": 1, "start": 0, "stop": 3000}], "one shard by default"
     assert values["publish"]["version_path"] == str(version) and values["publish"]["moved_latest"] is True
     assert values["wait_for_embeddings"]["snapshot"] == "2026-02-01"
+    assert values["wait_for_embeddings"]["work_dir"] == str(work) and values["publish"]["pruned_runs"] == []
 
 
 def test_wrong_dimension_fails_validate_dims_and_publishes_nothing(airflow_db, pipeline_dag, roots, capfd):
@@ -79,7 +83,8 @@ def test_wrong_dimension_fails_validate_dims_and_publishes_nothing(airflow_db, p
     assert all(found[t] == "upstream_failed" for t in TASK_IDS[3:]), found
     assert not (roots["publish"] / "2026-02-02").exists()
     assert latest(roots) == previous
-    report = json.loads((roots["work"] / "2026-02-02" / "validation" / "input.json").read_text())
+    report = json.loads((roots["work"] / "2026-02-02" / run_key(dag_run.run_id) / "validation" / "input.json")
+                        .read_text())
     assert report["failures"] == [
         "expect_column_values_to_be_between(dim): 1 of 1000 rows have dim 15 != 16; sample item ids: [5417]"
     ]

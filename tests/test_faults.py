@@ -12,6 +12,7 @@ retries the stage in-process, as Airflow's retry of the task would.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,7 +28,16 @@ from include.encode_items import encode_all
 from include.files import read_json, sha256_file, sha256_tree
 from include.layout import RunFolder
 from include.load_embeddings import load_embeddings
-from include.publish import LATEST, LATEST_JSON, LOCK_FILE, MANIFEST, publish, read_latest
+from include.publish import (
+    KEEP_SUPERSEDED,
+    LATEST,
+    LATEST_JSON,
+    LOCK_FILE,
+    MANIFEST,
+    VERSIONS,
+    publish,
+    read_latest,
+)
 from include.train_rqvae import train_rqvae
 from include.validate_codes import validate_codes
 from include.validate_dims import validate_dims
@@ -78,33 +88,63 @@ def verify(version: Path) -> None:
 def consistent(root: Path, versions: set[str], latest: str) -> None:
     """The end state after any retry: these versions, all complete, both pointers agree, nothing left over."""
     assert {p.name for p in root.iterdir() if not p.name.startswith(".")} == versions | {LATEST, LATEST_JSON}
-    assert {p.name for p in root.iterdir() if p.name.startswith(".")} == {LOCK_FILE}, "leftovers of a crash"
+    assert {p.name for p in root.iterdir() if p.name.startswith(".")} <= {LOCK_FILE, VERSIONS}, "leftovers"
     for name in versions:
+        assert (root / name).is_symlink(), f"{name} is a pointer to its stored copy"
         verify(root / name)
+        copies = sorted((root / VERSIONS / name).iterdir())
+        assert 1 <= len(copies) <= 1 + KEEP_SUPERSEDED, f"{name}: {len(copies)} stored copies"
+        for copy in copies:  # the current one and at most one superseded: each complete, none half-written
+            verify(copy / name)
     assert os.readlink(root / LATEST) == latest and read_json(root / LATEST_JSON)["snapshot"] == latest
     assert read_latest(root) == latest
+
+
+def pointers_resolve(root: Path) -> None:
+    """What a consumer sees at any moment: `latest` and every version name lead to a complete version."""
+    assert os.path.exists(root / LATEST), f"latest is {'dangling' if os.path.lexists(root / LATEST) else 'missing'}"
+    verify_as((root / LATEST).resolve(), read_latest(root))
+    for entry in root.iterdir():
+        if not entry.name.startswith(".") and entry.name not in (LATEST, LATEST_JSON):
+            assert entry.exists(), f"{entry.name} dangles"
+            verify(entry)
+
+
+def make_legacy(root: Path, snapshot: str) -> None:
+    """Turn a version into a plain folder, as publishes before immutable copies left them."""
+    copy = (root / snapshot).resolve()
+    (root / snapshot).unlink()
+    shutil.copytree(copy, root / snapshot)
+    shutil.rmtree(root / VERSIONS / snapshot)
 
 
 # Each fault wraps one step of include.publish in the child and exits at it, as a SIGKILL there would.
 PUBLISH_FAULTS = {
     "staging_half_written": "p._make_readable = lambda folder: die()",
     "staging_written": "p._stage = after(p._stage)",
-    "renamed_into_place": "p._swap_in = after(p._swap_in)",
-    "temp_link_made": "os.replace = before(os.replace, lambda src, dst: Path(dst).name == 'latest')",
+    "copy_stored": "p._store = after(p._store)",
+    "temp_link_made": "os.replace = before(os.replace, lambda src, dst: Path(dst).name == sys.argv[1])",
+    "snapshot_linked": "p._link_snapshot = after(p._link_snapshot)",
+    "latest_temp_link_made": "os.replace = before(os.replace, lambda src, dst: Path(dst).name == 'latest')",
     "latest_switched_json_not": "p.write_json_atomic = before(p.write_json_atomic, "
     "lambda path, payload: Path(path).name == 'latest.json')",
-    "old_moved_aside": "os.rename = before(os.rename, lambda src, dst: Path(src).name.startswith('.staging-'))",
-    "new_in_old_not_deleted": "p.shutil.rmtree = before(shutil.rmtree, "
-    "lambda path: Path(path).name.startswith('.old-'))",
+    "republish_temp_link_made": "os.replace = before(os.replace, lambda src, dst: Path(dst).name == sys.argv[1])",
+    "republish_before_drop": "p.shutil.rmtree = before(shutil.rmtree, "
+    "lambda path: Path(path).parent.name == sys.argv[1] and Path(path).parent.parent.name == p.VERSIONS)",
+    "legacy_moved_aside": "os.replace = before(os.replace, lambda src, dst: Path(dst).name == sys.argv[1] "
+    "and any(Path(dst).parent.glob('.old-*')))",
 }
 FAULT_LABELS = {
     "staging_half_written": "staging folder half written (no manifest yet)",
-    "staging_written": "staging folder complete, not renamed",
-    "renamed_into_place": "version renamed into place, latest not switched",
-    "temp_link_made": "temp symlink made, latest not switched",
+    "staging_written": "staging folder complete, not stored",
+    "copy_stored": "copy stored under .versions/, no name points to it yet",
+    "temp_link_made": "temp symlink for the version's name made, not swapped in",
+    "snapshot_linked": "version name swapped in, latest not switched",
+    "latest_temp_link_made": "temp symlink for latest made, latest not switched",
     "latest_switched_json_not": "latest symlink switched, latest.json not yet rewritten",
-    "old_moved_aside": "re-publish: old version moved aside, new one not renamed in",
-    "new_in_old_not_deleted": "re-publish: new version in, old copy not deleted",
+    "republish_temp_link_made": "re-publish: new copy stored, name not yet swapped",
+    "republish_before_drop": "re-publish (third): name swapped, oldest copy not yet deleted",
+    "legacy_moved_aside": "re-publish of a pre-immutable folder: folder moved aside, latest on the new copy",
 }
 CHILD = """
 import os, shutil, sys
@@ -140,39 +180,49 @@ def killed_publish(fault: str, snapshot: str, work: Path, root: Path) -> int:
     return done.returncode
 
 
+def setup_root(root: Path, ready: Path, scenario: str) -> None:
+    """OLD published; then NEW not yet (`first`), once or twice (`republish`), or as a plain folder (`legacy`)."""
+    publish(OLD, ready, root, run_id="old")
+    for run_id in {"first": [], "republish": ["first", "second"], "legacy": ["first"]}[scenario]:
+        publish(NEW, ready, root, run_id=run_id)
+    if scenario == "legacy":
+        make_legacy(root, NEW)
+
+
 @pytest.mark.parametrize("fault", list(PUBLISH_FAULTS))
 def test_publish_killed_at_each_step_keeps_latest_and_the_retry_completes(fault, ready, tmp_path, reliability_log):
     root = tmp_path / "published"
-    publish(OLD, ready, root, run_id="old")
-    republish = fault in ("old_moved_aside", "new_in_old_not_deleted")
-    if republish:  # these steps exist only when a snapshot is published again
-        publish(NEW, ready, root, run_id="first")
+    scenario = "republish" if fault.startswith("republish") else "legacy" if fault.startswith("legacy") else "first"
+    setup_root(root, ready, scenario)
     before = read_latest(root)
     killed_publish(fault, NEW, ready, root)
 
-    # What a consumer sees right after the kill.
+    # What a consumer sees right after the kill: latest and every name lead to a complete version.
     verify(root / OLD)
+    pointers_resolve(root)
     if fault == "latest_switched_json_not":  # the atomic switch happened: latest is the complete new version
         assert os.readlink(root / LATEST) == NEW and read_json(root / LATEST_JSON)["snapshot"] == OLD
-        verify(root / NEW)
-    elif fault == "old_moved_aside":  # the gap between two renames: the old copy waits beside, complete
-        assert read_latest(root) == before == NEW and not (root / NEW).exists()
-        (aside,) = root.glob(f".old-{NEW}-*")
-        verify_as(aside, NEW)
+    elif fault == "legacy_moved_aside":  # the name is missing for a moment; latest names the new copy directly
+        assert read_latest(root) == NEW and not os.path.lexists(root / NEW)
+        assert os.readlink(root / LATEST).startswith(f"{VERSIONS}/{NEW}/")
+        assert read_json((root / LATEST).resolve() / MANIFEST)["airflow"]["run_id"] == "killed"
     else:
         assert read_latest(root) == before
-        assert (root / LATEST).resolve() == (root / before).resolve()
-        verify(root / before)
-    leftovers = sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE)
+        if fault in ("snapshot_linked", "latest_temp_link_made", "republish_before_drop"):
+            assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] == "killed", "the new copy is named"
+        elif os.path.lexists(root / NEW):
+            assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] != "killed", "still the old copy"
+    leftovers = sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name not in (LOCK_FILE,
+                                                                                                   VERSIONS))
     after_kill = read_latest(root)
 
-    if fault == "old_moved_aside":  # a first retry that fails too (disk full) must still bring the old copy back
+    if fault == "legacy_moved_aside":  # a first retry that fails too (disk full) must still bring the name back
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(publish_module, "_stage", _disk_full)
             with pytest.raises(OSError, match="No space left"):
                 publish(NEW, ready, root, run_id="failed-retry")
-        assert read_latest(root) == NEW and (root / LATEST).resolve() == (root / NEW).resolve()
-        verify(root / NEW)
+        pointers_resolve(root)
+        assert read_latest(root) == NEW and (root / NEW).is_dir()
     result = publish(NEW, ready, root, run_id="retry")  # Airflow's retry of the publish task
     consistent(root, {OLD, NEW}, NEW)
     assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] == "retry" and result["latest"] == NEW
@@ -180,9 +230,97 @@ def test_publish_killed_at_each_step_keeps_latest_and_the_retry_completes(fault,
         {
             "section": "fault",
             "fault": f"publish killed: {FAULT_LABELS[fault]}",
-            "left_behind": ", ".join(_generic(n) for n in leftovers) or "nothing",
+            "left_behind": ", ".join(_generic(n) for n in leftovers) or "nothing outside .versions/",
             "latest_before": before,
             "latest_after_kill": after_kill,
+            "after_retry": f"versions {OLD} + {NEW} complete, latest -> {NEW}, no leftovers",
+            "versions_lost": 0,
+        }
+    )
+
+
+SCENARIO_LABELS = {"first": "first publish of a snapshot", "republish": "third publish of a snapshot",
+                   "legacy": "re-publish of a pre-immutable version folder"}
+SWEEP_CHILD = """
+import os, shutil, sys
+from pathlib import Path
+from include import publish as p
+
+root, kill_at, seen = Path(sys.argv[3]), int(sys.argv[4]), []
+
+def staged_copy(staging, *args):  # the staging content, made once by the real _stage: the sweep is about the rest
+    shutil.copytree(sys.argv[5], staging)
+    return p.read_json(staging / p.MANIFEST)
+
+p._stage = staged_copy
+NAMESPACE_EVENTS = {{"os.rename", "os.symlink", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree"}}
+
+def hook(event, args):
+    # every change of a name under the publish root down to a stored copy: what a consumer can observe
+    if event not in NAMESPACE_EVENTS:
+        return
+    paths = [Path(os.fsdecode(a)) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+    for path in paths:
+        try:
+            rel = path.relative_to(root).parts
+        except ValueError:
+            continue
+        if len(rel) == 1 or (len(rel) > 1 and rel[0] == p.VERSIONS and len(rel) <= 4):
+            seen.append(event)
+            if len(seen) == kill_at:
+                os._exit({killed})
+            return
+
+sys.addaudithook(hook)
+p.publish(sys.argv[1], sys.argv[2], str(root), run_id="killed")
+print(len(seen))
+"""
+
+
+@pytest.mark.parametrize("scenario", ["first", "republish", "legacy"])
+def test_a_kill_before_any_change_of_the_publish_root_never_leaves_latest_dangling(scenario, ready, tmp_path,
+                                                                                   reliability_log):
+    """SIGKILL before each rename, symlink, mkdir or delete a publish makes under its root, one run per step.
+
+    The staging folder's content is built once by the real `_stage` and copied in by each run (the steps
+    inside staging are invisible to consumers, and the named faults above cover them); all else is real.
+    """
+    template = tmp_path / "template"
+    setup_root(template, ready, scenario)
+    staged = tmp_path / "staged"
+    publish_module._stage(staged, RunFolder(ready), NEW, False, "killed", None, {}, {})
+
+    def staged_copy(staging: Path, *args) -> dict:
+        shutil.copytree(staged, staging)
+        return read_json(staging / MANIFEST)
+
+    script = SWEEP_CHILD.format(killed=KILLED)
+    kill_at, steps = 1, None
+    while steps is None:
+        root = tmp_path / f"step-{kill_at}"
+        shutil.copytree(template, root, symlinks=True)
+        done = subprocess.run([sys.executable, "-c", script, NEW, str(ready), str(root), str(kill_at), str(staged)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode == 0:  # fewer steps than kill_at: the publish completed
+            steps = int(done.stdout.split()[-1])
+        else:
+            assert done.returncode == KILLED, done.stderr[-2000:]
+            pointers_resolve(root)
+            assert read_latest(root) in (OLD, NEW)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(publish_module, "_stage", staged_copy)
+                publish(NEW, ready, root, run_id="retry")  # the retry
+            consistent(root, {OLD, NEW}, NEW)
+        shutil.rmtree(root)
+        kill_at += 1
+    assert steps == kill_at - 2 and steps >= 5, f"{steps} steps seen"
+    reliability_log.append(
+        {
+            "section": "fault",
+            "fault": f"publish killed before each of its {steps} changes of the publish root "
+                     f"({SCENARIO_LABELS[scenario]})",
+            "left_behind": "at most a staging folder, a temp symlink or an unnamed stored copy",
+            "latest_after_kill": f"{OLD} or {NEW}, always resolving to a complete version",
             "after_retry": f"versions {OLD} + {NEW} complete, latest -> {NEW}, no leftovers",
             "versions_lost": 0,
         }

@@ -179,3 +179,64 @@ def test_embedding_hash_sees_any_change_and_churn_counts_it(tmp_path):
     assert id_churn(tmp_path / "a.parquet", tmp_path / "b.parquet") == {
         "common_items": 3, "changed_items": 1, "churn": round(1 / 3, 6), "added_items": 0, "removed_items": 1,
     }
+
+
+def published_recon_mse(version: Path, embeddings: Path) -> float:
+    """Per-element MSE of every item decoded from its published codes: the figure the IDs really have."""
+    import torch
+
+    from rqvae.checkpoint import load_model
+
+    model = load_model(version / "model").eval()
+    emb = read_embeddings(embeddings)
+    got = id_map(version)
+    codes = torch.tensor(np.array([got[int(i)][:-1] for i in emb.ids]), dtype=torch.int64)
+    with torch.no_grad():
+        recon = model.decode_codes(codes).numpy().astype(np.float64)
+    return float(((recon - emb.vectors) ** 2).mean())
+
+
+def test_recon_mse_after_reassign_is_the_published_ids_figure(days):
+    """reassign moves items off the model's code: the recorded recon MSE counts them at their new code."""
+    encoded = days["day2"]["encoded"]
+    assert encoded["collision_mode"] == "reassign" and encoded["moved"] > 0
+    truth = published_recon_mse(days["day2"]["version"], RunFolder(days["base"] / "work" / "2026-02-02").embeddings)
+    assert encoded["recon_mse"] == pytest.approx(truth, rel=1e-4)
+    assert encoded["recon_mse"] > encoded["recon_mse_model"], "moved items are reconstructed worse"
+    assert days["day2"]["manifest"]["metrics"]["encode"]["recon_mse"] == encoded["recon_mse"]
+    dedup = days["day1"]["encoded"]  # dedup moves nobody: both figures agree with the published IDs
+    assert dedup["recon_mse"] == dedup["recon_mse_model"] == pytest.approx(
+        published_recon_mse(days["day1"]["version"], RunFolder(days["base"] / "work" / "2026-02-01").embeddings),
+        rel=1e-4)
+
+
+@pytest.mark.airflow
+def test_incremental_mode_through_the_dag_over_three_consecutive_snapshots(airflow_db, pipeline_dag, roots):
+    """The real DAG (dag.test) with mode=incremental on three days: the first retrains, the next two reuse the
+    published model, keep every unchanged item's ID, and give new items IDs no kept item has."""
+    from tests.helpers import run, states, xcoms
+
+    pool = read_embeddings(synth(roots["embeddings"].parent / "pool.parquet", 1400, dim=DIM, seed=7))
+    days = {"2026-06-01": slice(0, 1000), "2026-06-02": slice(100, 1200), "2026-06-03": slice(150, 1400)}
+    decisions, maps = {}, {}
+    for day, rows in days.items():
+        write_day(roots["embeddings"] / day, pool.ids[rows], pool.vectors[rows])
+        dag_run = run(pipeline_dag, day, mode="incremental", min_items=500, max_recon_mse=0.1)
+        assert str(dag_run.state) == "success", states(dag_run)
+        decisions[day] = xcoms(dag_run)["train_rqvae"]["mode"]
+        maps[day] = id_map(roots["publish"] / day)
+        assert read_json(roots["publish"] / day / "manifest.json")["airflow"]["run_id"] == dag_run.run_id
+    first, second, third = days
+    assert decisions[first]["used"] == "retrain" and decisions[second]["used"] == decisions[third]["used"] == \
+        "incremental"
+    for earlier, later in ((first, second), (second, third)):
+        base = Path(decisions[later]["base_version"])
+        assert base.name == earlier and base.resolve() == (roots["publish"] / earlier).resolve()
+        kept = set(maps[earlier]) & set(maps[later])
+        assert kept and all(maps[later][i] == maps[earlier][i] for i in kept), f"{later} renamed a kept item"
+        added = set(maps[later]) - set(maps[earlier])
+        assert len(added) == 200
+        assert len(set(maps[later].values())) == len(maps[later]), "an ID given twice"
+    checksums = {read_json(roots["publish"] / d / "manifest.json")["checksums"]["model"] for d in days}
+    assert len(checksums) == 1, "incremental runs publish the first day's model"
+    assert read_json(roots["publish"] / "latest.json")["snapshot"] == third

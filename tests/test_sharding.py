@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from include.encode_items import plan_shards
+from include.layout import run_key
 from include.resolve_collisions import check_shards
 from rqvae.config import ModelConfig, TrainConfig
 from rqvae.encode import PinnedIds, encode_file, encode_shard, merge_shards
@@ -183,7 +184,7 @@ def test_dag_with_three_shards_publishes_the_single_pass_ids(pipeline_dag, airfl
     assert set(states(dag_run).values()) == {"success"}, states(dag_run)
     mapped = [ti for ti in dag_run.get_task_instances() if ti.task_id == "encode_items"]
     assert sorted(ti.map_index for ti in mapped) == [0, 1, 2]
-    work = roots["work"] / "2026-08-01"
+    work = roots["work"] / "2026-08-01" / run_key(dag_run.run_id)
     assert len(semantic_id_parts(work / "semantic_ids")) == 3
     version = roots["publish"] / "2026-08-01"
     manifest = json.loads((version / "manifest.json").read_text())
@@ -214,4 +215,4 @@ def test_a_shard_size_airflow_cannot_map_fails_before_training(pipeline_dag, air
     assert found["train_rqvae"] == found["encode_items"] == found["publish"] == "upstream_failed", found
     after = sorted(p.name for p in roots["publish"].iterdir()) if roots["publish"].exists() else []
     assert after == before
-    assert not (roots["work"] / "2026-08-02" / "model").exists(), "no training happened"
+    assert not list((roots["work"] / "2026-08-02").glob("*/model")), "no training happened"

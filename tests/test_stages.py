@@ -368,7 +368,9 @@ def test_publish_writes_a_complete_version_and_moves_latest(trained_run, tmp_pat
     for name, entry in manifest["files"].items():
         assert sha256_file(version / name) == entry["sha256"], name
     assert len(json.loads((version / "semantic_id_dict.json").read_text())) == 3000
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".publish.lock") == []
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert hidden == [".publish.lock", ".versions"], "no staging or temp pointer left"
+    assert os.readlink(version) == ".versions/2026-01-01/" + os.readlink(version).split("/")[2] + "/2026-01-01"
 
 
 def test_publish_never_moves_latest_backwards_and_replaces_a_republished_snapshot(trained_run, tmp_path):
