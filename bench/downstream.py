@@ -40,6 +40,10 @@ logger = logging.getLogger("bench.downstream")
 DATA = ROOT.parent / "shared" / "data" / "movielens_small"
 BASELINE = "faiss"
 MANY_SE = 3.0  # a gap of this many SEs is taken as clearly resolved
+SECTIONS = {  # docs/benchmarks.md sections this script writes (marker key -> title)
+    "downstream": "## Downstream: next-item retrieval with each ID set",
+    "downstream-collaborative": "## Downstream: IDs trained with interactions",
+}
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,8 @@ def to_markdown(report: RetrievalReport, labels: dict[str, str], quality: dict[s
     metrics = ("recall@10", "ndcg@10", "nll")
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} CPU cores "
-        f"(retriever on {resolve_device(cfg.device).type}), {wall_s / 60:.1f} min in all. MovieLens small: "
+        f"(retriever on {resolve_device(cfg.device).type}), {wall_s / 60:.1f} min for this call (a run reused from "
+        f"the --cache counts only its loading). MovieLens small: "
         f"{info['n_items']:,} items x 384, {info['n_interactions']:,} ratings, {len(report.users)} users; "
         f"{args.levels} x {args.codebook_size} codes, ID sets built with seed {args.id_seed}. Leave-one-out by time "
         f"(last item = test, second last = validation, the rest = training). Retriever: decoder-only transformer "
@@ -151,7 +156,8 @@ def to_markdown(report: RetrievalReport, labels: dict[str, str], quality: dict[s
         f"IDs, seeds {report.seeds}. Each user's metric is averaged over seeds, then mean ± SE over users; "
         f"Δ = paired difference to {labels[base]} on the same users (± its SE). NLL is in nats per item, exact "
         f"over valid IDs (lower is better). Command: `make bench-downstream` "
-        f"(`python bench/downstream.py --seeds {','.join(map(str, report.seeds))} --epochs {cfg.epochs}`).",
+        f"(`python bench/downstream.py --sets {','.join(report.names)} --seeds {','.join(map(str, report.seeds))} "
+        f"--epochs {cfg.epochs}{'' if args.section == 'downstream' else ' --section ' + args.section}`).",
         "",
         "| ID set | recon MSE | unique-ID ratio | IDs s | retriever s/seed | " + " | ".join(metrics) + " | "
         + " | ".join(f"Δ{m}" for m in metrics) + " |",
@@ -220,12 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-users", type=int, default=0)
     parser.add_argument("--data", default=str(DATA), help="folder with embeddings.parquet and ratings.parquet")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--section", default="downstream", choices=list(SECTIONS),
+                        help="section of --out to write (downstream-collaborative: the rows of docs/collaborative.md)")
     parser.add_argument("--json", default=str(ROOT / "var" / "bench" / "downstream.json"))
+    parser.add_argument("--cache", default=str(ROOT / "var" / "bench" / "downstream-runs"),
+                        help="finished retriever runs, reused when IDs, split, config and seed match ('' = off): "
+                        "run disjoint --sets in parallel processes, then all sets once to write the table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rqvae.interactions import read_interactions
     from rqvae.io import read_embeddings
     from rqvae.retrieval import evaluate_id_sets, prepare_split
+    from rqvae.retrieval.cache import RunCache
 
     data = Path(args.data)
     if not (data / "embeddings.parquet").exists():
@@ -250,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"ID set {name!r} covers {len(tables[name])} of {len(emb.ids)} items")
         print(f"{name:10s} IDs in {build_s[name]:.1f}s: {quality[name]}", flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    report = evaluate_id_sets(tables, interactions, cfg, seeds)
+    report = evaluate_id_sets(tables, interactions, cfg, seeds, RunCache(args.cache) if args.cache else None)
     wall = time.perf_counter() - t0
     labels = {n: ID_SETS[n].label for n in names}
     table = to_markdown(report, labels, quality, build_s, cfg, args, wall)
@@ -260,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps({**report.to_dict(BASELINE if BASELINE in names else None),
                                            "quality": _plain(quality), "build_seconds": build_s,
                                            "wall_seconds": wall}, indent=1, default=str))
-    replace_section(Path(args.out), "downstream", "## Downstream: next-item retrieval with each ID set", table)
+    replace_section(Path(args.out), args.section, SECTIONS[args.section], table)
     print(f"\nwrote {args.out} and {args.json}")
     return 0
 

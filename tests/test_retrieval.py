@@ -239,6 +239,39 @@ def test_retriever_learns_a_sequential_pattern_and_is_reproducible() -> None:
         np.testing.assert_array_equal(again.per_user["s"][metric], first.per_user["s"][metric])
 
 
+def test_cached_runs_are_reused_only_for_the_same_ids_split_config_and_seed(tmp_path: Path, monkeypatch) -> None:
+    """A benchmark split over processes: a second call with the cache retrains nothing and reports the same
+    numbers; other IDs, another seed or another config are trained afresh."""
+    import rqvae.retrieval.evaluate as evaluate_module
+    from rqvae.retrieval.cache import RunCache
+
+    events = _sequential_events(users=30)
+    catalogue = np.arange(32)
+    structured = IdTable(catalogue, np.column_stack([catalogue // 8, catalogue % 8]), np.zeros(32, np.int32), (4, 8))
+    cfg = RetrievalConfig(**TINY, epochs=1, batch_size=16, lr=1e-2, warmup_steps=5, beam=10)
+    cache = RunCache(tmp_path / "runs")
+    first = evaluate_id_sets({"s": structured}, events, cfg, seeds=(0,), cache=cache)
+    trained: list[int] = []
+    real = evaluate_module.train_and_score
+
+    def counting(*args, **kwargs):
+        trained.append(args[-1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "train_and_score", counting)
+    again = evaluate_id_sets({"s": structured}, events, cfg, seeds=(0,), cache=cache)
+    assert trained == []
+    for metric in ("nll", "recall@10"):
+        np.testing.assert_array_equal(again.per_user["s"][metric], first.per_user["s"][metric])
+    assert again.runs["s"][0]["best_epoch"] == first.runs["s"][0]["best_epoch"]
+    evaluate_id_sets({"r": random_ids(catalogue, [4, 8], seed=0)}, events, cfg, seeds=(0,), cache=cache)
+    evaluate_id_sets({"s": structured}, events, cfg, seeds=(1,), cache=cache)
+    evaluate_id_sets({"s": structured}, events, RetrievalConfig(**{**TINY, "d_model": 8}, epochs=1, batch_size=16,
+                                                                 lr=1e-2, warmup_steps=5, beam=10), seeds=(0,),
+                     cache=cache)
+    assert trained == [0, 1, 0]
+
+
 def _write_ids(path: Path, table: IdTable) -> Path:
     with SemanticIdWriter(path, table.levels) as writer:
         writer.write(table.item_ids, table.codes, table.dedup)

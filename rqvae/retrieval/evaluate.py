@@ -15,11 +15,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..interactions import Interactions
+from .cache import RunCache, run_key
 from .data import PreparedSplit, Sequences, prepare_split
 from .index import PrefixIndex
 from .report import METRICS, RetrievalReport
 from .tokens import IdTable
-from .train import RetrievalConfig, run_summary, train_and_score
+from .train import RetrievalConfig, RunResult, run_summary, train_and_score
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,12 @@ def evaluate_id_sets(
     interactions: Interactions,
     config: RetrievalConfig | None = None,
     seeds: Sequence[int] | None = None,
+    cache: RunCache | None = None,
 ) -> RetrievalReport:
-    """Train and score one retriever per (ID set, seed); the first set is the default baseline of the report."""
+    """Train and score one retriever per (ID set, seed); the first set is the default baseline of the report.
+
+    ``cache``: finished runs are stored there and reused when IDs, split, users, config and seed are the same.
+    """
     cfg = config or RetrievalConfig()
     seeds = list(seeds) if seeds is not None else [cfg.seed]
     if not seeds:
@@ -89,9 +94,24 @@ def evaluate_id_sets(
         t0 = time.perf_counter()
         seqs = Sequences(prepared.split, table, cfg.history)
         index = PrefixIndex(table)
-        results = [train_and_score(seqs, index, table.item_ids, users, cfg, seed) for seed in seeds]
+        results = [_run(seqs, index, table, prepared, users, cfg, seed, cache) for seed in seeds]
         per_user[name] = {m: np.stack([r.metrics[m] for r in results]) for m in METRICS}
         runs[name] = [{"seed": s, **run_summary(r)} for s, r in zip(seeds, results, strict=True)]
         logger.info("ID set %r: %d seed(s) in %.1fs; recall@10 %.4f, NLL %.4f", name, len(seeds),
                     time.perf_counter() - t0, per_user[name]["recall@10"].mean(), per_user[name]["nll"].mean())
     return RetrievalReport(list(tables), seeds, prepared.split.users[users], cold, per_user, runs, info, asdict(cfg))
+
+
+def _run(seqs: Sequences, index: PrefixIndex, table: IdTable, prepared: PreparedSplit, users: np.ndarray,
+         cfg: RetrievalConfig, seed: int, cache: RunCache | None) -> RunResult:
+    """One (ID set, seed) run, from the cache when it holds it."""
+    if cache is None:
+        return train_and_score(seqs, index, table.item_ids, users, cfg, seed)
+    key = run_key(table, prepared, users, asdict(cfg), seed)
+    hit = cache.get(key)
+    if hit is not None:
+        logger.info("retriever seed %d: reused the cached run %s", seed, key[:12])
+        return hit
+    result = train_and_score(seqs, index, table.item_ids, users, cfg, seed)
+    cache.put(key, result)
+    return result
