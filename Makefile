@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 
-.PHONY: venv test lint demo airflow bench bench-scale bench-downstream bench-serving clean reliability
+.PHONY: venv test lint demo airflow bench bench-scale bench-downstream bench-serving clean reliability \
+	bench-cotenancy bench-encode bench-validation chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,20 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/cotenancy.py
+	$(BIN)/python bench/encode.py
+
+# N = 2 and 4 concurrent `rqvae train` runs against the same runs one after another (a few minutes on 2 cores).
+bench-cotenancy: $(BENCH_STAMP)
+	$(BIN)/python bench/cotenancy.py
+
+# `rqvae encode` as a user runs it (2M x 32, Parquet in and out) against faiss compute_codes, with a breakdown.
+bench-encode: $(BENCH_STAMP)
+	$(BIN)/python bench/encode.py
+
+# validate_dims / validate_codes at 5.7M x 32 against GX on the full per-row frames (peak RSS included).
+bench-validation: venv
+	$(BIN)/python bench/validation.py
 
 # Each ID set judged by a small generative retriever on MovieLens (Recall@10, NDCG@10, NLL; 10-20 min on 2 cores).
 bench-downstream: $(BENCH_STAMP)
@@ -45,6 +60,11 @@ bench-downstream: $(BENCH_STAMP)
 # Bad-input, fault and security tests, then docs/reliability.md rendered from their recorded outcomes.
 reliability: venv
 	$(BIN)/python scripts/reliability_report.py
+
+# Faults on the native Celery stack (killed gpu workers, Postgres/Redis restarts, a killed scheduler), one DAG run
+# each; outcomes in var/chaos/results.json and docs/reliability.md's chaos section (15-30 min on 2 cores).
+chaos: venv
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python scripts/chaos.py
 
 clean:
 	rm -rf var build .pytest_cache .ruff_cache

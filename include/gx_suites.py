@@ -5,6 +5,12 @@ beside the artifacts, comparable across runs), and each rule is a named expectat
 The stage modules compute compact per-row frames (a few numeric columns per item, never the vectors) and
 hand them here together with the expectations to check.
 
+Millions of rows cost GX seconds per expectation, so a stage hands over a compact per-row frame and
+:func:`split_batches` keeps GX's work small without changing any rule's meaning: a row-level rule (values
+between, in a set, not null, unique) can only fail on rows a cheap numpy pass flags as suspect for it, so GX
+checks those rows and the report counts them against the full row count; table-level rules (row count,
+unique-value counts and proportions) run on frames that have the same aggregates as the full one.
+
 Each expectation carries `meta={"what": ...}`: the phrase that completes "N of M rows ..." in the failure
 message, so a failed task says which rule failed, how many rows, which values and which item ids, e.g.
 `expect_column_values_to_be_between(dim): 1 of 2000 rows have dim 31 != 32; sample item ids: [1234]`.
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from include.files import jsonable
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     from great_expectations.expectations import Expectation
 
@@ -61,6 +68,8 @@ class Batch:
     frame: pd.DataFrame
     expectations: list[Expectation]
     index_columns: list[str] = field(default_factory=list)
+    # rows of the table `frame` stands for, when it holds only that table's suspect rows (see split_batches)
+    element_count: int | None = None
 
 
 @dataclass
@@ -135,17 +144,19 @@ def run_suite(suite_name: str, batches: Sequence[Batch]) -> SuiteResult:
             result_format["unexpected_index_column_names"] = list(batch.index_columns)
         outcome = definition.run(batch_parameters={"dataframe": batch.frame}, result_format=result_format)
         success = success and bool(outcome.success)
-        checks.extend(_summarise(r, batch.name) for r in outcome.results)
+        checks.extend(_summarise(r, batch.name, batch.element_count) for r in outcome.results)
     seconds = round(time.perf_counter() - started, 3)
     log.info("GX suite %s: success=%s, %d expectations in %.2fs", suite_name, success, len(checks), seconds)
     return SuiteResult(suite=suite_name, success=success, checks=checks, seconds=seconds)
 
 
-def _summarise(result: Any, batch: str) -> dict[str, Any]:
+def _summarise(result: Any, batch: str, element_count: int | None = None) -> dict[str, Any]:
     """Keep what a reader needs from a GX result: rule, verdict, counts, values seen, sample ids."""
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
-    details = result.result or {}
+    details = dict(result.result or {})
+    if element_count is not None and details.get("element_count") is not None:
+        details["element_count"] = element_count  # GX saw the suspect rows of a table of this many
     index_rows = details.get("partial_unexpected_index_list") or []
     sample_ids = _unique([row.get(ID_COLUMN) for row in index_rows if isinstance(row, dict)])
     sample_rows = [] if sample_ids else _unique([row.get(ROW_COLUMN) for row in index_rows if isinstance(row, dict)])
@@ -168,6 +179,142 @@ def _summarise(result: Any, batch: str) -> dict[str, Any]:
     if result.exception_info and result.exception_info.get("raised_exception"):
         summary["exception"] = str(result.exception_info.get("exception_message"))
     return jsonable(summary)
+
+
+ROW_RULES = frozenset(
+    {
+        "expect_column_values_to_be_between",
+        "expect_column_values_to_be_in_set",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_unique",
+        "expect_compound_columns_to_be_unique",
+    }
+)
+
+
+def is_row_rule(expectation: Expectation) -> bool:
+    """Whether the rule is decided row by row (so the suspect rows decide it): no `mostly` below 1."""
+    mostly = getattr(expectation, "mostly", 1)
+    return expectation.expectation_type in ROW_RULES and (mostly is None or mostly >= 1)
+
+
+def suspect_rows(frame: pd.DataFrame, expectations: Sequence[Expectation]) -> np.ndarray:
+    """Boolean mask of the rows that could fail any of the row-level rules (a superset of GX's failures).
+
+    Null values are always suspect and hash collisions only add suspects, so GX, run on these rows, finds
+    exactly the failures (and the same unexpected values and row order) it would find on the whole frame.
+    """
+    import numpy as np
+
+    mask = np.zeros(len(frame), dtype=bool)
+    for expectation in expectations:
+        if is_row_rule(expectation):
+            mask |= _suspects(frame, expectation)
+    return mask
+
+
+def _suspects(frame: pd.DataFrame, rule: Expectation) -> np.ndarray:
+    import numpy as np
+    import pandas as pd
+
+    kind = rule.expectation_type
+    if kind == "expect_compound_columns_to_be_unique":
+        columns = [frame[c] for c in rule.column_list]
+        if all(pd.api.types.is_integer_dtype(c.dtype) for c in columns):
+            return _duplicated(_row_hash(columns))
+        hashes = pd.util.hash_pandas_object(frame[list(rule.column_list)], index=False)
+        return hashes.duplicated(keep=False).to_numpy()
+    column = frame[rule.column]
+    nulls = column.isna().to_numpy()
+    if kind == "expect_column_values_to_not_be_null":
+        return nulls
+    if kind == "expect_column_values_to_be_unique":
+        if not pd.api.types.is_integer_dtype(column.dtype):
+            return column.duplicated(keep=False).to_numpy() & ~nulls
+        values = column.to_numpy(dtype="int64", na_value=0)
+        mask = np.zeros(len(values), dtype=bool)
+        mask[~nulls] = _duplicated(values[~nulls])
+        return mask
+    if kind == "expect_column_values_to_be_in_set":
+        return ~column.isin(list(rule.value_set)).to_numpy()
+    values = column.to_numpy(dtype="float64", na_value=np.nan)  # between; NaN compares False: suspect
+    low = np.ones(len(values), dtype=bool) if rule.min_value is None else (
+        values > rule.min_value if rule.strict_min else values >= rule.min_value)
+    high = np.ones(len(values), dtype=bool) if rule.max_value is None else (
+        values < rule.max_value if rule.strict_max else values <= rule.max_value)
+    return ~(low & high)
+
+
+def _duplicated(values: np.ndarray) -> np.ndarray:
+    """Rows whose value occurs more than once: one sort, and nothing more when all are distinct (the usual
+    case); pandas' hash-based ``duplicated`` takes seconds on millions of nullable ints."""
+    import numpy as np
+
+    ordered = np.sort(values)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(repeated):
+        return np.zeros(len(values), dtype=bool)
+    return np.isin(values, repeated)
+
+
+def _row_hash(columns: Sequence[pd.Series]) -> np.ndarray:
+    """One uint64 per row mixing integer columns (nulls distinct from every value); equal rows, equal hashes."""
+    import numpy as np
+
+    total = np.zeros(len(columns[0]), dtype=np.uint64)
+    for index, column in enumerate(columns):
+        values = column.to_numpy(dtype="int64", na_value=0).view(np.uint64)
+        nulls = column.isna().to_numpy().astype(np.uint64)
+        salt = np.uint64((0x9E3779B97F4A7C15 * (2 * index + 1)) & 0xFFFFFFFFFFFFFFFF)
+        total = (total ^ (values + nulls * np.uint64(0xD6E8FEB86659FD93))) * salt
+    return total
+
+
+def split_batches(
+    name: str,
+    frame: pd.DataFrame,
+    expectations: Sequence[Expectation],
+    index_columns: Sequence[str],
+    table_frames: Sequence[pd.DataFrame],
+    order: str | None = None,
+) -> list[Batch]:
+    """Batches that check ``frame`` as one batch would, in rule order, at a fraction of the cost.
+
+    Consecutive row-level rules run on ``frame``'s suspect rows (reported against ``len(frame)`` rows).
+    Every other rule runs on the first of ``table_frames`` that holds its column (the first one for table
+    rules such as the row count); the caller builds those with the aggregates the rules read (row count,
+    distinct values, unique proportion) equal to ``frame``'s. ``order``: a column the full frame is read in
+    order of (a stable sort of the suspect rows), so sample ids come out as they would from that frame.
+    """
+    runs: list[tuple[int, list[Expectation]]] = []  # (-1 for row rules, else the table frame's index)
+    for expectation in expectations:
+        where = -1 if is_row_rule(expectation) else _table_for(expectation, table_frames)
+        if runs and runs[-1][0] == where:
+            runs[-1][1].append(expectation)
+        else:
+            runs.append((where, [expectation]))
+    batches = []
+    for index, (where, rules) in enumerate(runs):
+        label = f"{name}_{'rows' if where < 0 else 'table'}_{index}"
+        if where < 0:
+            suspects = frame[suspect_rows(frame, rules)]
+            if order is not None:
+                suspects = suspects.sort_values(order, kind="stable")
+            suspects = suspects.reset_index(drop=True)
+            batches.append(Batch(label, suspects, rules, list(index_columns), element_count=len(frame)))
+        else:
+            batches.append(Batch(label, table_frames[where], rules))
+    return batches
+
+
+def _table_for(expectation: Expectation, frames: Sequence[pd.DataFrame]) -> int:
+    column = getattr(expectation, "column", None)
+    if column is None:
+        return 0
+    for index, frame in enumerate(frames):
+        if column in frame.columns:
+            return index
+    raise ValueError(f"no table frame holds column {column!r} for {expectation.expectation_type}")
 
 
 def _unique(values: Sequence[Any]) -> list[Any]:

@@ -1,13 +1,19 @@
 """RQ-VAE semantic IDs for generative recommenders: the public API at a glance.
 
 Names are resolved lazily so that ``import rqvae.io`` (readers, used by light pipeline tasks) does not pay for
-importing torch.
+importing torch. Importing the package sets OpenMP's passive wait and thread count first (:mod:`rqvae.threads`).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from . import threads as _threads
+
+# OpenMP reads its settings when torch first loads: set passive waiting and the team size before any rqvae
+# module can import torch (see rqvae.threads).
+_threads.configure()
 
 __version__ = "0.1.0"
 

@@ -14,9 +14,9 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .lineage import Lineage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WRITE_ROWS = 262_144
 ERROR_SAMPLE = 200_000  # per-item recon errors kept for the report's histogram (an even stride over the items)
@@ -68,8 +69,11 @@ def encode_array(model: RQVAE, vectors: np.ndarray | torch.Tensor, batch_size: i
 def _encode_batch(model: RQVAE, x: np.ndarray, codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Codes of one batch (given ones are only decoded) and each item's mean squared reconstruction error."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(model.device)
-    ct = model.encode(xt) if codes is None else torch.from_numpy(np.asarray(codes, np.int64)).to(model.device)
-    err = ((model.decode_codes(ct) - xt) ** 2).double().mean(1)
+    if codes is None:
+        ct, err = model.encode_with_errors(xt)
+    else:
+        ct = torch.from_numpy(np.asarray(codes, np.int64)).to(model.device)
+        err = ((model.decode_codes(ct) - xt) ** 2).double().mean(1)
     return ct.to(torch.int32).cpu().numpy(), err.cpu().numpy()
 
 
@@ -111,6 +115,7 @@ class _Pass(NamedTuple):
     errors: np.ndarray  # [N] float64: each item's mean squared reconstruction error
     hashes: np.ndarray | None  # [N] int64 embedding hashes, when asked for
     seconds: float
+    read_seconds: float = 0.0  # of ``seconds``, the part spent reading and converting the input
 
 
 def _encode_pass(
@@ -128,9 +133,11 @@ def _encode_pass(
     model.eval()
     ids_parts, code_parts, fixed_parts, fdedup_parts, err_parts, hash_parts = [], [], [], [], [], []
     t0 = time.perf_counter()
-    batches = iter_embeddings(embeddings_path, batch_rows=batch_rows, allow_pickle=allow_pickle, rows=rows)
+    read_seconds = 0.0
+    batches = _timed(iter_embeddings(embeddings_path, batch_rows=batch_rows, allow_pickle=allow_pickle, rows=rows))
     with Progress(total or 0, "encode", enabled=show_progress and bool(total)) as bar:
-        for ids, x in batches:
+        for (ids, x), waited in batches:
+            read_seconds += waited
             if x.shape[1] != model.input_dim:
                 raise InputError(
                     f"embedding dimension {x.shape[1]} does not match the model's input_dim {model.input_dim}",
@@ -141,11 +148,13 @@ def _encode_pass(
             codes = np.empty((len(ids), model.num_codebooks), np.int32)
             err = np.empty(len(ids), np.float64)
             fdedup = np.zeros(len(ids), np.int32)
-            if found.any():
+            if not found.any():  # the common case: no boolean-mask copies of the batch
+                codes[:], err[:] = _encode_batch(model, x)
+            else:
                 codes[found], err[found] = _encode_batch(model, x[found], pinned.codes[where])
                 fdedup[found] = pinned.dedup[where]
-            if not found.all():
-                codes[~found], err[~found] = _encode_batch(model, x[~found])
+                if not found.all():
+                    codes[~found], err[~found] = _encode_batch(model, x[~found])
             ids_parts.append(ids)
             code_parts.append(codes)
             fixed_parts.append(found)
@@ -159,8 +168,19 @@ def _encode_pass(
     return _Pass(
         np.concatenate(ids_parts), np.concatenate(code_parts), np.concatenate(fixed_parts),
         np.concatenate(fdedup_parts), np.concatenate(err_parts),
-        np.concatenate(hash_parts) if with_hashes else None, time.perf_counter() - t0,
+        np.concatenate(hash_parts) if with_hashes else None, time.perf_counter() - t0, read_seconds,
     )
+
+
+def _timed(batches: Iterator[T]) -> Iterator[tuple[T, float]]:
+    """Each item with the seconds spent producing it (how much of a pass is reading, not encoding)."""
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(batches)
+        except StopIteration:
+            return
+        yield item, time.perf_counter() - start
 
 
 def _pass_metrics(run: _Pass, codebook_size: Sequence[int]) -> dict[str, Any]:
@@ -174,6 +194,7 @@ def _pass_metrics(run: _Pass, codebook_size: Sequence[int]) -> dict[str, Any]:
     metrics["n_pinned"] = int(n - new.sum())
     metrics["recon_error_quantiles"] = {f"p{q}": float(np.quantile(run.errors, q / 100)) for q in (50, 90, 99)}
     metrics["encode_seconds"] = round(run.seconds, 3)
+    metrics["read_seconds"] = round(run.read_seconds, 3)
     metrics["items_per_second"] = round(n / run.seconds, 1) if run.seconds > 0 else None
     return metrics
 
@@ -271,6 +292,7 @@ def encode_file(
     _check_duplicates(run.ids, embeddings_path)
     ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, allow_pickle)
     out_path = Path(out_path)
+    t0 = time.perf_counter()
     _write_ids(out_path, model.num_codebooks, ids, codes, dedup)
     result: dict[str, Any] = {
         "path": str(out_path),
@@ -279,6 +301,7 @@ def encode_file(
         "codebook_size": model.codebook_size,
         **metrics,
         "max_dedup": int(dedup.max()),
+        "write_seconds": round(time.perf_counter() - t0, 3),
     }
     if errors_path is not None:
         result["errors_path"] = _save_error_sample(errors_path, run.errors)

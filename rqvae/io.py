@@ -29,8 +29,10 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from rqvae.errors import InputError
+from rqvae.threads import size_arrow
 
 log = logging.getLogger(__name__)
+size_arrow()  # readers decode with Arrow's pool: no more threads than this process may use
 
 Format = Literal["parquet", "npy", "jsonl", "pickle"]
 SUPPORTED_FORMATS: tuple[Format, ...] = ("parquet", "npy", "jsonl", "pickle")

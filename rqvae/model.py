@@ -8,7 +8,7 @@ therefore starts from residual k-means quality and can only improve on it, inste
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -224,27 +224,76 @@ class RQVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Semantic IDs [B, L] int64. Depends on each row alone: batch size, order and companions don't matter."""
         x = self._prepare(x)
+        self._require_codebooks()
+        out = torch.empty(x.shape[0], self.num_codebooks, dtype=torch.long, device=x.device)
+
+        def run(rows: slice) -> None:
+            out[rows] = self.quantizer.assign(self.encode_latent(x[rows]))
+
+        self._for_blocks(x.shape[0], run)
+        return out
+
+    @torch.no_grad()
+    def encode_with_errors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes [B, L] int64, mean squared reconstruction error [B] float64) in one pass over the rows.
+
+        Codes are exactly :meth:`encode`'s; each block is decoded while it is still in cache, which is what
+        makes whole-file encoding (which reports every item's error) cheap compared to a separate decode.
+        """
+        x = self._prepare(x)
+        self._require_codebooks()
+        codes = torch.empty(x.shape[0], self.num_codebooks, dtype=torch.long, device=x.device)
+        errors = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+
+        def run(rows: slice) -> None:
+            block = x[rows]
+            c = self.quantizer.assign(self.encode_latent(block))
+            codes[rows] = c
+            errors[rows] = ((self.decode_latent(self._codewords(c)) - block) ** 2).double().mean(1)
+
+        self._for_blocks(x.shape[0], run)
+        return codes, errors
+
+    def _codewords(self, codes: torch.Tensor) -> torch.Tensor:
+        """Sum of the codewords of valid codes [B, L] (level by level, as :meth:`ResidualQuantizer.lookup`)."""
+        q = self.quantizer
+        total = q.codebook(0).index_select(0, codes[:, 0])
+        for level in range(1, q.num_levels):
+            total = total + q.codebook(level).index_select(0, codes[:, level])
+        return total
+
+    def _require_codebooks(self) -> None:
         if not self.initialized:
             raise RuntimeError("RQVAE codebooks are not initialised: train the model or call initialize(x) first")
+
+    def _for_blocks(self, n: int, run: Callable[[slice], None]) -> None:
+        """Call ``run`` on row blocks; on CPU, blocks go to a thread pool with single-threaded torch ops.
+
+        Small per-block ops barely use intra-op threads on CPU, so blocks on a pool use every core. Each
+        worker runs its ops with one thread, so the pool never nests OpenMP teams (which oversubscribe the
+        cores and, with active waiting, spin). The pool has as many workers as torch has intra-op threads,
+        which :mod:`rqvae.threads` sizes from the CPUs this process may really use.
+        """
         workers = torch.get_num_threads()
-        if self.device.type != "cpu" or workers < 2 or x.shape[0] < 2 * PARALLEL_ROWS:
-            return self.quantizer.assign(self.encode_latent(x))
-        # Small per-block ops barely use intra-op threads on CPU; blocks on a thread pool use every core.
-        out = torch.empty(x.shape[0], self.num_codebooks, dtype=torch.long)
-        blocks = range(0, x.shape[0], PARALLEL_ROWS)
+        if self.device.type != "cpu":
+            run(slice(0, n))
+            return
+        blocks = [slice(start, start + PARALLEL_ROWS) for start in range(0, n, PARALLEL_ROWS)]
+        if workers < 2 or len(blocks) < 2:
+            for rows in blocks:
+                run(rows)
+            return
 
-        def run(start: int) -> None:
+        def task(rows: slice) -> None:
             with torch.inference_mode():
-                block = x[start : start + PARALLEL_ROWS]
-                out[start : start + PARALLEL_ROWS] = self.quantizer.assign(self.encode_latent(block))
+                run(rows)
 
-        torch.set_num_threads(1)  # one thread per block, no nested intra-op teams; restored below
+        torch.set_num_threads(1)  # worker threads take their OpenMP team size from this; restored below
         try:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, blocks))
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                list(pool.map(task, blocks))
         finally:
             torch.set_num_threads(workers)
-        return out
 
     def _get_codebook(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The users' per-level view: a list of L LongTensors of shape [B]."""

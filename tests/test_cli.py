@@ -40,6 +40,8 @@ def test_synth_train_encode_evaluate(workdir: Path, capsys: pytest.CaptureFixtur
     code, out, _ = run(capsys, "encode", "--model", str(model), "--embeddings", str(data), "--out", str(ids_path),
                        "--json-dict", str(json_path))
     assert code == EXIT_OK
+    timing = json.loads(out)  # where the time went, for users and bench/encode.py
+    assert 0 <= timing["read_seconds"] <= timing["encode_seconds"] and timing["write_seconds"] >= 0
     table = pq.read_table(ids_path)
     assert table.column_names == ["item_id", "codes", "dedup"]
     assert table.num_rows == 3000

@@ -210,3 +210,22 @@ def test_parallel_encode_equals_single_block_encode(trained: RQVAE) -> None:
     whole = trained.encode(x)  # thread-pool path on multi-core CPUs
     blocks = torch.cat([trained.quantizer.assign(trained.encode_latent(b)) for b in x.split(997)])
     assert torch.equal(whole, blocks)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_encode_with_errors_matches_encode_and_decode(trained: RQVAE, threads: int) -> None:
+    """The fused pass (block by block, on the pool when there are threads) gives encode()'s codes and the
+    reconstruction error decode_codes() gives, and leaves torch's thread count as it found it."""
+    x = torch.from_numpy(clustered(20_000, 16, seed=11))
+    trained.eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        codes, errors = trained.encode_with_errors(x)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(codes, trained.encode(x))
+    expected = ((trained.decode_codes(codes) - x) ** 2).double().mean(1)
+    assert errors.dtype == torch.float64 and errors.shape == (20_000,)
+    torch.testing.assert_close(errors, expected, rtol=1e-5, atol=1e-9)

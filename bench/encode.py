@@ -1,0 +1,171 @@
+"""Whole-process encoding benchmark: `rqvae encode` as a user runs it (Parquet in, Parquet out) against faiss.
+
+The peer is faiss's ResidualQuantizer ``compute_codes`` (beam 1, the same L x K) on the same items held in
+memory, measured in the same run; the ratio is ours (whole process, wall time) / faiss (in memory). The
+breakdown says where our wall time goes: start-up (interpreter + imports + model), reading and converting the
+input, the code search with every item's reconstruction error, collision resolution (dedup), writing, and the
+rest (metrics, exit). Writes the table into docs/benchmarks.md between the ``encode`` markers.
+
+    python bench/encode.py                    # 2M seed-like items x 32, 4 x 256
+    python bench/encode.py --items 500000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.cotenancy import clean_env, load_average  # noqa: E402
+from bench.report import replace_section  # noqa: E402
+
+MODEL_CODE = """
+import sys
+import numpy as np, torch
+from rqvae.checkpoint import save_model
+from rqvae.io import read_embeddings
+from rqvae.model import RQVAE
+data, out, levels, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+x = read_embeddings(data).vectors[:50_000]
+torch.manual_seed(0)
+model = RQVAE(x.shape[1], [64], x.shape[1], levels, k, kmeans_method="kmeans", kmeans_iters=5, device="cpu")
+model.initialize(torch.from_numpy(x), torch.Generator().manual_seed(0))
+save_model(model, out)
+"""
+
+FAISS_CODE = """
+import json, sys, time
+import faiss, numpy as np
+from rqvae.io import read_embeddings
+data, levels, k, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+x = np.ascontiguousarray(read_embeddings(data).vectors)
+rq = faiss.ResidualQuantizer(x.shape[1], levels, int(np.log2(k)))
+rq.max_beam_size = 1
+rq.cp.seed = 0
+rq.train(x[:50_000].copy())
+times = []
+for _ in range(repeats):
+    t = time.perf_counter(); rq.compute_codes(x); times.append(time.perf_counter() - t)
+print(json.dumps({"n": len(x), "times": times, "threads": faiss.omp_get_max_threads()}))
+"""
+
+# The same CLI call, with a clock around the imports: where the start-up time goes (the wall time of the
+# process minus what the CLI itself reports is the interpreter's own start and exit).
+PROFILED_CODE = """
+import json, sys, time
+t0 = time.perf_counter()
+import rqvae.checkpoint, rqvae.cli, rqvae.encode
+t1 = time.perf_counter()
+code = rqvae.cli.main(sys.argv[1:])
+print(json.dumps({"imports": t1 - t0, "main": time.perf_counter() - t1}))
+sys.exit(code)
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return wall, proc.stdout
+
+
+def prepare(cache: Path, args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, Path]:
+    data = cache / f"synth_{args.items}_{args.dim}.parquet"
+    if not data.exists():
+        timed([sys.executable, "-m", "rqvae.cli", "-q", "synth", "--n", str(args.items), "--dim", str(args.dim),
+               "--out", str(data)], env)
+    model = cache / f"encode_model_{args.dim}_{args.levels}x{args.codebook_size}"
+    if not (model / "config.json").exists():
+        timed([sys.executable, "-c", MODEL_CODE, str(data), str(model), str(args.levels), str(args.codebook_size)],
+              env)
+    return data, model
+
+
+def measure(data: Path, model: Path, out: Path, args: argparse.Namespace, env: dict[str, str]) -> dict:
+    load = load_average()
+    cli = ["-q", "encode", "--model", str(model), "--embeddings", str(data), "--out", str(out)]
+    walls = [timed([sys.executable, "-m", "rqvae.cli", *cli], env)[0] for _ in range(args.repeats)]
+    wall, stdout = timed([sys.executable, "-c", PROFILED_CODE, *cli], env)
+    result, clock = (json.loads(line) for line in stdout.strip().splitlines()[-2:])
+    _, stdout = timed([sys.executable, "-c", FAISS_CODE, str(data), str(args.levels), str(args.codebook_size),
+                       str(args.repeats)], env)
+    faiss = json.loads(stdout.strip().splitlines()[-1])
+    n = result["n_items"]
+    read = result["read_seconds"]
+    search = result["encode_seconds"] - read
+    parts = {"interpreter start and exit": wall - clock["imports"] - clock["main"], "imports (torch ...)":
+             clock["imports"], "read + convert Parquet": read, "code search + recon errors": search,
+             "collisions (dedup)": result["resolve_seconds"], "write Parquet": result["write_seconds"]}
+    parts["other (model load, duplicate check, metrics)"] = max(0.0, wall - sum(parts.values()))
+    faiss_s = statistics.median(faiss["times"])
+    best = min(walls)
+    return {"n": n, "wall": best, "walls": walls, "rate": n / best, "search_rate": n / search,
+            "faiss_rate": faiss["n"] / faiss_s, "parts": parts, "parts_wall": wall, "load": load,
+            "load_after": load_average(), "faiss_threads": faiss["threads"]}
+
+
+def to_markdown(m: dict, args: argparse.Namespace) -> str:
+    ratio = m["rate"] / m["faiss_rate"]
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"`python bench/encode.py --items {args.items} --repeats {args.repeats}` (also run by `make bench`). "
+        f"{m['n']:,} synthetic items x {args.dim}, {args.levels} x {args.codebook_size}. Ours: the wall time of "
+        "`rqvae -q encode --model M --embeddings in.parquet --out ids.parquet` in a fresh process (best of the "
+        "repeats). Peer in the same run: faiss ResidualQuantizer (beam 1) `compute_codes` on the same items "
+        f"already in memory ({m['faiss_threads']} OpenMP threads). Load average before / after: {m['load']} / "
+        f"{m['load_after']}.",
+        "",
+        "| | items/s | vs faiss |",
+        "|---|---:|---:|",
+        f"| `rqvae encode`, whole process | {m['rate'] / 1e6:.3f}M | {ratio:.2f}x |",
+        f"| its code search + recon errors alone | {m['search_rate'] / 1e6:.3f}M | "
+        f"{m['search_rate'] / m['faiss_rate']:.2f}x |",
+        f"| faiss `compute_codes`, in memory | {m['faiss_rate'] / 1e6:.3f}M | 1.00x |",
+        "",
+        f"`rqvae encode` wall times: {', '.join(f'{w:.2f} s' for w in m['walls'])}. Where the time goes, from one "
+        f"more run of the same command with clocks around its imports ({m['parts_wall']:.2f} s):",
+        "",
+        "| part | seconds | share |",
+        "|---|---:|---:|",
+    ]
+    for name, seconds in m["parts"].items():
+        lines.append(f"| {name} | {seconds:.2f} | {seconds / m['parts_wall']:.0%} |")
+    lines += ["", "Targets (issue 16): >= 0.9M items/s whole process on 2 cores and >= 4x faiss in the same run."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=2_000_000)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--levels", type=int, default=4)
+    parser.add_argument("--codebook-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--cache", default=str(ROOT / "var" / "bench"))
+    args = parser.parse_args(argv)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    env = clean_env()
+    data, model = prepare(cache, args, env)
+    m = measure(data, model, cache / "encode_ids.parquet", args, env)
+    table = to_markdown(m, args)
+    print(table)
+    replace_section(Path(args.out), "encode", "## Whole-process encoding: `rqvae encode` vs faiss", table)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""How many threads a CPU-heavy step may use, and OpenMP settings that do not spin on shared cores.
+
+Airflow workers run several tasks on one machine. PyTorch sizes its OpenMP team from the machine's cores and
+its threads spin-wait between parallel regions, so two trainings side by side each spin on cores the other
+needs (measured: 11x slower than running them one after the other). Two remedies, both here:
+
+- ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning). OpenMP reads it once, when
+  the runtime loads with torch, so :func:`configure` must run before the first ``import torch``: the package
+  ``rqvae/__init__.py`` calls it, and the Celery worker's environment sets it too (docker-compose.yaml).
+- thread counts from the CPUs this process may really use (:func:`usable_cpus`): its CPU affinity, the
+  container's cgroup CPU quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), divided by
+  ``RQVAE_WORKER_CONCURRENCY`` when set: how many CPU-heavy tasks the worker runs at once (e.g. the Celery
+  worker's concurrency), so each task gets its share of the cores instead of all of them.
+
+A user's own ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS`` always win (only defaults are set).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+
+CONCURRENCY_ENV = "RQVAE_WORKER_CONCURRENCY"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def affinity_cpus() -> int:
+    """CPUs the scheduler lets this process run on (taskset, cpusets); the machine's count where unknown."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> float | None:
+    """CPUs' worth of time the cgroup quota allows (e.g. 1.5), the tightest along the cgroup path; None: no quota.
+
+    Reads cgroup v2 ``cpu.max`` ("max 100000" or "150000 100000") or v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us`` in this process's cgroup folder and each parent up to ``root``.
+    """
+    limits = [limit for folder in _cgroup_folders(root, self_cgroup) if (limit := _folder_limit(folder))]
+    return min(limits) if limits else None
+
+
+def _cgroup_folders(root: Path, self_cgroup: Path) -> list[Path]:
+    """The folders whose CPU controller files may limit this process: its own cgroup, then each parent."""
+    relative: dict[str, str] = {}
+    try:
+        for line in self_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            relative["v2" if controllers == "" else controllers] = path
+    except (OSError, ValueError):
+        pass
+    bases = [(root, relative.get("v2", "/"))]
+    for name in ("cpu,cpuacct", "cpu"):
+        if (root / name).is_dir():
+            v1 = next((p for c, p in relative.items() if "cpu" in c.split(",")), "/")
+            bases.append((root / name, v1))
+    folders: list[Path] = []
+    for base, path in bases:
+        folder = base / path.strip("/") if path.strip("/") else base
+        while True:
+            folders.append(folder)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return folders
+
+
+def _folder_limit(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else _ratio(int(quota), int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota < 0 else _ratio(quota, period)
+
+
+def _ratio(quota: int, period: int) -> float | None:
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def worker_concurrency(environ: MutableMapping[str, str] | None = None) -> int:
+    """``RQVAE_WORKER_CONCURRENCY`` as a positive int; 1 when unset or not a positive integer."""
+    raw = (os.environ if environ is None else environ).get(CONCURRENCY_ENV, "").strip()
+    try:
+        return max(1, int(raw)) if raw else 1
+    except ValueError:
+        return 1
+
+
+def usable_cpus(
+    environ: MutableMapping[str, str] | None = None,
+    *,
+    cgroup_root: Path = CGROUP_ROOT,
+    self_cgroup: Path = SELF_CGROUP,
+    affinity: int | None = None,
+) -> int:
+    """Threads one CPU-heavy step should use: min(affinity, ceil(cgroup quota)) // worker concurrency, >= 1."""
+    cpus = affinity_cpus() if affinity is None else max(1, affinity)
+    quota = cgroup_cpu_limit(cgroup_root, self_cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus // worker_concurrency(environ))
+
+
+def configure(environ: MutableMapping[str, str] | None = None) -> int:
+    """Set OpenMP defaults (passive wait, team size) before torch loads; size torch if it already has.
+
+    Returns the thread count. Idempotent and cheap (a few small file reads); user settings are kept.
+    """
+    env = os.environ if environ is None else environ
+    threads = usable_cpus(env)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ours = "OMP_NUM_THREADS" not in env
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    torch = sys.modules.get("torch")
+    loaded = ours and environ is None and torch is not None and hasattr(torch, "set_num_threads")
+    if loaded and torch.get_num_threads() > threads:
+        # torch loaded first (e.g. by the caller): passive wait cannot apply any more, a smaller team can
+        torch.set_num_threads(threads)
+    return threads
+
+
+def size_arrow() -> int:
+    """Shrink Arrow's CPU pool (Parquet decoding, compute kernels) to the usable CPUs; returns its size."""
+    import pyarrow
+
+    threads = usable_cpus()
+    if pyarrow.cpu_count() > threads:
+        pyarrow.set_cpu_count(threads)
+    return pyarrow.cpu_count()
