@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_bad_inputs.py", "tests/test_faults.py", "tests/test_run_isolation.py", "tests/test_security.py"]
 OUT = REPO / "docs" / "reliability.md"
+KEPT_MARKERS = [("<!-- chaos:start -->", "<!-- chaos:end -->")]  # written by scripts/chaos.py
 
 
 def run_tests(target: Path) -> float:
@@ -126,6 +127,17 @@ def render(records: list[dict], seconds: float | None) -> str:
     return "\n".join(out)
 
 
+def kept_sections(out: Path) -> str:
+    """Sections other scripts own in the same file (scripts/chaos.py's, between its markers), carried over as
+    they are: their data is not in the outcome JSON, so re-rendering must not drop them."""
+    text = out.read_text() if out.exists() else ""
+    kept = []
+    for start, end in KEPT_MARKERS:
+        if start in text and end in text.split(start, 1)[1]:
+            kept.append(start + text.split(start, 1)[1].split(end, 1)[0] + end)
+    return "".join(f"\n{block}\n" for block in kept)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", help="render this outcome JSON instead of running the tests")
@@ -138,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         source = Path(tempfile.mkdtemp(prefix="rqvae-reliability-")) / "outcomes.json"
         seconds = run_tests(source)
     records = json.loads(source.read_text())
-    Path(args.out).write_text(render(records, seconds))
+    out = Path(args.out)
+    out.write_text(render(records, seconds) + kept_sections(out))
     print(f"wrote {args.out}: {len(records)} outcomes")
     return 0
 

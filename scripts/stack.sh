@@ -9,13 +9,16 @@
 #   scripts/stack.sh down      stop exactly the processes `up` started (by PID file), children included
 #   scripts/stack.sh status    one line per component; exit 0 only when all are up
 #   scripts/stack.sh airflow ARGS...   the Airflow CLI against this stack (e.g. `backfill create ...`)
+#   scripts/stack.sh start|stop NAME   one component (postgres, redis, scheduler, worker-gpu-2, ...), as a
+#                                      supervisor restarting it would (scripts/chaos.py); `up` is still needed first
 #
 # Knobs (environment): STACK_DIR, STACK_PG_PORT (55432), STACK_REDIS_PORT (56379), STACK_API_PORT (58080),
 # STACK_SCHEDULER_HEALTH_PORT (58974), STACK_LOG_PORT (58793; one port per worker from there),
 # STACK_GPU_WORKERS (1: gpu-queue workers, as one per GPU; the rqvae_gpu pool gets as many slots),
 # STACK_VENV (.venv), STACK_PG_BIN (Debian's newest /usr/lib/postgresql/*/bin), STACK_TIMEOUT_S (240).
 # RQVAE_* tuning variables (RQVAE_SENSOR_POKE_S, RQVAE_RETRY_DELAY_S, ...) pass through to the workers;
-# the data roots are always $STACK_DIR/data/{embeddings,work,published,interactions}.
+# the data roots are always $STACK_DIR/data/{embeddings,work,published,interactions}. STACK_ENV_FILE: a file of
+# VAR=value lines sourced after the stack's own settings, for every component (e.g. AIRFLOW__SCHEDULER__* timeouts).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -102,6 +105,14 @@ stack_env() {
     # `include/` is a top-level package of the project, imported by the task code on the workers.
     export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$BIN:$PATH"
+    # A caller's overrides (the chaos stack's short heartbeat timeouts), after the defaults so they win.
+    if [[ -n "${STACK_ENV_FILE:-}" ]]; then
+        [[ -f "$STACK_ENV_FILE" ]] || die "STACK_ENV_FILE $STACK_ENV_FILE not found"
+        set -a
+        # shellcheck disable=SC1090
+        source "$STACK_ENV_FILE"
+        set +a
+    fi
 }
 
 # Secrets are generated once per stack folder (never committed): the JWT secret every component shares, the
@@ -326,10 +337,47 @@ status() {
     return "$ok"
 }
 
+# One component started or stopped alone, the others left as they are (a supervisor's restart, a chaos test).
+start_one() {
+    local name="$1" i
+    mkdir -p "$RUN" "$LOGS"
+    ensure_secrets
+    stack_env
+    case "$name" in
+        postgres) start_postgres ;;
+        redis) start_redis ;;
+        scheduler)
+            alive scheduler || launch scheduler airflow scheduler
+            wait_for "scheduler health on :$SCHED_HEALTH_PORT" scheduler scheduler_healthy ;;
+        api-server | dag-processor | triggerer)
+            alive "$name" || launch "$name" airflow "$name"
+            wait_for "$name running" "$name" alive "$name" ;;
+        worker)
+            start_worker worker default 2 "$LOG_PORT"
+            wait_for "celery worker (queue default)" worker worker_ready worker ;;
+        worker-gpu*)
+            for i in "${!GPU_WORKER_NAMES[@]}"; do
+                [[ "${GPU_WORKER_NAMES[$i]}" == "$name" ]] || continue
+                start_worker "$name" gpu 1 "$((LOG_PORT + 1 + i))"
+                wait_for "celery worker $name (queue gpu)" "$name" worker_ready "$name"
+                return
+            done
+            die "no gpu worker $name with STACK_GPU_WORKERS=$GPU_WORKERS" ;;
+        *) die "unknown component $name (one of: postgres redis ${AIRFLOW_COMPONENTS[*]})" ;;
+    esac
+}
+
+stop_one() {
+    mkdir -p "$RUN"
+    if [[ "$1" == postgres ]]; then stop_postgres; else stop_pid "$1"; fi
+}
+
 case "${1:-}" in
     up) up ;;
+    start) [[ -n "${2:-}" ]] || die "usage: stack.sh start NAME"; start_one "$2" ;;
+    stop) [[ -n "${2:-}" ]] || die "usage: stack.sh stop NAME"; stop_one "$2" ;;
     down) down ;;
     status) status ;;
     airflow) shift; ensure_secrets; stack_env; exec airflow "$@" ;;
-    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
