@@ -37,6 +37,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall seconds and stdout of one command run from the repository root; a failure stops the benchmark."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
 def train_cmd(data: Path, out: Path, args: argparse.Namespace) -> list[str]:
     return [*RQVAE, "train", "--embeddings", str(data), "--out", str(out), "--num-codebooks", str(args.levels),
             "--codebook-size", str(args.codebook_size), "--epochs", str(args.epochs), "--seed", "0"]

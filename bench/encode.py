@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.cotenancy import clean_env, load_average  # noqa: E402
+from bench.cotenancy import clean_env, load_average, timed  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 MODEL_CODE = """
@@ -69,15 +68,6 @@ code = rqvae.cli.main(sys.argv[1:])
 print(json.dumps({"imports": t1 - t0, "main": time.perf_counter() - t1}))
 sys.exit(code)
 """
-
-
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return wall, proc.stdout
 
 
 def prepare(cache: Path, args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, Path]:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.cotenancy import clean_env, load_average  # noqa: E402
+from bench.cotenancy import clean_env, load_average, timed  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 PREPARE = """
@@ -74,14 +73,6 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "cpu": usage.ru_utime + 
 """
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    return time.perf_counter() - start, proc.stdout
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=5_689_519)
@@ -97,16 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     env = clean_env()
     emb = cache / f"synth_{args.items}_{args.dim}.parquet"
     if not emb.exists():
-        run([sys.executable, "-m", "rqvae.cli", "-q", "synth", "--n", str(args.items), "--dim", str(args.dim),
+        timed([sys.executable, "-m", "rqvae.cli", "-q", "synth", "--n", str(args.items), "--dim", str(args.dim),
              "--out", str(emb)], env)
     ids = cache / f"validation_ids_{args.items}_{args.levels}x{args.codebook_size}.parquet"
     if not ids.exists():
-        run([sys.executable, "-c", PREPARE, str(emb), str(ids), str(args.levels), str(args.codebook_size)], env)
+        timed([sys.executable, "-c", PREPARE, str(emb), str(ids), str(args.levels), str(args.codebook_size)], env)
     load = load_average()
     rows = []
     for stage in ("dims", "codes"):
         for way in ("stage",) if args.skip_peer else ("stage", "full frame"):
-            wall, stdout = run([sys.executable, "-c", STAGE.format(root=str(ROOT)), stage,
+            wall, stdout = timed([sys.executable, "-c", STAGE.format(root=str(ROOT)), stage,
                                 way.replace(" ", "_") if way != "stage" else way, str(emb), str(ids),
                                 str(args.levels), str(args.codebook_size), str(cache / f"report_{stage}.json")], env)
             result = json.loads(stdout.strip().splitlines()[-1])
