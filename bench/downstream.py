@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rqvae.interactions import read_interactions
-    from rqvae.io import read_embeddings
+    from rqvae.readers import read_embeddings
     from rqvae.retrieval import evaluate_id_sets, prepare_split
     from rqvae.retrieval.cache import RunCache
 

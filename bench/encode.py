@@ -31,7 +31,7 @@ MODEL_CODE = """
 import sys
 import numpy as np, torch
 from rqvae.checkpoint import save_model
-from rqvae.io import read_embeddings
+from rqvae.readers import read_embeddings
 from rqvae.model import RQVAE
 data, out, levels, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 x = read_embeddings(data).vectors[:50_000]
@@ -44,7 +44,7 @@ save_model(model, out)
 FAISS_CODE = """
 import json, sys, time
 import faiss, numpy as np
-from rqvae.io import read_embeddings
+from rqvae.readers import read_embeddings
 data, levels, k, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 x = np.ascontiguousarray(read_embeddings(data).vectors)
 rq = faiss.ResidualQuantizer(x.shape[1], levels, int(np.log2(k)))

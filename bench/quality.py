@@ -50,7 +50,7 @@ class Row:
 
 
 def load_dataset(name: str, cache: Path) -> np.ndarray | None:
-    from rqvae.io import read_embeddings
+    from rqvae.readers import read_embeddings
     from rqvae.synth import synth
 
     if name == "synth":

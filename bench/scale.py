@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import replace_section  # noqa: E402
-from include.encode_items import DEFAULT_SHARD_SIZE, plan_shards  # noqa: E402
+from include.encode_items import plan_shards  # noqa: E402
+from rqvae.config import (  # noqa: E402
+    DEFAULT_SHARD_SIZE,
+    CodeChecks,
+    InputChecks,
+    ModelConfig,
+    RetrainPolicy,
+    TrainConfig,
+)
 
 SEED_ITEMS = 5_689_519
 STAGES = ("load_embeddings", "validate_dims", "train_rqvae", "encode_items", "resolve_collisions", "validate_codes",
@@ -46,7 +55,7 @@ if stage == "encode_array":
     import time, numpy as np
     from rqvae.checkpoint import load_model
     from rqvae.encode import encode_array
-    from rqvae.io import read_embeddings
+    from rqvae.readers import read_embeddings
     x = read_embeddings(args["artifact"]).vectors
     model = load_model(args["model_dir"])
     times = []
@@ -56,7 +65,7 @@ if stage == "encode_array":
 elif stage == "collab_prep":
     import time
     from rqvae.collaborative import collaborative_embeddings, read_sequences
-    from rqvae.io import read_embeddings
+    from rqvae.readers import read_embeddings
     ids = read_embeddings(args["artifact"]).ids
     t = time.perf_counter()
     seqs = read_sequences(args["interactions"], ids, holdout_last=2)
@@ -66,7 +75,7 @@ elif stage == "collab_prep":
     print(json.dumps({{**seqs.summary(), "read_s": read_s, "svd_s": time.perf_counter() - t}}))
 elif stage == "faiss_encode":
     import time, faiss, numpy as np
-    from rqvae.io import read_embeddings
+    from rqvae.readers import read_embeddings
     x = read_embeddings(args["artifact"]).vectors
     rq = faiss.ResidualQuantizer(x.shape[1], args["levels"], 8)
     rq.max_beam_size = 1
@@ -78,10 +87,21 @@ elif stage == "faiss_encode":
     print(json.dumps({{"times": times, "n": len(x), "threads": faiss.omp_get_max_threads()}}))
 else:
     import importlib
+    import rqvae.config
+    def revive(value):  # config objects travel as {{"__config__": class name, **fields}}
+        if isinstance(value, dict) and "__config__" in value:
+            value = dict(value)
+            return getattr(rqvae.config, value.pop("__config__")).from_dict(value)
+        return value
     fn = getattr(importlib.import_module("include." + stage), stage)
-    positional = args.pop("_args")
-    print(json.dumps(fn(*positional, **args), default=str))
+    positional = [revive(v) for v in args.pop("_args")]
+    print(json.dumps(fn(*positional, **{{k: revive(v) for k, v in args.items()}}), default=str))
 """
+
+
+def config_arg(config: Any) -> dict[str, Any]:
+    """A config object as JSON for a stage child (STAGE_CODE revives it)."""
+    return {"__config__": type(config).__name__, **config.to_dict()}
 
 
 def run_stage(stage: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -128,9 +148,11 @@ def measure_pipeline(root: Path, snapshot_dir: Path, args: argparse.Namespace) -
         return r["result"]
 
     load = step("load_embeddings", str(snapshot_dir), str(work))
-    step("validate_dims", load["path"], str(work / "validation" / "input.json"))
-    train = step("train_rqvae", load["path"], str(work), num_codebooks=args.levels, codebook_size=256,
-                 epochs=args.epochs, max_train_items=args.max_train_items, device="cpu")
+    step("validate_dims", load["path"], str(work / "validation" / "input.json"),
+         config_arg(InputChecks(min_items=1, min_norm=0.0, max_norm=1e6)))
+    model = ModelConfig(input_dim=load["dim"], num_codebooks=args.levels, codebook_size=256)
+    training = TrainConfig(epochs=args.epochs, max_train_items=args.max_train_items, device="cpu")
+    train = step("train_rqvae", load["path"], str(work), config_arg(model), config_arg(training))
     # As the DAG maps it: one encode_items process per shard, then one resolve_collisions over all of them.
     shards = [
         step("encode_items", train["model_path"], load["path"], str(work), shard, device="cpu",
@@ -142,9 +164,9 @@ def measure_pipeline(root: Path, snapshot_dir: Path, args: argparse.Namespace) -
                                "peak_rss_mib": max(f["peak_rss_mib"] for f in shard_figures)}
     enc = step("resolve_collisions", train["model_path"], load["path"], str(work), shards)
     step("validate_codes", enc["path"], load["path"], str(work / "validation" / "codes.json"),
-         codebook_sizes=enc["codebook_size"], recon_mse=enc["recon_mse"])
+         config_arg(CodeChecks()), codebook_sizes=enc["codebook_size"], recon_mse=enc["recon_mse"])
     step("publish", SNAPSHOT, str(work), str(publish_root), export_json=True,
-         upstream={"load_embeddings": load, "train_rqvae": train, "resolve_collisions": enc})
+         loaded=load, trained=train, encoded=enc)
     figures["n_items"] = load["n_items"]
     figures["encode_items_per_s"] = enc.get("items_per_second")
     figures["unique_ratio"] = enc["unique_ratio"]
@@ -201,13 +223,16 @@ def measure_collaborative(root: Path, snapshot_dir: Path, args: argparse.Namespa
         return r["result"]
 
     load = step("load_embeddings", "load_embeddings", str(snapshot_dir), str(work / "plain"))
-    common = {"num_codebooks": args.levels, "codebook_size": 256, "epochs": args.epochs,
-              "max_train_items": args.max_train_items, "device": "cpu", "align": False}
-    plain = step("train_rqvae (content only)", "train_rqvae", load["path"], str(work / "plain"), **common)
+    model = config_arg(ModelConfig(input_dim=load["dim"], num_codebooks=args.levels, codebook_size=256))
+    training = TrainConfig(epochs=args.epochs, max_train_items=args.max_train_items, device="cpu")
+    policy = config_arg(RetrainPolicy(align_retrain="off"))
+    plain = step("train_rqvae (content only)", "train_rqvae", load["path"], str(work / "plain"), model,
+                 config_arg(training), policy)
     out["prep"] = step("read + hold-out + SVD (alone)", "collab_prep", artifact=load["path"],
                        interactions=str(logs), dim=8)
-    collab = step("train_rqvae (with interactions)", "train_rqvae", load["path"], str(work / "collab"), **common,
-                  interactions_dir=str(logs), interactions_root=str(logs.parent), collaborative_weight=1.0)
+    collab = step("train_rqvae (with interactions)", "train_rqvae", load["path"], str(work / "collab"), model,
+                  config_arg(replace(training, collaborative_weight=1.0)), policy, interactions_dir=str(logs),
+                  interactions_root=str(logs.parent))
     out.update(n_items=load["n_items"], n_events=args.interactions, collaborative=collab["collaborative"],
                plain_metrics=plain["metrics"], collab_metrics=collab["metrics"])
     return out

@@ -98,16 +98,17 @@ def skewed_codes(n: int, levels: int, k: int, seed: int):
 
 
 def measure_index(work: Path, n: int, levels: int) -> dict[str, Any]:
+    from include.published import Version
     from rqvae.encode import _write_ids
     from rqvae.metrics import assign_dedup
     from rqvae.serving import write_serving_index
 
-    ids_path = work / "semantic_ids.parquet"
+    ids_path = Version(work).semantic_ids  # the bench folder is laid out as a published version
     if not ids_path.exists():
         log.info("writing %d semantic IDs (%d x 256, skewed) to %s", n, levels, ids_path)
         ids, codes = skewed_codes(n, levels, 256, seed=0)
         _write_ids(ids_path, levels, ids, codes, assign_dedup(ids, codes, [256] * levels))
-    folder = work / "serving_index"
+    folder = Version(work).serving_index
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
     info = write_serving_index(ids_path, folder, [256] * levels)
@@ -167,7 +168,8 @@ def measure_churn(work: Path, n: int, epochs: int) -> dict[str, Any]:
     """One first version, then per scenario and alignment method a second version published beside a copy of it."""
     import numpy as np
 
-    from rqvae.io import read_embeddings, write_embeddings
+    from include.published import version_for
+    from rqvae.readers import read_embeddings, write_embeddings
     from rqvae.synth import synth
 
     data = read_embeddings(synth(work / "pool.parquet", n + n // 10, dim=32, seed=0))
@@ -178,7 +180,7 @@ def measure_churn(work: Path, n: int, epochs: int) -> dict[str, Any]:
     x_changed[changed] = data.vectors[n : n + len(changed)]  # 5% of the items get another item's embedding
     out: dict[str, Any] = {"n": n, "epochs": epochs, "changed": len(changed), "runs": {}}
     first = work / "first"
-    if not (first / "published" / FIRST / "manifest.json").exists():
+    if not version_for(first / "published", FIRST).is_complete():
         shutil.rmtree(first, ignore_errors=True)
         _write_day(first, FIRST, ids, x, write_embeddings)
         t0 = time.perf_counter()
@@ -205,27 +207,32 @@ def _write_day(root: Path, day: str, ids, vectors, write_embeddings) -> None:
 
 
 def _stage_run(root: Path, day: str, seed: int, epochs: int, align: str) -> dict[str, Any]:
-    from include.encode_items import encode_all
+    from include.encode_items import encode_items, plan_shards
     from include.files import read_json
     from include.layout import RunFolder
     from include.load_embeddings import load_embeddings
     from include.publish import publish
+    from include.resolve_collisions import resolve_collisions
     from include.train_rqvae import train_rqvae
     from include.validate_codes import validate_codes
     from include.validate_dims import validate_dims
+    from rqvae.config import DEFAULT_SHARD_SIZE, CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
 
     work, publish_root = root / "work" / day, root / "published"
     folder = RunFolder(work)
     loaded = load_embeddings(root / "emb" / day, work)
-    validate_dims(loaded["path"], folder.input_report)
-    trained = train_rqvae(loaded["path"], work, num_codebooks=3, codebook_size=256, epochs=epochs, seed=seed,
-                          device="cpu", publish_root=publish_root, snapshot=day, align=align)
-    encoded = encode_all(trained["model_path"], loaded["path"], work, mode=trained["mode"], device="cpu",
-                         publish_root=publish_root, snapshot=day)
-    validate_codes(encoded["path"], loaded["path"], folder.codes_report, codebook_sizes=encoded["codebook_size"],
-                   recon_mse=encoded["recon_mse"])
-    result = publish(day, work, publish_root, upstream={"load_embeddings": loaded, "train_rqvae": trained,
-                                                       "resolve_collisions": encoded})
+    validate_dims(loaded["path"], folder.input_report, InputChecks(min_items=1, min_norm=0.0, max_norm=1e6))
+    model = ModelConfig(input_dim=loaded["dim"], num_codebooks=3, codebook_size=256)
+    trained = train_rqvae(loaded["path"], work, model, TrainConfig(epochs=epochs, seed=seed, device="cpu"),
+                          RetrainPolicy(align_retrain=align), publish_root=publish_root, snapshot=day)
+    plan = trained["plan"]
+    shards = [encode_items(trained["model_path"], loaded["path"], work, shard, device="cpu", plan=plan)
+              for shard in plan_shards(loaded["n_items"], DEFAULT_SHARD_SIZE)]
+    encoded = resolve_collisions(trained["model_path"], loaded["path"], work, shards, plan=plan,
+                                 publish_root=publish_root, snapshot=day)
+    validate_codes(encoded["path"], loaded["path"], folder.codes_report, CodeChecks(),
+                   codebook_sizes=encoded["codebook_size"], recon_mse=encoded["recon_mse"])
+    result = publish(day, work, publish_root, loaded=loaded, trained=trained, encoded=encoded)
     return read_json(result["manifest"])
 
 

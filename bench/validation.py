@@ -27,7 +27,8 @@ from bench.report import replace_section  # noqa: E402
 PREPARE = """
 import sys
 import numpy as np
-from rqvae.io import SemanticIdWriter, read_embeddings
+from rqvae.idfile import SemanticIdWriter
+from rqvae.readers import read_embeddings
 from rqvae.metrics import assign_dedup
 emb, out, levels, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ids = read_embeddings(emb).ids
@@ -46,16 +47,18 @@ levels, k = int(levels), int(k)
 if way == "stage":
     from include.validate_codes import validate_codes
     from include.validate_dims import validate_dims
+    from rqvae.config import CodeChecks, InputChecks
     if stage == "dims":
-        out = validate_dims(emb, report, expected_dim=0)
+        out = validate_dims(emb, report, InputChecks(min_items=1, min_norm=0.0, max_norm=1e6))
     else:
-        out = validate_codes(ids, emb, report, codebook_sizes=[k] * levels, recon_mse=0.01, min_unique_ratio=0.0)
+        out = validate_codes(ids, emb, report, CodeChecks(min_unique_ratio=0.0), codebook_sizes=[k] * levels,
+                             recon_mse=0.01)
 else:  # the peer: the same rules on the whole per-row frame
     import pyarrow.parquet as pq
     from include.gx_suites import ID_COLUMN, ROW_COLUMN, Batch, codes_expectations, input_expectations, run_suite
     from include.validate_codes import joined_frame
     from include.validate_dims import row_stats
-    from rqvae.io import read_semantic_ids
+    from rqvae.idfile import read_semantic_ids
     if stage == "dims":
         stats = row_stats(emb)
         dim = int(stats["dim"].mode().iloc[0])

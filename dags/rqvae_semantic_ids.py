@@ -38,269 +38,48 @@ lowercase names), default `var/data/...` in the project.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from airflow.sdk import (
-    Asset,
-    ExceptionRetryPolicy,
-    Param,
     PokeReturnValue,
-    RetryAction,
-    RetryRule,
     chain,
     dag,
     get_current_context,
     task,
 )
 
+from include.dag_defaults import SEMANTIC_IDS, default_args, gpu_routing
+from include.params import RunConfig, dag_params, deployed, from_params
+from include.results import (
+    CodesChecked,
+    DimsChecked,
+    Encoded,
+    Loaded,
+    Published,
+    RunInfo,
+    Shard,
+    ShardCodes,
+    Trained,
+)
+
 DAG_ID = "rqvae_semantic_ids"
-GPU_QUEUE = os.environ.get("RQVAE_GPU_QUEUE", "gpu")
-GPU_POOL = os.environ.get("RQVAE_GPU_POOL", "default_pool")
+GPU_QUEUE, GPU_POOL, GPU_TASK_TIMEOUT = gpu_routing()
 # Midnight UTC, so a run's logical date is its snapshot day and `backfill create --from-date D1 --to-date D2`
 # covers D1..D2 inclusive; the sensor then waits (rescheduling, no slot held) until upstream marks the day done.
 SCHEDULE = os.environ.get("RQVAE_SCHEDULE", "0 0 * * *")
 MAX_ACTIVE_RUNS = int(os.environ.get("RQVAE_MAX_ACTIVE_RUNS", "2"))
-RETRIES = int(os.environ.get("RQVAE_RETRIES", "2"))
-RETRY_DELAY_S = int(os.environ.get("RQVAE_RETRY_DELAY_S", "300"))
 POKE_INTERVAL_S = float(os.environ.get("RQVAE_SENSOR_POKE_S", "300"))
-SENSOR_TIMEOUT_S = int(os.environ.get("RQVAE_SENSOR_TIMEOUT_S", str(12 * 3600)))
-GPU_TASK_TIMEOUT = timedelta(hours=float(os.environ.get("RQVAE_GPU_TASK_TIMEOUT_H", "8")))
-SHARD_SIZE = int(os.environ.get("RQVAE_SHARD_SIZE", "2000000"))  # include.encode_items.DEFAULT_SHARD_SIZE
-KEEP_RUNS = int(os.environ.get("RQVAE_KEEP_RUNS", "2"))
-
-SEMANTIC_IDS = Asset("semantic_ids")
-
-# Bad data or bad params (InputError, ValidationFailed, PathOutsideRootError, SnapshotError: all ValueErrors)
-# fail at once; anything else (a lost worker, a full disk, CUDA out of memory) gets the normal retries.
-FAIL_ON_BAD_INPUT = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception="builtins.ValueError",
-            action=RetryAction.FAIL,
-            reason="bad input data or params: a retry would fail the same way",
-        )
-    ]
-)
-
-PARAMS = {
-    "snapshot": Param(
-        "",
-        type=["null", "string"],  # optional in the UI form: a plain "string" is required there (Trigger disabled)
-        pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-        title="Snapshot",
-        description="Snapshot date YYYY-MM-DD to process; empty = the run's date (logical date, else run_after).",
-        section="Input",
-    ),
-    "embeddings_root": Param(
-        "",
-        type=["null", "string"],
-        title="Embeddings root",
-        description="Folder holding {snapshot}/ sub-folders: empty = the configured root; a sub-folder "
-        "(e.g. movielens) reads {root}/movielens/{snapshot}/ and gets its own work and publish namespace. "
-        "Paths must stay inside the configured root.",
-        section="Input",
-    ),
-    "sensor_timeout": Param(
-        SENSOR_TIMEOUT_S,
-        type="integer",
-        minimum=1,
-        maximum=SENSOR_TIMEOUT_S,
-        title="Sensor timeout (s)",
-        description="Fail the run (publishing nothing) when the snapshot is not complete after this long.",
-        section="Input",
-    ),
-    "expected_dim": Param(
-        0,
-        type="integer",
-        minimum=0,
-        maximum=65536,
-        title="Expected dimension",
-        description="Values per vector; 0 = infer (the most common length) and require all rows to have it.",
-        section="Input validation",
-    ),
-    "min_items": Param(
-        1000,
-        type="integer",
-        minimum=1,
-        title="Minimum items",
-        description="Fail when the snapshot has fewer rows (a truncated upstream export).",
-        section="Input validation",
-    ),
-    "min_norm": Param(
-        1e-6,
-        type="number",
-        minimum=0,
-        title="Minimum L2 norm",
-        description="Rows with a smaller norm (e.g. all-zero vectors) fail validation.",
-        section="Input validation",
-    ),
-    "max_norm": Param(
-        1e3,
-        type="number",
-        exclusiveMinimum=0,
-        title="Maximum L2 norm",
-        description="Rows with a larger norm fail validation.",
-        section="Input validation",
-    ),
-    "num_codebooks": Param(
-        3,
-        type="integer",
-        minimum=1,
-        maximum=8,
-        title="Codebook levels",
-        description="Number of residual levels L (codes per item, before the dedup digit).",
-        section="Model",
-    ),
-    "codebook_size": Param(
-        256,
-        type="integer",
-        minimum=2,
-        maximum=65536,
-        title="Codebook size",
-        description="Codes per level K.",
-        section="Model",
-    ),
-    "latent_dim": Param(
-        0,
-        type="integer",
-        minimum=0,
-        maximum=65536,
-        title="Latent dimension",
-        description="Width of the quantised latent; 0 = the input dimension.",
-        section="Model",
-    ),
-    "epochs": Param(5, type="integer", minimum=1, maximum=1000, title="Epochs", section="Training"),
-    "batch_size": Param(
-        1024, type="integer", minimum=16, maximum=1_048_576, title="Batch size", section="Training"
-    ),
-    "max_train_items": Param(
-        1_000_000,
-        type="integer",
-        minimum=100,
-        title="Training sample cap",
-        description="Train on a seeded random sample of at most this many items (all items are encoded).",
-        section="Training",
-    ),
-    "collaborative_weight": Param(
-        0.0,  # opt-in: NLL gain on MovieLens, Recall@10 gain not yet shown, +26% recon MSE (docs/collaborative.md)
-        type="number",
-        minimum=0,
-        maximum=100,
-        title="Collaborative weight",
-        description="Weight of the behaviour signal when the interactions snapshot {interactions_root}/{snapshot}/ "
-        "is complete (_SUCCESS): items users consume together are pulled into shared code prefixes; each user's "
-        "last two interactions are held out for the evaluation. 0 (the default), or no snapshot, = content-only "
-        "training.",
-        section="Training",
-    ),
-    "shard_size": Param(
-        SHARD_SIZE,
-        type="integer",
-        minimum=1,
-        title="Shard size",
-        description="Items per encode_items instance: a larger snapshot is encoded by several mapped instances "
-        "(in parallel on as many gpu workers); the IDs are the same for any value.",
-        section="Training",
-    ),
-    "min_unique_ratio": Param(
-        0.5,
-        type="number",
-        minimum=0,
-        maximum=1,
-        title="Minimum unique-ID ratio",
-        description="Distinct code tuples (before dedup) / items.",
-        section="Output validation",
-    ),
-    "min_usage": Param(
-        0.5,
-        type="number",
-        minimum=0,
-        maximum=1,
-        title="Minimum codebook usage",
-        description="Share of each level's K codes used at least once.",
-        section="Output validation",
-    ),
-    "max_recon_mse": Param(
-        0.05,
-        type="number",
-        exclusiveMinimum=0,
-        title="Maximum reconstruction MSE",
-        description="Mean squared error per element between input vectors and their reconstructions.",
-        section="Output validation",
-    ),
-    "keep_runs": Param(
-        KEEP_RUNS,
-        type="integer",
-        minimum=1,
-        maximum=100,
-        title="Run folders kept per snapshot",
-        description="After publishing, keep this many finished run folders {work_root}/{snapshot}/{run}/ of the "
-        "snapshot (this run's included) and delete older ones; an unfinished folder is deleted only when "
-        "untouched for a week, so a concurrent run's folder is never removed.",
-        section="Output",
-    ),
-    "export_json": Param(
-        False,
-        type="boolean",
-        title="Export JSON dictionary",
-        description="Also publish semantic_id_dict.json ({item_id: [codes]}) for the existing inference code.",
-        section="Output",
-    ),
-    "mode": Param(
-        "retrain",
-        type="string",
-        enum=["retrain", "incremental", "auto"],
-        title="Mode",
-        description="retrain: a new model, all IDs recomputed. incremental: reuse the latest published model, keep "
-        "the published ID of every item whose embedding is unchanged, encode only new or changed items. auto: "
-        "incremental unless the published model's recon MSE on new items exceeds its recorded one by the "
-        "retrain factor. Without a published version every mode retrains.",
-        section="Stability",
-    ),
-    "retrain_factor": Param(
-        1.5,
-        type="number",
-        exclusiveMinimum=0,
-        title="Retrain factor (auto)",
-        description="auto retrains when recon MSE on new/changed items > factor x the published model's recon MSE.",
-        section="Stability",
-    ),
-    "collision_mode": Param(
-        "dedup",
-        type="string",
-        enum=["dedup", "reassign"],
-        title="Collision resolution",
-        description="dedup: items sharing codes get a dedup digit 0, 1, ... reassign: colliding items move to the "
-        "nearest free last-level code of their prefix (IDs stay L codes; dedup only where a prefix is full).",
-        section="Stability",
-    ),
-    "retire_after": Param(
-        7,
-        type="integer",
-        minimum=0,
-        maximum=3650,
-        title="Retire IDs after (versions)",
-        description="An ID whose item disappeared stays reserved (given to no other item) for this many versions; "
-        "0 = free at once. Applies while the code space is kept (incremental runs, aligned retrains).",
-        section="Stability",
-    ),
-    "align_retrain": Param(
-        "anchor",
-        type="string",
-        enum=["anchor", "permute", "off"],
-        title="Align retrained codes",
-        description="After a retrain, make the codes agree with the previous version so fewer IDs change. permute: "
-        "relabel each level's codes (changes no ID's meaning). anchor: first refit the codebooks starting from the "
-        "previous ones, kept when recon MSE rises by at most 2%, then relabel. off: a new code space.",
-        section="Stability",
-    ),
-}
+# Form fields are generated from the config classes (rqvae.config, include.params): defaults, bounds, titles,
+# descriptions and sections are written there once. Env RQVAE_SHARD_SIZE / RQVAE_KEEP_RUNS /
+# RQVAE_SENSOR_TIMEOUT_S change a deployment's defaults; the sensor timeout is also the form's maximum.
+PARAMS = dag_params()
+SENSOR_TIMEOUT_S = deployed("sensor_timeout")
 
 
-def _params() -> dict[str, Any]:
-    return dict(get_current_context()["params"])
+def _config() -> RunConfig:
+    """This run's form values as config objects (bounds checked: a bad value fails the task naming the field)."""
+    return from_params(get_current_context()["params"])
 
 
 @dag(
@@ -312,13 +91,7 @@ def _params() -> dict[str, Any]:
     max_active_runs=MAX_ACTIVE_RUNS,
     tags=["rqvae", "semantic-ids", "ml"],
     params=PARAMS,
-    default_args={
-        "owner": "ml-platform",
-        "retries": RETRIES,
-        "retry_delay": timedelta(seconds=RETRY_DELAY_S),
-        "retry_exponential_backoff": 2.0,
-        "retry_policy": FAIL_ON_BAD_INPUT,
-    },
+    default_args=default_args(),  # retries; permanent failures (rqvae.errors.PermanentError) fail at once
 )
 def rqvae_semantic_ids() -> None:
     @task.sensor(
@@ -336,13 +109,13 @@ def rqvae_semantic_ids() -> None:
         from include.layout import RunFolder
 
         context = get_current_context()
-        params = context["params"]
+        options = _config().run
         dag_run = context["dag_run"]
         configured = settings.load_roots(settings.airflow_variable_getter())
-        roots = settings.dataset_roots(configured, params.get("embeddings_root"))
-        name = snapshot.resolve_snapshot(params.get("snapshot"), dag_run.logical_date, dag_run.run_after)
+        roots = settings.dataset_roots(configured, options.embeddings_root)
+        name = snapshot.resolve_snapshot(options.snapshot, dag_run.logical_date, dag_run.run_after)
         snapshot_dir = roots.embeddings / name
-        run = {
+        run: RunInfo = {
             "snapshot": name,
             "snapshot_dir": str(snapshot_dir),
             "work_dir": str(RunFolder.for_run(roots.work, name, dag_run.run_id).root),  # this run's own
@@ -352,140 +125,115 @@ def rqvae_semantic_ids() -> None:
             return PokeReturnValue(is_done=True, xcom_value=run)
         first_poke = context["ti"].get_first_reschedule_date(context) or timezone.utcnow()
         waited = (timezone.utcnow() - first_poke).total_seconds()
-        if waited >= int(params["sensor_timeout"]):
+        if waited >= options.sensor_timeout:
             raise AirflowSensorTimeout(
                 f"snapshot {snapshot_dir} is not complete after {waited:.0f}s (sensor_timeout="
-                f"{params['sensor_timeout']}s): expected data files plus a {snapshot.SUCCESS_MARKER} marker"
+                f"{options.sensor_timeout}s): expected data files plus a {snapshot.SUCCESS_MARKER} marker"
             )
         return PokeReturnValue(is_done=False)
 
     @task(task_id="load_embeddings")
-    def load_embeddings(run: dict[str, str]) -> dict[str, Any]:
+    def load_embeddings(run: RunInfo) -> Loaded:
         from include import load_embeddings as stage
 
         return stage.load_embeddings(run["snapshot_dir"], run["work_dir"])
 
     @task(task_id="validate_dims")
-    def validate_dims(run: dict[str, str], loaded: dict[str, Any]) -> dict[str, Any]:
+    def validate_dims(run: RunInfo, loaded: Loaded) -> DimsChecked:
         from include import validate_dims as stage
         from include.layout import RunFolder
 
-        params = _params()
-        return stage.validate_dims(
-            loaded["path"],
-            RunFolder.of(run["work_dir"]).input_report,
-            expected_dim=int(params["expected_dim"]),
-            min_items=int(params["min_items"]),
-            min_norm=float(params["min_norm"]),
-            max_norm=float(params["max_norm"]),
-        )
+        checks = _config().input_checks
+        return stage.validate_dims(loaded["path"], RunFolder.of(run["work_dir"]).input_report, checks)
 
     @task(task_id="train_rqvae", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
-    def train_rqvae(run: dict[str, str], loaded: dict[str, Any]) -> dict[str, Any]:
+    def train_rqvae(run: RunInfo, loaded: Loaded) -> Trained:
         from include import settings
         from include import train_rqvae as stage
 
-        params = _params()
+        config = _config()
         # the day's interactions, in the data set's namespace; used only when complete, else content-only
         roots = settings.dataset_roots(settings.load_roots(settings.airflow_variable_getter()),
-                                       params.get("embeddings_root"))
+                                       config.run.embeddings_root)
         return stage.train_rqvae(
             loaded["path"],
             run["work_dir"],
-            num_codebooks=int(params["num_codebooks"]),
-            codebook_size=int(params["codebook_size"]),
-            latent_dim=int(params["latent_dim"]),
-            epochs=int(params["epochs"]),
-            batch_size=int(params["batch_size"]),
-            max_train_items=int(params["max_train_items"]),
-            mode=str(params.get("mode", "retrain")),
+            config.model(int(loaded["dim"])),  # validate_dims ran first: every row has this many values
+            config.train,
+            config.policy,
             publish_root=run["publish_root"],
-            retrain_factor=float(params.get("retrain_factor", 1.5)),
-            align=str(params.get("align_retrain", "anchor")),
             snapshot=run["snapshot"],
             interactions_dir=str(roots.interactions / run["snapshot"]),
             interactions_root=str(roots.interactions),
-            collaborative_weight=float(params.get("collaborative_weight", 0.0)),
         )
 
     @task(task_id="plan_shards")
-    def plan_shards(loaded: dict[str, Any]) -> list[dict[str, int]]:
+    def plan_shards(loaded: Loaded) -> list[Shard]:
         from airflow.sdk import conf
 
         from include import encode_items as stage
 
         max_shards = conf.getint("core", "max_map_length", fallback=1024)
-        return stage.plan_shards(int(loaded["n_items"]), int(_params()["shard_size"]), max_shards=max_shards)
+        return stage.plan_shards(int(loaded["n_items"]), _config().encode.shard_size, max_shards=max_shards)
 
     @task(task_id="encode_items", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
-    def encode_items(
-        run: dict[str, str], loaded: dict[str, Any], trained: dict[str, Any], shard: dict[str, int]
-    ) -> dict[str, Any]:
+    def encode_items(run: RunInfo, loaded: Loaded, trained: Trained, shard: Shard) -> ShardCodes:
         from include import encode_items as stage
 
-        return stage.encode_items(
-            trained["model_path"], loaded["path"], run["work_dir"], shard, mode=trained.get("mode")
-        )
+        return stage.encode_items(trained["model_path"], loaded["path"], run["work_dir"], shard, plan=trained["plan"])
 
     @task(task_id="resolve_collisions")
-    def resolve_collisions(
-        run: dict[str, str], loaded: dict[str, Any], trained: dict[str, Any], shards: list[dict[str, Any]]
-    ) -> dict[str, Any]:
+    def resolve_collisions(run: RunInfo, loaded: Loaded, trained: Trained, shards: list[ShardCodes]) -> Encoded:
         from include import resolve_collisions as stage
 
+        options = _config().encode
         return stage.resolve_collisions(
             trained["model_path"],
             loaded["path"],
             run["work_dir"],
             list(shards),
-            collision_mode=str(_params().get("collision_mode", "dedup")),
-            mode=trained.get("mode"),
+            collision_mode=options.collision_mode,
+            plan=trained["plan"],
             publish_root=run["publish_root"],
             snapshot=run["snapshot"],
-            retire_after=int(_params().get("retire_after", 7)),
+            retire_after=options.retire_after,
         )
 
     @task(task_id="validate_codes")
-    def validate_codes(run: dict[str, str], loaded: dict[str, Any], encoded: dict[str, Any]) -> dict[str, Any]:
+    def validate_codes(run: RunInfo, loaded: Loaded, encoded: Encoded) -> CodesChecked:
         from include import validate_codes as stage
         from include.layout import RunFolder
 
-        params = _params()
         return stage.validate_codes(
             encoded["path"],
             loaded["path"],
             RunFolder.of(run["work_dir"]).codes_report,
+            _config().code_checks,
             codebook_sizes=encoded["codebook_size"],
             recon_mse=encoded.get("recon_mse"),
-            min_unique_ratio=float(params["min_unique_ratio"]),
-            min_usage=float(params["min_usage"]),
-            max_recon_mse=float(params["max_recon_mse"]),
         )
 
     @task(task_id="publish", outlets=[SEMANTIC_IDS])
-    def publish(
-        run: dict[str, str],
-        loaded: dict[str, Any],
-        trained: dict[str, Any],
-        encoded: dict[str, Any],
-    ) -> dict[str, Any]:
+    def publish(run: RunInfo, loaded: Loaded, trained: Trained, encoded: Encoded) -> Published:
         from include import publish as stage
         from include.layout import prune_runs
 
         context = get_current_context()
-        params = _params()
+        options = _config().run
         result = stage.publish(
             run["snapshot"],
             run["work_dir"],
             run["publish_root"],
-            export_json=bool(params["export_json"]),
+            export_json=options.export_json,
             run_id=context["run_id"],
             dag_id=DAG_ID,
-            params=params,
-            upstream={"load_embeddings": loaded, "train_rqvae": trained, "resolve_collisions": encoded},
+            params=dict(context["params"]),
+            loaded=loaded,
+            trained=trained,
+            encoded=encoded,
         )
         work = Path(run["work_dir"])
-        result["pruned_runs"] = prune_runs(work.parent, int(params.get("keep_runs", KEEP_RUNS)), current=work)
+        result["pruned_runs"] = prune_runs(work.parent, options.keep_runs, current=work)
         context["outlet_events"][SEMANTIC_IDS].extra = {
             "snapshot": run["snapshot"],
             "version_path": result["version_path"],

@@ -27,108 +27,25 @@ Variable `rqvae_interactions_root`), default `var/data/interactions`, one `{snap
 
 from __future__ import annotations
 
-import os
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
-from airflow.sdk import (
-    Asset,
-    ExceptionRetryPolicy,
-    Param,
-    RetryAction,
-    RetryRule,
-    chain,
-    dag,
-    get_current_context,
-    task,
-)
+from airflow.sdk import chain, dag, get_current_context, task
+
+from include.dag_defaults import SEMANTIC_IDS, default_args, gpu_routing
+from include.params import EVALUATION_CLASSES, EVALUATION_ORDER, EvaluationConfig, dag_params, evaluation_from_params
+from include.results import Evaluated, InteractionsChecked, Recorded, VersionFound
 
 DAG_ID = "semantic_ids_evaluation"
-GPU_QUEUE = os.environ.get("RQVAE_GPU_QUEUE", "gpu")
-GPU_POOL = os.environ.get("RQVAE_GPU_POOL", "default_pool")
-RETRIES = int(os.environ.get("RQVAE_RETRIES", "2"))
-RETRY_DELAY_S = int(os.environ.get("RQVAE_RETRY_DELAY_S", "300"))
-GPU_TASK_TIMEOUT = timedelta(hours=float(os.environ.get("RQVAE_GPU_TASK_TIMEOUT_H", "8")))
+GPU_QUEUE, GPU_POOL, GPU_TASK_TIMEOUT = gpu_routing()
 
-SEMANTIC_IDS = Asset("semantic_ids")
-
-# A failed gate, bad interactions or a bad param are ValueErrors: a retry would give the same verdict.
-FAIL_ON_BAD_INPUT = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception="builtins.ValueError",
-            action=RetryAction.FAIL,
-            reason="bad input, bad params or a failed quality gate: a retry would fail the same way",
-        )
-    ]
-)
-
-PARAMS = {
-    "version": Param(
-        "",
-        type=["null", "string"],
-        title="Version",
-        description="Published version folder to evaluate (relative to the publish root, e.g. 2026-11-30 or "
-        "movielens/2026-11-30); empty = the version of the triggering asset event, else latest.",
-        section="Input",
-    ),
-    "embeddings_root": Param(
-        "",
-        type=["null", "string"],
-        title="Data set namespace",
-        description="With an empty version: the sub-folder (as in rqvae_semantic_ids' embeddings_root) whose "
-        "latest version is evaluated.",
-        section="Input",
-    ),
-    "min_known_share": Param(
-        0.5,
-        type="number",
-        minimum=0,
-        maximum=1,
-        title="Minimum share of known items",
-        description="Fail when fewer interaction events than this share are on items with a semantic ID.",
-        section="Interactions",
-    ),
-    "min_users": Param(
-        10,
-        type="integer",
-        minimum=1,
-        title="Minimum users",
-        description="Users with at least 3 events on known items needed for a leave-one-out evaluation.",
-        section="Interactions",
-    ),
-    "max_users": Param(
-        5000,
-        type="integer",
-        minimum=10,
-        title="Users evaluated",
-        description="A seeded sample of at most this many users is evaluated where the data is larger.",
-        section="Retriever",
-    ),
-    "epochs": Param(
-        5, type="integer", minimum=1, maximum=200, title="Epochs",
-        description="Training epochs of the retriever per ID set (the best validation epoch is kept).",
-        section="Retriever",
-    ),
-    "seeds": Param(
-        1, type="integer", minimum=1, maximum=10, title="Seeds",
-        description="Retriever seeds per ID set; per-user metrics are averaged over seeds before pairing.",
-        section="Retriever",
-    ),
-    "max_se": Param(
-        2.0,
-        type="number",
-        minimum=0,
-        title="Gate: standard errors",
-        description="Fail the gate when this version is worse than residual k-means or the previous version by "
-        "more than this many paired standard errors (NLL or Recall@10).",
-        section="Gate",
-    ),
-}
+# Form fields are generated from the config classes (include.params.EvaluationOptions, rqvae.config.
+# RetrieverOptions): defaults, bounds, titles, descriptions and sections are written there, once.
+PARAMS = dag_params(EVALUATION_CLASSES, EVALUATION_ORDER)
 
 
-def _params() -> dict[str, Any]:
-    return dict(get_current_context()["params"])
+def _config() -> EvaluationConfig:
+    """This run's params as config objects (ConfigError, not retried, names a field out of bounds)."""
+    return evaluation_from_params(get_current_context()["params"])
 
 
 @dag(
@@ -140,68 +57,53 @@ def _params() -> dict[str, Any]:
     max_active_runs=1,
     tags=["rqvae", "semantic-ids", "evaluation"],
     params=PARAMS,
-    default_args={
-        "owner": "ml-platform",
-        "retries": RETRIES,
-        "retry_delay": timedelta(seconds=RETRY_DELAY_S),
-        "retry_exponential_backoff": 2.0,
-        "retry_policy": FAIL_ON_BAD_INPUT,
-    },
+    default_args=default_args(),  # retries; a failed gate or bad interactions (PermanentError) fail at once
 )
 def semantic_ids_evaluation() -> None:
     @task(task_id="find_version")
-    def find_version() -> dict[str, Any]:
+    def find_version() -> VersionFound:
         from include import evaluate_retrieval as stage
         from include import settings
 
-        context = get_current_context()
-        params = context["params"]
+        run = _config().run
         roots = settings.load_roots(settings.airflow_variable_getter())
-        path = params.get("version") or stage.triggering_version(context.get("triggering_asset_events"))
-        return stage.find_version(roots, path, params.get("embeddings_root")).to_dict()
+        path = run.version or stage.triggering_version(get_current_context().get("triggering_asset_events"))
+        return stage.find_version(roots, path, run.embeddings_root).to_dict()
 
     @task.short_circuit(task_id="has_interactions")
-    def has_interactions(ref: dict[str, Any]) -> bool:
+    def has_interactions(ref: VersionFound) -> bool:
         """False (every later task skipped, the run still succeeds) when the day has no interactions snapshot."""
         from include.evaluate_retrieval import VersionRef, interactions_ready
 
-        return interactions_ready(VersionRef(**ref))
+        return interactions_ready(VersionRef.from_dict(ref))
 
     @task(task_id="validate_interactions")
-    def validate_interactions(ref: dict[str, Any]) -> dict[str, Any]:
+    def validate_interactions(ref: VersionFound) -> InteractionsChecked:
         from include import validate_interactions as stage
         from include.evaluate_retrieval import VersionRef, version_item_ids
 
-        version = VersionRef(**ref)
-        params = _params()
+        version = VersionRef.from_dict(ref)
+        run = _config().run
         return stage.validate_interactions(
             version.interactions_dir,
             version_item_ids(version),
             f"{version.eval_dir}/interactions.json",
-            min_known_share=float(params["min_known_share"]),
-            min_users=int(params["min_users"]),
+            min_known_share=run.min_known_share,
+            min_users=run.min_users,
         )
 
     @task(task_id="evaluate_retrieval", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
-    def evaluate_retrieval(ref: dict[str, Any]) -> dict[str, Any]:
+    def evaluate_retrieval(ref: VersionFound) -> Evaluated:
         from include import evaluate_retrieval as stage
 
-        params = _params()
-        return stage.evaluate_retrieval(
-            stage.VersionRef(**ref),
-            seeds=int(params["seeds"]),
-            epochs=int(params["epochs"]),
-            max_users=int(params["max_users"]),
-        )
+        return stage.evaluate_retrieval(stage.VersionRef.from_dict(ref), _config().retriever)
 
     @task(task_id="record_evaluation")
-    def record_evaluation(ref: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any]:
+    def record_evaluation(ref: VersionFound, evaluated: Evaluated) -> Recorded:
         from include import record_evaluation as stage
 
-        context = get_current_context()
-        return stage.record_evaluation(
-            ref["version_path"], evaluated["result"], max_se=float(_params()["max_se"]), run_id=context["run_id"]
-        )
+        return stage.record_evaluation(ref["version_path"], evaluated["result"], max_se=_config().run.max_se,
+                                       run_id=get_current_context()["run_id"])
 
     ref = find_version()
     present = has_interactions(ref)

@@ -12,49 +12,49 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from include.files import jsonable
 from include.layout import RunFolder
+from include.results import Plan, Shard, ShardCodes
+from rqvae.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 2_000_000
 
-
-def plan_shards(n_items: int, shard_size: int, max_shards: int | None = None) -> list[dict[str, int]]:
+def plan_shards(n_items: int, shard_size: int, max_shards: int | None = None) -> list[Shard]:
     """Row ranges `{index, count, start, stop}` covering `[0, n_items)`: ceil(n / shard_size) near-equal shards.
 
     Equal sizes rather than full shards plus a remainder, so parallel workers finish together. `max_shards` is
     Airflow's `[core] max_map_length`: more would fail the mapped task with a less helpful message.
     """
     if n_items < 1:
-        raise ValueError(f"nothing to shard: n_items={n_items}")
+        raise ConfigError(f"nothing to shard: n_items={n_items}")
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     count = math.ceil(n_items / shard_size)
     if max_shards is not None and count > max_shards:
-        raise ValueError(
+        raise ConfigError(
             f"shard_size={shard_size} cuts {n_items} items into {count} shards, more than the {max_shards} mapped "
             f"task instances Airflow allows ([core] max_map_length); use shard_size >= "
             f"{math.ceil(n_items / max_shards)}"
         )
     bounds = [i * n_items // count for i in range(count + 1)]
-    return [{"index": i, "count": count, "start": bounds[i], "stop": bounds[i + 1]} for i in range(count)]
+    return [Shard(index=i, count=count, start=bounds[i], stop=bounds[i + 1]) for i in range(count)]
 
 
 def encode_items(
     model_dir: str | Path,
     artifact: str | Path,
     work_dir: str | Path,
-    shard: dict[str, int],
+    shard: Shard,
     *,
     device: str = "auto",
-    mode: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    plan: Plan | None = None,
+) -> ShardCodes:
     """Encode the rows of one shard into `{work}/shards/shard-i-of-n.parquet`; returns small figures for XCom.
 
-    `mode` is train_rqvae's decision: when it used `incremental`, items whose embedding is unchanged since the
+    `plan` is train_rqvae's decision: when it used `incremental`, items whose embedding is unchanged since the
     base version keep their published IDs and only the others are encoded.
     """
     from include import incremental
@@ -67,41 +67,9 @@ def encode_items(
     rows = (int(shard["start"]), int(shard["stop"]))
     model = load_model(model_dir, device=resolve_device(device))
     pinned = None
-    if mode and mode.get("used") == "incremental":
-        pinned, _, _ = incremental.pinned_ids(mode["base_version"], artifact, rows=rows)
-        log.info("encode_items[%d]: keeping %d published IDs from %s", index, len(pinned.ids), mode["base_version"])
+    if plan and plan.get("used") == "incremental":
+        pinned, _, _ = incremental.pinned_ids(plan["base_version"], artifact, rows=rows)
+        log.info("encode_items[%d]: keeping %d published IDs from %s", index, len(pinned.ids), plan["base_version"])
     result = encode_shard(model, artifact, folder.shard(index, count), rows, pinned=pinned)
     result.update(index=index, count=count, device=str(resolve_device(device)))
-    return jsonable(result)
-
-
-def encode_all(
-    model_dir: str | Path,
-    artifact: str | Path,
-    work_dir: str | Path,
-    *,
-    n_items: int | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    collision_mode: str = "dedup",
-    mode: dict[str, Any] | None = None,
-    device: str = "auto",
-    publish_root: str | Path | None = None,
-    snapshot: str | None = None,
-    retire_after: int = 7,
-) -> dict[str, Any]:
-    """Every shard in this process, then `resolve_collisions`: what the DAG's mapped tasks do, in one call.
-
-    `publish_root` / `snapshot` / `retire_after`: continuity with the previous version (include.lineage).
-    """
-    from include.resolve_collisions import resolve_collisions
-    from rqvae.io import row_count
-
-    total = n_items if n_items is not None else row_count(artifact)
-    if total is None:
-        raise ValueError(f"cannot count the rows of {artifact}")
-    shards = [
-        encode_items(model_dir, artifact, work_dir, shard, device=device, mode=mode)
-        for shard in plan_shards(total, shard_size)
-    ]
-    return resolve_collisions(model_dir, artifact, work_dir, shards, collision_mode=collision_mode, mode=mode,
-                              publish_root=publish_root, snapshot=snapshot, retire_after=retire_after)
+    return cast(ShardCodes, jsonable(result))

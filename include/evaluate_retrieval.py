@@ -23,8 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from include.files import read_json, sha256_file, write_json_atomic
+from include.files import write_json_atomic
+from include.published import MANIFEST, Version, latest_version, previous_version
+from include.results import Evaluated, VersionFound
 from include.settings import Roots, resolve_under
+from rqvae.config import RetrieverOptions
+from rqvae.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,13 @@ class VersionRef:
     work_embeddings: str
     eval_dir: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> VersionFound:
+        return VersionFound(**asdict(self))
+
+    @classmethod
+    def from_dict(cls, found: VersionFound) -> VersionRef:
+        """The ref back from `find_version`'s XCom."""
+        return cls(**found)
 
 
 def find_version(roots: Roots, version_path: str | None, namespace: str | None = None) -> VersionRef:
@@ -64,20 +73,18 @@ def find_version(roots: Roots, version_path: str | None, namespace: str | None =
     evaluation at arbitrary folders. `namespace` (the main DAG's `embeddings_root` param) selects the data
     set whose `latest` is taken when no path is given.
     """
-    from include.incremental import previous_version
-    from include.publish import MANIFEST, read_latest
     from include.snapshot import parse_snapshot
 
     publish_base = resolve_under(roots.publish, namespace) if namespace else roots.publish
     if version_path:
         version = resolve_under(roots.publish, version_path)
     else:
-        latest = read_latest(publish_base)
+        latest = latest_version(publish_base)
         if latest is None:
             raise FileNotFoundError(f"nothing published under {publish_base} yet: no version to evaluate")
-        version = publish_base / latest
+        version = latest.path
     snapshot = parse_snapshot(version.name)
-    if not (version / MANIFEST).is_file():
+    if not Version(version).is_complete():
         raise FileNotFoundError(f"{version} is not a published version (no {MANIFEST})")
     rel = version.parent.relative_to(roots.publish)
     previous = previous_version(version.parent, snapshot)
@@ -85,7 +92,7 @@ def find_version(roots: Roots, version_path: str | None, namespace: str | None =
         snapshot=snapshot,
         version_path=str(version),
         publish_root=str(version.parent),
-        previous_path=str(previous) if previous else None,
+        previous_path=str(previous.path) if previous else None,
         interactions_dir=str(roots.interactions / rel / snapshot),
         embeddings_dir=str(roots.embeddings / rel / snapshot),
         work_embeddings=str(roots.work / rel / snapshot / _run_folder(version) / "embeddings.parquet"),
@@ -98,9 +105,7 @@ def find_version(roots: Roots, version_path: str | None, namespace: str | None =
 def _run_folder(version: Path) -> str:
     """The work folder of the run that published the version (`{snapshot}/{run}/`); `.` for versions published
     before run folders (their work folder was `{snapshot}/` itself)."""
-    from include.publish import MANIFEST
-
-    name = (read_json(version / MANIFEST).get("work") or {}).get("run_folder")
+    name = (Version(version).read_manifest().get("work") or {}).get("run_folder")
     return "." if not name or name == version.name else str(name)
 
 
@@ -142,18 +147,18 @@ def version_item_ids(ref: VersionRef) -> Any:
     """Item ids of the version (the items with an embedding in its snapshot)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(ref.version_path) / "semantic_ids.parquet", columns=["item_id"]).column(0).to_numpy()
+    return pq.read_table(Version(Path(ref.version_path)).semantic_ids, columns=["item_id"]).column(0).to_numpy()
 
 
 def version_embeddings(ref: VersionRef) -> Any:
     """The embeddings the version was trained on: the work artifact if its checksum matches the manifest, else
     the snapshot folder (the work folder may have been re-run or cleaned since)."""
-    from rqvae.io import read_embeddings
+    from rqvae.readers import read_embeddings
 
-    manifest = read_json(Path(ref.version_path) / "manifest.json")
+    manifest = Version(Path(ref.version_path)).read_manifest()
     expected = (manifest.get("checksums") or {}).get("input")
     work = Path(ref.work_embeddings)
-    if expected and work.is_file() and sha256_file(work) == expected:
+    if expected and work.is_file() and sha256_file(work, tagged=True) == expected:
         return read_embeddings(work)
     source = Path(ref.embeddings_dir)
     if not source.exists():
@@ -165,29 +170,32 @@ def version_embeddings(ref: VersionRef) -> Any:
     return read_embeddings(source)
 
 
-def evaluate_retrieval(ref: VersionRef, *, seeds: int = 1, **retrieval: Any) -> dict[str, Any]:
+def evaluate_retrieval(ref: VersionRef, options: RetrieverOptions | None = None) -> Evaluated:
     """Train and score the retriever on every ID set; write `{eval_dir}/result.json`; return a small summary.
 
-    `retrieval` holds RetrievalConfig fields (epochs, max_users, ...). The baselines use this version's
-    L x K and the seeds start at RetrievalConfig's seed.
+    `options` (default: the evaluation form's defaults) sets RetrievalConfig's epochs and max_users (its other
+    fields keep their defaults) and how many seeds, counted from RetrievalConfig's seed, are averaged. The
+    baselines use this version's L x K.
     """
+    options = options or RetrieverOptions()
+    from rqvae.idfile import read_semantic_ids
     from rqvae.interactions import read_interactions
-    from rqvae.io import read_semantic_ids
     from rqvae.retrieval import IdTable, RetrievalConfig, evaluate_id_sets, random_ids, rqkmeans_ids
 
     started = time.perf_counter()
-    version = Path(ref.version_path)
-    ids_checksum = read_json(version / "manifest.json")["checksums"]["semantic_ids"]  # before reading the IDs
-    sizes = _codebook_sizes(version)
-    sets = {"this": IdTable(*read_semantic_ids(version / "semantic_ids.parquet"), codebook_sizes=tuple(sizes))}
-    config = RetrievalConfig(**retrieval)
+    version = Version(Path(ref.version_path))
+    ids_checksum = version.read_manifest()["checksums"]["semantic_ids"]  # before reading the IDs
+    sizes = version.codebook_sizes()
+    sets = {"this": IdTable(*read_semantic_ids(version.semantic_ids), codebook_sizes=tuple(sizes))}
+    config = RetrievalConfig(**options.retrieval_fields())
+    seeds = options.seeds
     embeddings = version_embeddings(ref)
     sets["rqkmeans"] = rqkmeans_ids(embeddings.ids, embeddings.vectors, sizes, seed=config.seed)
     sets["random"] = random_ids(sets["this"].item_ids, sizes, seed=config.seed)
     if ref.previous_path:
-        previous = Path(ref.previous_path)
+        previous = Version(Path(ref.previous_path))
         sets["previous"] = IdTable(
-            *read_semantic_ids(previous / "semantic_ids.parquet"), codebook_sizes=tuple(_codebook_sizes(previous))
+            *read_semantic_ids(previous.semantic_ids), codebook_sizes=tuple(previous.codebook_sizes())
         )
     interactions = read_interactions(ref.interactions_dir)
     common = sets["this"].item_ids
@@ -220,11 +228,7 @@ def evaluate_retrieval(ref: VersionRef, *, seeds: int = 1, **retrieval: Any) -> 
     }
     path = write_json_atomic(Path(ref.eval_dir) / RESULT, result)
     log.info("evaluate_retrieval: %s in %.1fs", path, result["seconds"])
-    return {"result": str(path), "sets": list(sets), "seconds": result["seconds"]}
-
-
-def _codebook_sizes(version: Path) -> list[int]:
-    return [int(k) for k in read_json(version / "model" / "config.json")["model"]["codebook_size"]]
+    return Evaluated(result=str(path), sets=list(sets), seconds=result["seconds"])
 
 
 def _isin(values: Any, pool: Any) -> Any:

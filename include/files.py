@@ -1,61 +1,21 @@
-"""Small file helpers the stages share: checksums and atomic JSON writes.
+"""JSON helpers of the pipeline: read a record, make task results JSON-safe, write a record atomically.
 
-Readers (the next task, a downstream consumer) must never see a half-written file, so everything is
-written to a temporary name in the same folder and moved into place with `os.replace`.
+What is left here is the Airflow side (numpy values in XCom and reports); atomic writes, folder swaps and
+checksums are :mod:`rqvae.fsutil`'s, shared with the library.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
-
-
-def sha256_file(path: str | Path) -> str:
-    """`sha256:<hex>` of a file, read in 1 MiB chunks (artifacts reach gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
-def sha256_tree(folder: str | Path) -> tuple[str, dict[str, str]]:
-    """One checksum for a folder (over sorted relative paths and file digests) plus each file's digest."""
-    base = Path(folder)
-    files = {p.relative_to(base).as_posix(): sha256_file(p) for p in sorted(base.rglob("*")) if p.is_file()}
-    digest = hashlib.sha256()
-    for name, file_digest in files.items():
-        digest.update(f"{name}\0{file_digest}\n".encode())
-    return f"sha256:{digest.hexdigest()}", files
-
-
-def temp_path(path: str | Path) -> Path:
-    """A unique sibling name for writing `path` before moving it into place."""
-    target = Path(path)
-    return target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+from rqvae.fsutil import write_json_atomic as _write_json
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write JSON (indented, keys in insertion order) to a temp file, fsync, then `os.replace`."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(target)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, default=_jsonable)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    """Indented JSON (keys in insertion order, numpy values converted), fsynced and renamed into place."""
+    return _write_json(path, payload, default=_jsonable)
 
 
 def read_json(path: str | Path) -> Any:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from include.files import jsonable
+from rqvae.errors import PermanentError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,10 +42,10 @@ SAMPLE_SIZE = 5
 _NOISY_LOGGERS = ("great_expectations._docs_decorators", "great_expectations.data_context", "great_expectations")
 
 
-class ValidationFailed(ValueError):
+class ValidationFailed(PermanentError, ValueError):
     """A GX suite failed; the message lists each failed expectation with counts and sample item ids.
 
-    A ValueError like the library's InputError: bad data, which a retry cannot fix.
+    Permanent like the library's InputError: bad data stays bad, so a retry cannot fix it.
     """
 
     def __init__(self, suite: str, failures: list[str], report_path: str | None = None) -> None:
@@ -258,16 +259,10 @@ def _duplicated(values: np.ndarray) -> np.ndarray:
 
 
 def _row_hash(columns: Sequence[pd.Series]) -> np.ndarray:
-    """One uint64 per row mixing integer columns (nulls distinct from every value); equal rows, equal hashes."""
-    import numpy as np
+    """One uint64 per row of nullable integer columns (nulls distinct from every value); equal rows, equal hashes."""
+    from rqvae.hashing import int_rows_hash
 
-    total = np.zeros(len(columns[0]), dtype=np.uint64)
-    for index, column in enumerate(columns):
-        values = column.to_numpy(dtype="int64", na_value=0).view(np.uint64)
-        nulls = column.isna().to_numpy().astype(np.uint64)
-        salt = np.uint64((0x9E3779B97F4A7C15 * (2 * index + 1)) & 0xFFFFFFFFFFFFFFFF)
-        total = (total ^ (values + nulls * np.uint64(0xD6E8FEB86659FD93))) * salt
-    return total
+    return int_rows_hash([(column.to_numpy(dtype="int64", na_value=0), column.isna().to_numpy()) for column in columns])
 
 
 def split_batches(

@@ -17,35 +17,33 @@ from pathlib import Path
 from typing import Any
 
 from include.files import read_json
+from include.published import Version, latest_version, previous_version
+from include.results import Plan
+from rqvae.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MODES = ("retrain", "incremental", "auto")
-ITEM_HASHES = "item_hashes.parquet"  # published beside semantic_ids.parquet: item_id, emb_hash
 AUTO_SAMPLE = 100_000  # new or changed items scored by `auto` (a seeded sample when there are more)
 
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
+        raise ConfigError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
     return mode
 
 
-def latest_version(publish_root: str | Path | None) -> Path | None:
+def base_version(publish_root: str | Path | None) -> Version | None:
     """The stored copy `latest` names, when it exists and holds a model, ids and hashes to build on."""
-    from include.publish import read_latest
-
-    if publish_root is None:
-        return None
-    name = read_latest(publish_root)
-    if name is None:
+    latest = latest_version(publish_root) if publish_root is not None else None
+    if latest is None:
         return None
     # the stored copy, not the name: a re-publish of that snapshot meanwhile must not swap the model's IDs
-    version = (Path(publish_root) / name).resolve()
-    needed = [version / "model" / "config.json", version / "semantic_ids.parquet", version / ITEM_HASHES]
+    version = latest.stored()
+    needed = [version.model_config, version.semantic_ids, version.item_hashes]
     if not all(p.exists() for p in needed):
         missing = [p.name for p in needed if not p.exists()]
-        log.warning("latest version %s lacks %s: cannot build on it", version, missing)
+        log.warning("latest version %s lacks %s: cannot build on it", version.path, missing)
         return None
     return version
 
@@ -57,26 +55,26 @@ def plan(
     *,
     retrain_factor: float = 1.5,
     device: str = "auto",
-) -> dict[str, Any]:
+) -> Plan:
     """Decide how this run gets its model: `{requested, used, reason, base_version, ...}` (small, for XCom)."""
     check_mode(mode)
     decision: dict[str, Any] = {"requested": mode, "used": "retrain", "base_version": None}
     if mode == "retrain":
         decision["reason"] = "mode retrain"
         return decision
-    version = latest_version(publish_root)
+    version = base_version(publish_root)
     if version is None:
         decision["reason"] = "no published version to build on"
         return decision
     from rqvae.checkpoint import read_config
     from rqvae.stability import file_hashes, read_hashes, unchanged_items
 
-    model_cfg = read_config(version / "model")["model"]
+    model_cfg = read_config(version.model_dir)["model"]
     ids, hashes = file_hashes(artifact)
-    old_ids, old_hashes = read_hashes(version / ITEM_HASHES)
+    old_ids, old_hashes = read_hashes(version.item_hashes)
     kept = unchanged_items(old_ids, old_hashes, ids, hashes)
     decision.update(
-        base_version=str(version),
+        base_version=str(version.path),
         n_items=int(len(ids)),
         n_unchanged=int(kept.sum()),
         n_new_or_changed=int((~kept).sum()),
@@ -89,7 +87,7 @@ def plan(
         decision.update(used="incremental", reason="mode incremental")
         return decision
     published = _published_recon_mse(version)
-    new_mse = _recon_mse_of(version / "model", artifact, ids[~kept], device) if (~kept).any() else None
+    new_mse = _recon_mse_of(version.model_dir, artifact, ids[~kept], device) if (~kept).any() else None
     decision.update(recon_mse_new=new_mse, recon_mse_published=published, retrain_factor=retrain_factor)
     if new_mse is not None and published is not None and new_mse > retrain_factor * published:
         decision["reason"] = f"recon MSE on new items {new_mse:.6g} > {retrain_factor} x published {published:.6g}"
@@ -103,13 +101,13 @@ def reuse_model(version: str | Path, model_dir: str | Path) -> Path:
     model_dir = Path(model_dir)
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    shutil.copytree(Path(version) / "model", model_dir)
+    shutil.copytree(Version(Path(version)).model_dir, model_dir)
     return model_dir
 
 
 def published_metrics(version: str | Path) -> dict[str, Any]:
     """The train metrics a version's manifest recorded (incremental runs report them as their own)."""
-    manifest = Path(version) / "manifest.json"
+    manifest = Version(Path(version)).manifest
     return read_json(manifest).get("metrics", {}).get("train", {}) if manifest.exists() else {}
 
 
@@ -122,38 +120,18 @@ def pinned_ids(version: str | Path, artifact: str | Path, rows: tuple[int, int] 
     import numpy as np
 
     from rqvae.encode import PinnedIds
-    from rqvae.io import read_semantic_ids
+    from rqvae.idfile import read_semantic_ids
     from rqvae.stability import file_hashes, read_hashes, unchanged_items
 
-    version = Path(version)
+    base = Version(Path(version))
     ids, hashes = file_hashes(artifact, rows=rows)
-    old_ids, old_hashes = read_hashes(version / ITEM_HASHES)
+    old_ids, old_hashes = read_hashes(base.item_hashes)
     keep_ids = ids[unchanged_items(old_ids, old_hashes, ids, hashes)]
-    p_ids, p_codes, p_dedup = read_semantic_ids(version / "semantic_ids.parquet")
+    p_ids, p_codes, p_dedup = read_semantic_ids(base.semantic_ids)
     order = np.argsort(p_ids, kind="stable")
     p_ids, p_codes, p_dedup = p_ids[order], p_codes[order], p_dedup[order]
     take = np.isin(p_ids, keep_ids, assume_unique=True)
     return PinnedIds(p_ids[take], p_codes[take], p_dedup[take]), ids, hashes
-
-
-def previous_version(publish_root: str | Path, snapshot: str) -> Path | None:
-    """The newest published version older than `snapshot` (what this one replaces for consumers)."""
-    from include.snapshot import parse_snapshot
-
-    root = Path(publish_root)
-    if not root.is_dir():
-        return None
-    older = []
-    for child in root.iterdir():
-        if not child.is_dir() or child.name.startswith("."):  # versions are symlinks to their stored copies
-            continue
-        try:
-            name = parse_snapshot(child.name)
-        except ValueError:
-            continue
-        if name < snapshot and (child / "semantic_ids.parquet").exists():
-            older.append(name)
-    return root / max(older) if older else None
 
 
 def churn_against_previous(publish_root: str | Path, snapshot: str, semantic_ids: str | Path) -> dict[str, Any]:
@@ -163,7 +141,7 @@ def churn_against_previous(publish_root: str | Path, snapshot: str, semantic_ids
     previous = previous_version(publish_root, snapshot)
     if previous is None:
         return {"previous": None, "churn": None}
-    return {"previous": previous.name, **id_churn(previous / "semantic_ids.parquet", semantic_ids)}
+    return {"previous": previous.name, **id_churn(previous.semantic_ids, semantic_ids)}
 
 
 def _artifact_dim(artifact: str | Path) -> int:
@@ -174,15 +152,15 @@ def _artifact_dim(artifact: str | Path) -> int:
 
 
 def _first_row_dim(artifact: str | Path) -> int:
-    from rqvae.io import iter_embeddings
+    from rqvae.readers import iter_embeddings
 
     for _, x in iter_embeddings(artifact, batch_rows=1):
         return int(x.shape[1])
     return 0
 
 
-def _published_recon_mse(version: Path) -> float | None:
-    metrics = read_json(version / "manifest.json").get("metrics", {}) if (version / "manifest.json").exists() else {}
+def _published_recon_mse(version: Version) -> float | None:
+    metrics = version.read_manifest().get("metrics", {}) if version.manifest.exists() else {}
     # the model's own fit (before reassign moved items), as `auto` measures the new items
     for source, key in [("encode", "recon_mse_model"), *((s, "recon_mse") for s in ("encode", "codes", "train"))]:
         value = metrics.get(source, {}).get(key)
@@ -197,8 +175,8 @@ def _recon_mse_of(model_dir: Path, artifact: str | Path, item_ids, device: str) 
     import torch
 
     from rqvae.checkpoint import load_model
-    from rqvae.io import iter_embeddings
     from rqvae.model import resolve_device
+    from rqvae.readers import iter_embeddings
 
     ids = np.sort(np.asarray(item_ids, np.int64))
     if len(ids) > AUTO_SAMPLE:

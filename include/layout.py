@@ -17,7 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from include.published import COLLISION_AUDIT, ITEM_HASHES, RETIRED_IDS
 from include.snapshot import parse_snapshot
+from rqvae.errors import ConfigError
+from rqvae.units import SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def run_key(run_id: str) -> str:
     part plus a short hash of the exact id, so two ids that read alike never share a folder."""
     text = str(run_id).strip()
     if not text:
-        raise ValueError("run_id is empty: a run folder needs the run's id")
+        raise ConfigError("run_id is empty: a run folder needs the run's id")
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"{_UNSAFE.sub('_', text).strip('._')[:80]}-{digest}"
 
@@ -93,17 +96,17 @@ class RunFolder:
     @property
     def item_hashes(self) -> Path:
         """item_id + emb_hash of every item: what an incremental run compares to find changed embeddings."""
-        return self.root / "item_hashes.parquet"
+        return self.root / ITEM_HASHES  # publish copies it into the version under the same name
 
     @property
     def retired_ids(self) -> Path:
         """IDs reserved in this version (retired items' IDs, see include.lineage)."""
-        return self.root / "retired_ids.parquet"
+        return self.root / RETIRED_IDS
 
     @property
     def collision_audit(self) -> Path:
         """The items `collision_mode=reassign` moved, with rank and cost (see rqvae.audit)."""
-        return self.root / "collision_audit.parquet"
+        return self.root / COLLISION_AUDIT
 
     @property
     def recon_errors(self) -> Path:
@@ -127,7 +130,7 @@ def prune_runs(snapshot_dir: str | Path, keep: int, current: str | Path | None =
     epoch), so a concurrent run's folder is never taken from under it.
     """
     if keep < 1:
-        raise ValueError(f"keep must be >= 1 (the current run's folder), got {keep}")
+        raise ConfigError(f"keep must be >= 1 (the current run's folder), got {keep}")
     base = Path(snapshot_dir)
     own = Path(current).name if current is not None else None
     finished, stale = [], []
@@ -135,7 +138,7 @@ def prune_runs(snapshot_dir: str | Path, keep: int, current: str | Path | None =
         marker = folder / FINISHED_MARKER
         if marker.is_file():
             finished.append((marker.stat().st_mtime, folder))
-        elif time.time() - _last_change(folder) > stale_days * 86400:
+        elif time.time() - _last_change(folder) > stale_days * SECONDS_PER_DAY:
             stale.append(folder)
     finished.sort(reverse=True)
     doomed = [f for _, f in finished[keep - 1 if own else keep:]] + stale

@@ -13,18 +13,15 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.incremental import ITEM_HASHES, previous_version
 from include.layout import RunFolder
+from include.published import COLLISION_AUDIT, MIGRATION, RETIRED_IDS, Version, previous_version
+from include.results import Encoded, Plan, Trained
 
 if TYPE_CHECKING:
     from rqvae.lineage import Lineage
 
 log = logging.getLogger(__name__)
 
-MIGRATION = "migration.parquet"
-RETIRED_IDS = "retired_ids.parquet"
-COLLISION_AUDIT = "collision_audit.parquet"
-SERVING_INDEX = "serving_index"
 ALIGN_MODES = ("anchor", "permute", "off")
 
 
@@ -45,13 +42,13 @@ def align_retrain(model_dir: str | Path, artifact: str | Path, publish_root: str
     if previous is None:
         return {"applied": False, "reason": "no previous version"}
     model = load_model(model_dir, device=resolve_device(device))
-    old_sizes = read_config(previous / "model")["model"]["codebook_size"]
+    old_sizes = read_config(previous.model_dir)["model"]["codebook_size"]
     if list(old_sizes) != model.codebook_size:
         return {"applied": False, "base": previous.name,
                 "reason": f"codebook sizes changed ({old_sizes} -> {model.codebook_size})"}
-    hashes = read_hashes(previous / ITEM_HASHES) if (previous / ITEM_HASHES).exists() else None
-    before = load_model(previous / "model", device=model.device) if method == "anchor" else None
-    perms, figures = align_model(model, artifact, previous / "semantic_ids.parquet", previous_model=before,
+    hashes = read_hashes(previous.item_hashes) if previous.item_hashes.exists() else None
+    before = load_model(previous.model_dir, device=model.device) if method == "anchor" else None
+    perms, figures = align_model(model, artifact, previous.semantic_ids, previous_model=before,
                                  anchor=method == "anchor", unchanged=hashes)
     figures["base"] = previous.name
     if perms is None:
@@ -63,54 +60,53 @@ def align_retrain(model_dir: str | Path, artifact: str | Path, publish_root: str
 
 
 def lineage_for(
-    publish_root: str | Path | None, snapshot: str, model_dir: str | Path, mode: dict[str, Any] | None,
-    retire_after: int,
+    publish_root: str | Path | None, snapshot: str, model_dir: str | Path, plan: Plan | None, retire_after: int,
 ) -> Lineage | None:
-    """The rqvae.lineage.Lineage of this run, or None without a publish root (library use)."""
+    """The rqvae.lineage.Lineage of this run (`plan`: train_rqvae's), or None without a publish root (library use)."""
     from rqvae.checkpoint import read_config
     from rqvae.lineage import Lineage, PreviousIds, RetiredIds
     from rqvae.stability import read_hashes
 
     if publish_root is None:
         return None
-    incremental = (mode or {}).get("used") == "incremental"
-    base = (mode or {}).get("base_version") if incremental else None
-    previous = Path(base) if base else previous_version(publish_root, snapshot)
+    incremental = (plan or {}).get("used") == "incremental"
+    base = (plan or {}).get("base_version") if incremental else None
+    previous = Version(Path(base)) if base else previous_version(publish_root, snapshot)
     if previous is None:
         return Lineage(None, snapshot, retire_after)
     alignment = {} if incremental else (read_config(model_dir).get("extra") or {}).get("alignment") or {}
     aligned = bool(alignment.get("applied")) and alignment.get("base") == previous.name
     reserve = incremental or aligned
-    retired = RetiredIds.read(previous / RETIRED_IDS) if reserve and (previous / RETIRED_IDS).exists() else None
-    hashes = read_hashes(previous / ITEM_HASHES) if (previous / ITEM_HASHES).exists() else None
-    return Lineage(PreviousIds.read(previous / "semantic_ids.parquet", previous.name), snapshot, retire_after,
+    retired = RetiredIds.read(previous.retired_ids) if reserve and previous.retired_ids.exists() else None
+    hashes = read_hashes(previous.item_hashes) if previous.item_hashes.exists() else None
+    return Lineage(PreviousIds.read(previous.semantic_ids, previous.name), snapshot, retire_after,
                    retired=retired, previous_hashes=hashes, reserve=reserve, reclaim=incremental)
 
 
 def publish_lineage(
-    staging: Path, folder: RunFolder, snapshot: str, sizes: list[int], upstream: dict[str, dict[str, Any]],
-    encode: dict[str, Any],
+    staging: Path, folder: RunFolder, snapshot: str, sizes: list[int], train: Trained | dict[str, Any],
+    encode: Encoded | dict[str, Any],
 ) -> dict[str, Any]:
     """Write serving_index/, migration.parquet, retired_ids.parquet and collision_audit.parquet into the staging
     folder; returns the manifest entries `serving_index`, `migration`, `retired`, `collision_audit`."""
-    from rqvae.io import read_semantic_ids
+    from rqvae.idfile import read_semantic_ids
     from rqvae.lineage import PreviousIds, RetiredIds, migration_map, write_migration
     from rqvae.serving import write_serving_index
 
-    ids_path = staging / "semantic_ids.parquet"
-    serving = write_serving_index(ids_path, staging / SERVING_INDEX, sizes)
+    version = Version(staging)
+    serving = write_serving_index(version.semantic_ids, version.serving_index, sizes)
     previous = previous_version(staging.parent, snapshot)
-    before = PreviousIds.read(previous / "semantic_ids.parquet", previous.name) if previous is not None else None
-    ids, codes, dedup = read_semantic_ids(ids_path)
+    before = PreviousIds.read(previous.semantic_ids, previous.name) if previous is not None else None
+    ids, codes, dedup = read_semantic_ids(version.semantic_ids)
     table, migration = migration_map(before, ids, codes, dedup)
-    write_migration(staging / MIGRATION, table)
+    write_migration(version.migration, table)
     migration["file"] = MIGRATION
-    migration["alignment"] = _alignment(upstream, migration)
+    migration["alignment"] = _alignment(train, migration)
     lineage = encode.get("lineage") or {}
     if folder.retired_ids.exists():
-        shutil.copy2(folder.retired_ids, staging / RETIRED_IDS)
+        shutil.copy2(folder.retired_ids, version.retired_ids)
     else:
-        RetiredIds.empty(codes.shape[1]).write(staging / RETIRED_IDS)
+        RetiredIds.empty(codes.shape[1]).write(version.retired_ids)
     retired = {k: lineage[k] for k in ("retire_after", "reserved", "newly_retired", "expired", "reclaimed",
                                         "returned", "kept_dedup", "reason") if k in lineage}
     retired.setdefault("reserved", 0)
@@ -118,17 +114,16 @@ def publish_lineage(
     audit = dict(encode.get("collision_audit") or {"collision_mode": encode.get("collision_mode", "dedup"),
                                                     "moved": 0, "stuck": 0})
     if folder.collision_audit.exists():
-        shutil.copy2(folder.collision_audit, staging / COLLISION_AUDIT)
+        shutil.copy2(folder.collision_audit, version.collision_audit)
         audit["file"] = COLLISION_AUDIT
     log.info("publish: migration %s; retired %s; audit %s", migration, retired, audit)
     return {"serving_index": serving, "migration": migration, "retired": retired, "collision_audit": audit}
 
 
-def _alignment(upstream: dict[str, dict[str, Any]], after: dict[str, Any]) -> dict | None:
+def _alignment(train: Trained | dict[str, Any], after: dict[str, Any]) -> dict | None:
     """Churn before alignment (the trained model's codes, on the alignment sample) next to after (as published)."""
-    train = upstream.get("train_rqvae") or {}
     figures = train.get("alignment")
-    if (train.get("mode") or {}).get("used", "retrain") != "retrain" or not figures:
+    if (train.get("plan") or {}).get("used", "retrain") != "retrain" or not figures:
         return None
     out = dict(figures)
     if figures.get("applied"):

@@ -10,47 +10,43 @@ to the exact input it was trained on.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-from include.files import sha256_file, temp_path
 from include.layout import RunFolder
+from include.results import Loaded
+from rqvae.fsutil import atomic_path, sha256_file
+from rqvae.readers import DEFAULT_BATCH_ROWS
 
 log = logging.getLogger(__name__)
-
-BATCH_ROWS = 262_144
 
 
 def load_embeddings(
     snapshot_dir: str | Path,
     work_dir: str | Path,
     *,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_pickle: bool = False,
-) -> dict[str, Any]:
+) -> Loaded:
     """Stream the snapshot into `{work_dir}/embeddings.parquet`; return `{path, n_items, dim, dims, checksum}`.
 
     The work folder is emptied first: a new load makes every artifact of an earlier run of the same
     snapshot stale (model checkpoints included, which training would otherwise resume from).
     """
     import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from rqvae.errors import InputError
-    from rqvae.io import iter_tables
+    from rqvae.readers import TABLE_SCHEMA as schema
+    from rqvae.readers import iter_tables
 
-    schema = pa.schema([("item_id", pa.int64()), ("embedding", pa.list_(pa.float32()))])
     run_folder = RunFolder(Path(work_dir))
     run_folder.reset()
     target = run_folder.embeddings
-    tmp = temp_path(target)
     lengths: Counter[int] = Counter()
     n_items = 0
-    try:
+    with atomic_path(target) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for table in iter_tables(snapshot_dir, batch_rows=batch_rows, allow_pickle=allow_pickle):
                 table = table.select(["item_id", "embedding"]).cast(schema)
@@ -63,12 +59,9 @@ def load_embeddings(
                 n_items += table.num_rows
         if n_items == 0:
             raise InputError("the snapshot holds no items", path=snapshot_dir)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     nonzero = {k: v for k, v in lengths.items() if k > 0}
     dim = max(nonzero, key=lambda k: (nonzero[k], k)) if nonzero else 0
-    checksum = sha256_file(target)
+    checksum = sha256_file(target, tagged=True)
     log.info(
         "load_embeddings: %d items from %s -> %s (dim %d, lengths seen %s, %s)",
         n_items, snapshot_dir, target, dim, dict(sorted(lengths.items())), checksum,

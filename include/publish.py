@@ -1,15 +1,7 @@
 """Stage `publish`: make a validated snapshot visible to consumers, atomically and without going backwards.
 
-Layout under the publish root::
-
-    {publish_root}/{snapshot}         symlink -> .versions/{snapshot}/{copy}/{snapshot} (relative)
-    {publish_root}/.versions/{snapshot}/{copy}/{snapshot}/
-                                      one immutable copy per publish ({copy}: publish time + random id; the
-                                      folder keeps the snapshot's name): semantic_ids.parquet (the work
-                                      folder's parts, merged in order), model/, manifest.json,
-                                      validation/*.json, semantic_id_dict.json (when export_json)
-    {publish_root}/latest             symlink -> {snapshot} (relative)
-    {publish_root}/latest.json        the same pointer as a file, for readers that cannot follow symlinks
+The layout it writes (`latest`, the `{snapshot}` pointers, the stored copies under `.versions/` and every file
+inside a version) is described and named in include.published; this module owns how it changes.
 
 Consumers either see the previous version or the complete new one, whatever instruction a kill lands on:
 a copy is written into a hidden staging folder, moved under `.versions/` once complete, and made visible by
@@ -23,36 +15,47 @@ interleave the compare-and-switch.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from include.files import read_json, sha256_file, sha256_tree, write_json_atomic
+from include.files import read_json, write_json_atomic
 from include.layout import FINISHED_MARKER, RunFolder
 from include.publish_report import add_extras
+from include.published import (
+    LATEST,
+    LATEST_JSON,
+    MANIFEST,
+    MODEL_CONFIG,
+    SEMANTIC_IDS,
+    VERSIONS,
+    Version,
+    copy_named_by,
+    publish_lock,
+    read_latest,
+)
+from include.results import Encoded, Loaded, Published, Trained
 from include.snapshot import parse_snapshot
+from rqvae.errors import PermanentError
+from rqvae.fsutil import sha256_file, sha256_tree, temp_path
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
-LATEST_JSON = "latest.json"
-MANIFEST = "manifest.json"
-JSON_DICT = "semantic_id_dict.json"
-LOCK_FILE = ".publish.lock"
-VERSIONS = ".versions"  # the immutable copies the `{snapshot}` symlinks name
 KEEP_SUPERSEDED = 1  # superseded copies of a snapshot kept for readers and runs still using them
 SKIPPED_MODEL_PARTS = ("checkpoint",)  # optimizer state for resuming: large and useless to consumers
 
 
-class PublishError(RuntimeError):
-    """Publishing was refused: an artifact is missing or its validation did not pass."""
+class PublishError(PermanentError, RuntimeError):
+    """Publishing was refused: an artifact is missing or its validation did not pass.
+
+    Permanent: the run's own work folder does not change between tries. Transient publish failures (a full
+    disk, an I/O error while copying or renaming) stay the OSErrors they are and keep the normal retries; the
+    publish lock blocks rather than failing when busy.
+    """
 
 
 def publish(
@@ -64,17 +67,20 @@ def publish(
     run_id: str | None = None,
     dag_id: str | None = None,
     params: dict[str, Any] | None = None,
-    upstream: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+    loaded: Loaded | None = None,
+    trained: Trained | None = None,
+    encoded: Encoded | None = None,
+) -> Published:
     """Publish `{work_dir}` as version `{publish_root}/{snapshot}/` and move `latest` if not older.
 
-    `upstream` holds the small result dicts of earlier stages (load, train, resolve_collisions) whose counts
-    and metrics go into the manifest. Returns `{version_path, latest, moved_latest, manifest, n_items}`.
+    `loaded`, `trained`, `encoded`: the results of load_embeddings, train_rqvae and resolve_collisions, whose
+    counts and metrics go into the manifest (None: not known, e.g. a work folder prepared by other means; the
+    manifest then takes what the validation reports say). Returns `{version_path, latest, moved_latest,
+    manifest, n_items}`.
     """
     snapshot = parse_snapshot(snapshot)
     folder = RunFolder(Path(work_dir))
     root = Path(publish_root)
-    upstream = upstream or {}
     _check_ready(folder)
     root.mkdir(parents=True, exist_ok=True)
 
@@ -83,7 +89,8 @@ def publish(
         token = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"  # sorts by publish time
         staging = root / f".staging-{snapshot}-{token[-8:]}"
         try:
-            manifest = _stage(staging, folder, snapshot, export_json, run_id, dag_id, params or {}, upstream)
+            manifest = _stage(staging, folder, snapshot, export_json, run_id, dag_id, params or {},
+                              loaded or {}, trained or {}, encoded or {})
             stored = _store(staging, root, snapshot, token)
         finally:
             if staging.exists():
@@ -94,34 +101,18 @@ def publish(
     # the run is finished: include.layout.prune_runs may now delete its folder
     write_json_atomic(folder.root / FINISHED_MARKER, {"snapshot": snapshot, "run_id": run_id, "copy": token})
     log.info("publish: %s -> copy %s (latest -> %s, moved: %s)", version, token, latest, moved)
-    return {
-        "version_path": str(version),
-        "latest": latest,
-        "moved_latest": moved,
-        "manifest": str(version / MANIFEST),
-        "n_items": manifest["counts"]["n_items"],
-    }
-
-
-def encode_result(upstream: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The merged encoding figures: `resolve_collisions` in the DAG, `encode_items.encode_all` in one call."""
-    return upstream.get("resolve_collisions") or upstream.get("encode_items") or {}
-
-
-def read_latest(publish_root: str | Path) -> str | None:
-    """The snapshot `latest` points to, or None before the first publish."""
-    link = Path(publish_root) / LATEST
-    if link.is_symlink():
-        return Path(os.readlink(link)).name
-    pointer = Path(publish_root) / LATEST_JSON
-    if pointer.is_file():
-        return str(read_json(pointer)["snapshot"])
-    return None
+    return Published(
+        version_path=str(version),
+        latest=latest,
+        moved_latest=moved,
+        manifest=str(version / MANIFEST),
+        n_items=manifest["counts"]["n_items"],
+    )
 
 
 def _check_ready(folder: RunFolder) -> None:
     """Refuse to publish anything that did not pass both validation suites."""
-    needed = [folder.semantic_ids, folder.model_dir / "config.json", folder.input_report, folder.codes_report]
+    needed = [folder.semantic_ids, folder.model_dir / MODEL_CONFIG, folder.input_report, folder.codes_report]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise PublishError(f"cannot publish {folder.root}: missing {missing}; run the upstream tasks first")
@@ -138,35 +129,37 @@ def _stage(
     run_id: str | None,
     dag_id: str | None,
     params: dict[str, Any],
-    upstream: dict[str, dict[str, Any]],
+    load: Loaded | dict[str, Any],
+    train: Trained | dict[str, Any],
+    encode: Encoded | dict[str, Any],
 ) -> dict[str, Any]:
     """Fill the staging folder; the manifest is written last, so a complete manifest means a complete copy."""
     import pyarrow.parquet as pq
 
-    from rqvae.io import merge_semantic_ids, semantic_id_parts
+    from rqvae.idfile import merge_semantic_ids, semantic_id_parts
 
+    version = Version(staging)
     staging.mkdir()
     n_parts = len(semantic_id_parts(folder.semantic_ids))
-    merge_semantic_ids(folder.semantic_ids, staging / "semantic_ids.parquet")  # consumers get one file
-    shutil.copytree(folder.model_dir, staging / "model", ignore=shutil.ignore_patterns(*SKIPPED_MODEL_PARTS))
-    (staging / "validation").mkdir()
+    merge_semantic_ids(folder.semantic_ids, version.semantic_ids)  # consumers get one file
+    shutil.copytree(folder.model_dir, version.model_dir, ignore=shutil.ignore_patterns(*SKIPPED_MODEL_PARTS))
+    version.validation_dir.mkdir()
     for report in (folder.input_report, folder.codes_report):
-        shutil.copy2(report, staging / "validation" / report.name)
+        shutil.copy2(report, version.validation_dir / report.name)
     n_json = None
     if export_json:
-        from rqvae.io import write_json_dict
+        from rqvae.idfile import write_json_dict
 
-        n_json = write_json_dict(staging / "semantic_ids.parquet", staging / JSON_DICT)
-    extras = add_extras(staging, folder, snapshot, upstream)  # item hashes, churn, collisions, report/
+        n_json = write_json_dict(version.semantic_ids, version.json_dict)
+    extras = add_extras(staging, folder, snapshot, train, encode)  # item hashes, churn, collisions, report/
 
     _make_readable(staging)
-    metadata = pq.ParquetFile(staging / "semantic_ids.parquet").metadata
-    model_checksum, _ = sha256_tree(staging / "model")
+    metadata = pq.ParquetFile(version.semantic_ids).metadata
+    model_checksum, _ = sha256_tree(version.model_dir)
     input_report = read_json(folder.input_report)
     codes_report = read_json(folder.codes_report)
-    load, train, encode = upstream.get("load_embeddings", {}), upstream.get("train_rqvae", {}), encode_result(upstream)
     files = {
-        p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p, tagged=True)}
         for p in sorted(staging.rglob("*"))
         if p.is_file()
     }
@@ -183,18 +176,18 @@ def _stage(
             "json_items": n_json,
             "encode_shards": n_parts,
         },
-        "config": {"model": read_json(folder.model_dir / "config.json"), "params": params},
+        "config": {"model": read_json(folder.model_dir / MODEL_CONFIG), "params": params},
         "metrics": {"train": train.get("metrics", {}), "encode": encode, "codes": codes_report.get("metrics", {})},
         "validation": {"input": _brief(input_report), "codes": _brief(codes_report)},
         **extras,
         "checksums": {
-            "input": load.get("checksum") or sha256_file(folder.embeddings),
+            "input": load.get("checksum") or sha256_file(folder.embeddings, tagged=True),
             "model": model_checksum,
-            "semantic_ids": files["semantic_ids.parquet"]["sha256"],
+            "semantic_ids": files[SEMANTIC_IDS]["sha256"],
         },
         "files": files,
     }
-    write_json_atomic(staging / MANIFEST, manifest)
+    write_json_atomic(version.manifest, manifest)
     return manifest
 
 
@@ -222,7 +215,7 @@ def _store(staging: Path, root: Path, snapshot: str, token: str) -> Path:
 
 def _swap_link(link: Path, target: Path | str) -> None:
     """Point `link` at `target` with one rename over it: readers see the old target or the new, never neither."""
-    tmp = link.with_name(f".{link.name}.link-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(link, "link")  # `.{name}.link-{8 hex}`: hidden, and found again by _remove_leftovers
     os.symlink(target, tmp)
     os.replace(tmp, link)
 
@@ -272,20 +265,14 @@ def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bo
     return snapshot, True
 
 
-def _copy_of(link: Path) -> str | None:
-    """The stored copy a pointer names (`{copy}` of `.versions/{snapshot}/{copy}/{snapshot}`), else None."""
-    parts = Path(os.readlink(link)).parts if link.is_symlink() else ()
-    return parts[-2] if len(parts) >= 4 and parts[-4] == VERSIONS else None
-
-
 def _drop_copies(root: Path, snapshot: str) -> None:
     """Delete the stored copies of `snapshot` no pointer names: all but the newest `KEEP_SUPERSEDED` older than
     the current one, and any newer one (a publish killed before linking it). We hold the publish lock."""
     parent = root / VERSIONS / snapshot
     if not parent.is_dir():
         return
-    current = _copy_of(root / snapshot)
-    named = {current, _copy_of(root / LATEST)}
+    current = copy_named_by(root / snapshot)
+    named = {current, copy_named_by(root / LATEST)}
     copies = sorted(p for p in parent.iterdir() if p.name not in named)
     older = [p for p in copies if current is not None and p.name < current]
     for copy in [*older[: max(0, len(older) - KEEP_SUPERSEDED)], *(p for p in copies if p not in older)]:
@@ -315,14 +302,3 @@ def _remove_leftovers(root: Path, snapshot: str) -> None:
         log.warning("removing leftover %s from an interrupted pointer switch", pointer.name)
         pointer.unlink()
     _drop_copies(root, snapshot)
-
-
-@contextmanager
-def publish_lock(root: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `{root}/.publish.lock`, held while versions and `latest` change."""
-    with open(root / LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from include.files import read_json
-from include.incremental import ITEM_HASHES, churn_against_previous
+from include.incremental import churn_against_previous
 from include.layout import RunFolder
+from include.lineage import publish_lineage
+from include.published import MODEL_CONFIG, REPORT_DIR, REPORT_INDEX, Version
+from include.results import Encoded, Trained
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
 COLLISION_KEYS = ("collision_mode", "collision_rate_pre", "collision_rate_post", "moved", "stuck", "max_dedup")
 REPORT_KEYS = (
     "n_items", "unique_ratio", "collision_rate", "max_bucket", "usage", "perplexity", "recon_mse",
@@ -26,48 +28,45 @@ REPORT_KEYS = (
 
 
 def add_extras(
-    staging: Path, folder: RunFolder, snapshot: str, upstream: dict[str, dict[str, Any]]
+    staging: Path, folder: RunFolder, snapshot: str, train: Trained | dict[str, Any], encode: Encoded | dict[str, Any]
 ) -> dict[str, Any]:
     """Copy item hashes, measure churn against the previous version, write `report/`; returns manifest entries.
 
-    The publish root is the staging folder's parent (staging is created there so the final rename is atomic).
+    `train` / `encode`: the train_rqvae and resolve_collisions results ({} when unknown). The publish root is
+    the staging folder's parent (staging is created there so the final rename is atomic). The manifest keeps its
+    key `mode` for train_rqvae's `plan` (readers of published versions, the UI among them, use it).
     """
     import numpy as np
 
-    from include.train_rqvae import content_only
+    from include.results import content_only
     from rqvae.report import training_signal, write_report
 
+    version = Version(staging)
     if folder.item_hashes.exists():
-        shutil.copy2(folder.item_hashes, staging / ITEM_HASHES)
-    ids_path = staging / "semantic_ids.parquet"
-    churn = churn_against_previous(staging.parent, snapshot, ids_path)
-    from include.publish import encode_result
-
-    train, encode = upstream.get("train_rqvae", {}), encode_result(upstream)
-    sizes = encode.get("codebook_size") or read_json(folder.model_dir / "config.json")["model"]["codebook_size"]
-    metrics = {"snapshot": snapshot, "mode": (train.get("mode") or {}).get("used", encode.get("mode", "retrain"))}
+        shutil.copy2(folder.item_hashes, version.item_hashes)
+    churn = churn_against_previous(staging.parent, snapshot, version.semantic_ids)
+    sizes = encode.get("codebook_size") or read_json(folder.model_dir / MODEL_CONFIG)["model"]["codebook_size"]
+    metrics = {"snapshot": snapshot, "mode": (train.get("plan") or {}).get("used", encode.get("mode", "retrain"))}
     collaborative = train.get("collaborative") or content_only()  # manifest["collaborative"]: the UI reads it
     metrics["training signal"] = training_signal(collaborative)
     metrics.update({k: encode[k] for k in REPORT_KEYS if k in encode})
     if "recon_mse" not in metrics:
         metrics.update(read_json(folder.codes_report).get("metrics", {}))
-    from include.lineage import publish_lineage
-
-    lineage = publish_lineage(staging, folder, snapshot, sizes, upstream, encode)  # index, migration, audit
+    lineage = publish_lineage(staging, folder, snapshot, sizes, train, encode)  # index, migration, audit
     metrics.update(_lineage_rows(lineage))
     errors = np.load(folder.recon_errors) if folder.recon_errors.exists() else None
     files = write_report(
-        staging / REPORT_DIR, ids_path, sizes, metrics, recon_errors=errors, churn=churn,
+        version.report_dir, version.semantic_ids, sizes, metrics, recon_errors=errors, churn=churn,
         title=f"Semantic IDs {snapshot}",
     )
     log.info("publish: churn vs %s: %s; report %s", churn.get("previous"), churn.get("churn"), files)
     return {
-        "mode": train.get("mode") or {"used": "retrain"},
+        "mode": train.get("plan") or {"used": "retrain"},
         "collisions": {k: encode[k] for k in COLLISION_KEYS if k in encode},
         "churn": churn,
         "collaborative": collaborative,
         **lineage,
-        "report": f"{REPORT_DIR}/index.html",
+        "report": f"{REPORT_DIR}/{REPORT_INDEX}",
     }
 
 

@@ -19,28 +19,34 @@ from __future__ import annotations
 import html
 import logging
 import math
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from include.files import read_json, sha256_file, temp_path, write_json_atomic
+from include.files import read_json, write_json_atomic
+from include.params import EvaluationOptions
+from include.published import EVALUATION, EVALUATION_PLOT, Version, publish_lock
+from include.results import EvaluationSummary, Recorded
+from rqvae.errors import PermanentError
+from rqvae.fsutil import atomic_path, sha256_file, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-EVALUATION = "evaluation.json"
-PLOT = "evaluation.png"
 SECTION_START, SECTION_END = "<!-- downstream:start -->", "<!-- downstream:end -->"
 GATE_METRICS = {"nll": "lower", "recall@10": "higher"}  # which direction is better
 GATE_PEERS = ("rqkmeans", "previous")
 
 
-class QualityGateFailed(ValueError):
+class QualityGateFailed(PermanentError, ValueError):
     """This version retrieves worse than a peer by more than the allowed standard errors (no retry helps)."""
 
 
-class StaleEvaluation(RuntimeError):
-    """The version was re-published while it was being evaluated: the result describes other IDs."""
+class StaleEvaluation(PermanentError, RuntimeError):
+    """The version was re-published while it was being evaluated: the result describes other IDs.
+
+    Permanent: a retry compares the same upstream result with the same new manifest; the run the new
+    publish triggers evaluates the new IDs.
+    """
 
 
 def gate(result: dict[str, Any], max_se: float) -> list[str]:
@@ -64,29 +70,31 @@ def gate(result: dict[str, Any], max_se: float) -> list[str]:
     return reasons
 
 
-def summary(result: dict[str, Any], reasons: list[str]) -> dict[str, Any]:
+def summary(result: dict[str, Any], reasons: list[str]) -> EvaluationSummary:
     """The few figures the UI page shows per version (keys fixed: the page reads them)."""
     this = result["retrieval"]["id_sets"]["this"]["all"]
     vs = result.get("paired", {}).get("this-rqkmeans", {}).get("nll", {})
-    return {
-        "status": "failed" if reasons else "passed",
-        "recall_at_10": this["recall@10"]["mean"],
-        "recall_at_10_se": this["recall@10"]["se"],
-        "nll": this["nll"]["mean"],
-        "nll_se": this["nll"]["se"],
-        "vs_rqkmeans_nll": vs.get("mean"),
-        "vs_rqkmeans_nll_se": vs.get("se"),
-        "reason": "; ".join(reasons),
-    }
+    return EvaluationSummary(
+        status="failed" if reasons else "passed",
+        recall_at_10=this["recall@10"]["mean"],
+        recall_at_10_se=this["recall@10"]["se"],
+        nll=this["nll"]["mean"],
+        nll_se=this["nll"]["se"],
+        vs_rqkmeans_nll=vs.get("mean"),
+        vs_rqkmeans_nll_se=vs.get("se"),
+        reason="; ".join(reasons),
+    )
 
 
 def record_evaluation(
-    version_path: str | Path, result_path: str | Path, *, max_se: float = 2.0, run_id: str | None = None
-) -> dict[str, Any]:
+    version_path: str | Path,
+    result_path: str | Path,
+    *,
+    max_se: float = EvaluationOptions.max_se,  # the form's default (the dataclass keeps it on the class)
+    run_id: str | None = None,
+) -> Recorded:
     """Write the evaluation into the version; raise QualityGateFailed after writing when the gate fails."""
-    from include.publish import MANIFEST, publish_lock
-
-    version = Path(version_path)
+    version = Version(Path(version_path))
     result = read_json(result_path)
     reasons = gate(result, max_se)
     evaluation = {
@@ -96,36 +104,37 @@ def record_evaluation(
         "run_id": run_id,
         **{k: v for k, v in result.items() if k != "version_path"},
     }
-    with publish_lock(version.parent):
-        manifest = read_json(version / MANIFEST)
+    with publish_lock(version.path.parent):
+        manifest = read_json(version.manifest)
         evaluated = result.get("semantic_ids_sha256")
         if evaluated and evaluated != manifest["checksums"]["semantic_ids"]:
             raise StaleEvaluation(
                 f"{version.name} was re-published while it was being evaluated; the result describes other IDs: "
                 "the run triggered by the new publish evaluates them"
             )
-        written = [_plot(version / "report" / PLOT, result)]
-        written.append(write_json_atomic(version / EVALUATION, evaluation))
-        index = version / "report" / "index.html"
+        written = [_plot(version.evaluation_plot, result)]
+        written.append(write_json_atomic(version.evaluation, evaluation))
+        index = version.report_index
         if index.is_file():
-            _replace_text(index, with_section(index.read_text(encoding="utf-8"), evaluation))
+            write_bytes_atomic(index, with_section(index.read_text(encoding="utf-8"), evaluation).encode("utf-8"))
             written.append(index)
         files = dict(manifest.get("files", {}))
         for path in written:
             path.chmod(0o644)
-            files[path.relative_to(version).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            digest = sha256_file(path, tagged=True)
+            files[path.relative_to(version.path).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest}
         manifest["files"] = files
         manifest["downstream"] = {**evaluation["summary"], "evaluation": EVALUATION, "run_id": run_id}
-        write_json_atomic(version / MANIFEST, manifest)
-        (version / MANIFEST).chmod(0o644)
+        write_json_atomic(version.manifest, manifest)
+        version.manifest.chmod(0o644)
     status = evaluation["summary"]["status"]
-    log.info("record_evaluation: %s %s (%s)", version, status, evaluation["summary"])
+    log.info("record_evaluation: %s %s (%s)", version.path, status, evaluation["summary"])
     if reasons:
         raise QualityGateFailed(
             f"downstream quality gate failed for {version.name} (flagged in {EVALUATION}; still published): "
             + "; ".join(reasons)
         )
-    return {"version_path": str(version), **evaluation["summary"]}
+    return Recorded(version_path=str(version.path), **evaluation["summary"])
 
 
 def with_section(page: str, evaluation: dict[str, Any]) -> str:
@@ -168,7 +177,8 @@ IDs (lower is better). Paired differences are over the same users.</p>
 <tr><th>paired difference</th><th>Δ recall@10</th><th>Δ ndcg@10</th><th>Δ nll</th></tr>
 {paired}
 </table>
-<figure><a href="{PLOT}"><img src="{PLOT}" alt="{PLOT}"></a><figcaption>{PLOT}</figcaption></figure>"""
+<figure><a href="{EVALUATION_PLOT}"><img src="{EVALUATION_PLOT}" alt="{EVALUATION_PLOT}"></a>\
+<figcaption>{EVALUATION_PLOT}</figcaption></figure>"""
 
 
 def _pm(stat: dict[str, Any] | None, signed: bool = False) -> str:
@@ -196,16 +206,8 @@ def _plot(path: Path, result: dict[str, Any]) -> Path:
             ax.bar(names, means, yerr=ses, capsize=4, color=["#3b6ea8" if n == "this" else "#9aa5b1" for n in names])
             ax.set_title(f"{metric} ({'lower' if metric == 'nll' else 'higher'} is better)")
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(path)
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     return path
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = temp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

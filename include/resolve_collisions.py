@@ -12,57 +12,47 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from include.files import jsonable
 from include.layout import RunFolder
+from include.results import Encoded, Plan, ShardCodes, ShardSummary
+from rqvae.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def check_shards(shards: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def check_shards(shards: Sequence[ShardCodes]) -> list[ShardCodes]:
     """Shards sorted by index; raise when one is missing or the row ranges do not tile `[0, n)`."""
     ordered = sorted(shards, key=lambda s: int(s["index"]))
     if not ordered:
-        raise ValueError("no encode_items shards to merge")
+        raise ConfigError("no encode_items shards to merge")
     count = int(ordered[0]["count"])
     indices = [int(s["index"]) for s in ordered]
     if indices != list(range(count)) or any(int(s["count"]) != count for s in ordered):
-        raise ValueError(f"expected shards 0..{count - 1}, got indices {indices}")
+        raise ConfigError(f"expected shards 0..{count - 1}, got indices {indices}")
     stop = 0
     for shard in ordered:
         start, end = (int(r) for r in shard["rows"])
         if start != stop or end <= start:
-            raise ValueError(f"shard {shard['index']} covers rows [{start}, {end}), expected to start at {stop}")
+            raise ConfigError(f"shard {shard['index']} covers rows [{start}, {end}), expected to start at {stop}")
         stop = end
     return ordered
-
-
-def after_moves(result: dict[str, Any]) -> dict[str, Any]:
-    """Make `recon_mse` the figure of the IDs as published: `reassign` moves items off the code the model chose,
-    and the merge measured them before the move. The audit decoded every moved item from its new and its
-    original codes (`recon_mse_delta`: the per-element difference summed over moved items, over all items);
-    the model's own figure stays as `recon_mse_model` (what `auto` compares new items against)."""
-    result["recon_mse_model"] = result["recon_mse"]
-    delta = (result.get("collision_audit") or {}).get("recon_mse_delta")
-    if delta is not None:
-        result["recon_mse"] = float(result["recon_mse"]) + float(delta)
-    return result
 
 
 def resolve_collisions(
     model_dir: str | Path,
     artifact: str | Path,
     work_dir: str | Path,
-    shards: Sequence[dict[str, Any]],
+    shards: Sequence[ShardCodes],
     *,
     collision_mode: str = "dedup",
-    mode: dict[str, Any] | None = None,
+    plan: Plan | None = None,
     device: str = "cpu",
     publish_root: str | Path | None = None,
     snapshot: str | None = None,
     retire_after: int = 7,
-) -> dict[str, Any]:
+) -> Encoded:
     """Resolve collisions over all shards; returns `{path, n_items, n_shards, codebook_size, unique_ratio, ...}`.
 
     `collision_mode`: `dedup` or `reassign` (see rqvae.collisions). Runs on CPU: the model is needed only for
@@ -78,20 +68,22 @@ def resolve_collisions(
     folder = RunFolder(Path(work_dir))
     ordered = check_shards(shards)
     model = load_model(model_dir, device=resolve_device(device))
-    lineage = lineage_for(publish_root, snapshot or folder.root.name, model_dir, mode, retire_after)
+    lineage = lineage_for(publish_root, snapshot or folder.root.name, model_dir, plan, retire_after)
     folder.retired_ids.unlink(missing_ok=True)  # a retry without a publish root must not publish a stale one
     result = merge_shards(
-        model, [s["path"] for s in ordered], artifact, folder.semantic_ids, collisions=collision_mode,
+        model, [s["path"] for s in ordered], artifact, folder.semantic_ids, collision_mode=collision_mode,
         hashes_path=folder.item_hashes, errors_path=folder.recon_errors, lineage=lineage,
         audit_path=folder.collision_audit,
     )
     if lineage is not None and lineage.retired_out is not None:
         lineage.retired_out.write(folder.retired_ids)
-    after_moves(result)
-    result["mode"] = (mode or {}).get("used", "retrain")
-    result["shards"] = [
-        {k: s.get(k) for k in ("index", "rows", "n_pinned", "encode_seconds", "items_per_second", "device")}
-        for s in ordered
-    ]
+    result["mode"] = (plan or {}).get("used", "retrain")
+    result["shards"] = [_summary(s) for s in ordered]
     log.info("resolve_collisions: %s", {k: v for k, v in result.items() if k != "shards"})
-    return jsonable(result)
+    return cast(Encoded, jsonable(result))
+
+
+def _summary(shard: ShardCodes) -> ShardSummary:
+    """The figures of one shard the result keeps (the manifest shows where each shard ran and how fast)."""
+    keys = ("index", "rows", "n_pinned", "encode_seconds", "items_per_second", "device")
+    return cast(ShardSummary, {k: shard.get(k) for k in keys})

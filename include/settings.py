@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rqvae.errors import PermanentError
+
 log = logging.getLogger(__name__)
 
 ROOT_ENV_VARS = {
@@ -32,8 +34,8 @@ DEFAULT_FOLDERS = {
 VariableGetter = Callable[[str], "str | None"]
 
 
-class PathOutsideRootError(ValueError):
-    """A path parameter that would leave the configured roots."""
+class PathOutsideRootError(PermanentError, ValueError):
+    """A path parameter that would leave the configured roots (a retry resolves it the same way)."""
 
 
 def project_dir() -> Path:

@@ -13,13 +13,15 @@ import re
 from datetime import date, datetime
 from pathlib import Path
 
+from rqvae.errors import PermanentError
+
 log = logging.getLogger(__name__)
 
 SUCCESS_MARKER = "_SUCCESS"
 SNAPSHOT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-class SnapshotError(ValueError):
+class SnapshotError(PermanentError, ValueError):
     """A snapshot name that is not a real `YYYY-MM-DD` date, or a run with no date to fall back on."""
 
 

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from include.files import jsonable, read_json
 from include.layout import RunFolder
+from include.published import Version
+from include.results import Trained, content_only
+
+if TYPE_CHECKING:
+    from rqvae.config import ModelConfig, RetrainPolicy, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,85 +35,72 @@ REPORTED_METRICS = (
 HOLDOUT_LAST = 2  # each user's validation and test item (rqvae.interactions.leave_one_out) stay unseen
 
 
-def content_only(weight: float = 0.0) -> dict[str, Any]:
-    """The manifest's `collaborative` entry of a model trained without interactions."""
-    return {"used": False, "weight": float(weight), "interactions": None, "n_interactions": 0,
-            "n_items_with_interactions": 0}
-
-
 def train_rqvae(
     artifact: str | Path,
     work_dir: str | Path,
+    model: ModelConfig,
+    training: TrainConfig | None = None,
+    policy: RetrainPolicy | None = None,
     *,
-    num_codebooks: int = 3,
-    codebook_size: int = 256,
-    latent_dim: int = 0,
-    epochs: int = 5,
-    batch_size: int = 1024,
-    max_train_items: int = 1_000_000,
-    seed: int = 0,
-    device: str = "auto",
-    mode: str = "retrain",
     publish_root: str | Path | None = None,
-    retrain_factor: float = 1.5,
-    align: bool | str = "anchor",
     snapshot: str | None = None,
     interactions_dir: str | Path | None = None,
     interactions_root: str | Path | None = None,
-    collaborative_weight: float | None = None,
-) -> dict[str, Any]:
-    """Train and save the model; returns `{model_path, metrics, device, config, resumed_from_epoch, mode,
-    collaborative}`.
+) -> Trained:
+    """Train and save the model; returns `{model_path, metrics, device, config, resumed_from_epoch, plan,
+    collaborative}` (include.results.Trained).
 
-    `mode` incremental/auto may reuse the latest published model instead (see include.incremental): the
-    model is copied into the work folder, so later stages and publish see the same layout either way.
-    `align`: after a retrain, align the codes with the previous version (include.lineage.align_retrain:
-    `anchor`, `permute`, `off`; True = anchor); the result then has `alignment` with churn before and after.
-    `interactions_dir`: the day's interactions snapshot, used only when complete (then `collaborative` says so;
-    an incremental run reports its base version's); `collaborative_weight` None = rqvae.collaborative's default.
+    `model` must have the artifact's dimension as input_dim. `policy.mode` incremental/auto may reuse the
+    latest published model instead (see include.incremental): the model is copied into the work folder, so
+    later stages and publish see the same layout either way. `policy.align_retrain`: after a retrain, align the
+    codes with the previous version (include.lineage.align_retrain); the result then has `alignment` with churn
+    before and after. `interactions_dir`: the day's interactions snapshot, used only when complete and
+    `training.collaborative_weight` > 0 (then `collaborative` says so; an incremental run reports its base
+    version's).
     """
     from include import incremental
+    from rqvae.config import RetrainPolicy, TrainConfig
 
+    training = training or TrainConfig()
+    policy = policy or RetrainPolicy()
+    device = training.device
     folder = RunFolder(Path(work_dir))
-    decision = incremental.plan(mode, publish_root, artifact, retrain_factor=retrain_factor, device=device)
-    log.info("train_rqvae: mode %s -> %s (%s)", mode, decision["used"], decision["reason"])
-    if decision["used"] == "incremental":
-        incremental.reuse_model(decision["base_version"], folder.model_dir)
-        metrics = incremental.published_metrics(decision["base_version"])
-        base_manifest = Path(decision["base_version"]) / "manifest.json"
-        collaborative = read_json(base_manifest).get("collaborative") if base_manifest.exists() else None
-        return jsonable(
-            {
-                "model_path": str(folder.model_dir),
-                "metrics": {k: metrics[k] for k in REPORTED_METRICS if k in metrics},
-                "device": device,
-                "config": {"model": read_json(folder.model_dir / "config.json").get("model", {})},
-                "resumed_from_epoch": None,
-                "mode": decision,
-                "collaborative": collaborative or content_only(),
-            }
+    plan = incremental.plan(policy.mode, publish_root, artifact, retrain_factor=policy.retrain_factor,
+                            device=device)
+    log.info("train_rqvae: mode %s -> %s (%s)", policy.mode, plan["used"], plan["reason"])
+    if plan["used"] == "incremental":
+        incremental.reuse_model(plan["base_version"], folder.model_dir)
+        metrics = incremental.published_metrics(plan["base_version"])
+        base = Version(Path(plan["base_version"]))
+        collaborative = base.read_manifest().get("collaborative") if base.manifest.exists() else None
+        reused = Trained(
+            model_path=str(folder.model_dir),
+            metrics={k: metrics[k] for k in REPORTED_METRICS if k in metrics},
+            device=device,
+            config={"model": read_json(folder.model_dir / "config.json").get("model", {})},
+            resumed_from_epoch=None,
+            plan=plan,
+            collaborative=collaborative or content_only(),
         )
-    sequences, collaborative = _interactions(artifact, interactions_dir, interactions_root, collaborative_weight)
-    result = _train(artifact, folder, num_codebooks, codebook_size, latent_dim, epochs, batch_size,
-                    max_train_items, seed, device, sequences=sequences, collaborative_weight=collaborative["weight"])
-    result["mode"] = decision
-    result["collaborative"] = collaborative
-    from include.lineage import ALIGN_MODES, align_retrain
+        return cast(Trained, jsonable(reused))
+    sequences, collaborative = _interactions(artifact, interactions_dir, interactions_root,
+                                             training.collaborative_weight)
+    trained = _train(artifact, folder, model, training, sequences=sequences,
+                     collaborative_weight=collaborative["weight"])
+    result: Trained = {**trained, "plan": plan, "collaborative": collaborative}
+    from include.lineage import align_retrain
 
-    method = ("anchor" if align else "off") if isinstance(align, bool) else str(align)
-    if method not in ALIGN_MODES:
-        raise ValueError(f"unknown align method {method!r}; expected one of {list(ALIGN_MODES)}")
-    if method != "off":
+    if policy.align_retrain != "off":
         result["alignment"] = align_retrain(folder.model_dir, artifact, publish_root, snapshot or folder.root.name,
-                                            device, method)
-    return jsonable(result)
+                                            device, policy.align_retrain)
+    return cast(Trained, jsonable(result))
 
 
 def _interactions(
     artifact: str | Path,
     interactions_dir: str | Path | None,
     interactions_root: str | Path | None,
-    weight: float | None,
+    weight: float,
 ) -> tuple[Any, dict[str, Any]]:
     """(rqvae.collaborative.ItemSequences or None, the manifest's `collaborative` entry) for this run."""
     from include.snapshot import snapshot_ready
@@ -122,10 +114,10 @@ def _interactions(
         log.info("train_rqvae: interactions snapshot %s is %s: content-only training, as without interactions",
                  folder, state)
         return None, content_only()
-    from rqvae.collaborative import DEFAULT_WEIGHT, read_sequences
-    from rqvae.io import read_embeddings
+    from rqvae.collaborative import read_sequences
+    from rqvae.readers import read_embeddings
 
-    weight = DEFAULT_WEIGHT if weight is None else float(weight)
+    weight = float(weight)
     if weight <= 0:
         log.info("train_rqvae: collaborative_weight 0: interactions %s not used, content-only training", folder)
         return None, content_only()
@@ -147,36 +139,24 @@ def _interactions(
 def _train(
     artifact: str | Path,
     folder: RunFolder,
-    num_codebooks: int,
-    codebook_size: int,
-    latent_dim: int,
-    epochs: int,
-    batch_size: int,
-    max_train_items: int,
-    seed: int,
-    device: str,
+    model_cfg: ModelConfig,
+    training: TrainConfig,
     *,
     sequences: Any = None,
     collaborative_weight: float = 0.0,
 ) -> dict[str, Any]:
-    from rqvae.config import ModelConfig, TrainConfig
-    from rqvae.io import read_embeddings
+    from dataclasses import replace
+
+    from rqvae.errors import ConfigError
+    from rqvae.readers import read_embeddings
     from rqvae.train import train
 
     embeddings = read_embeddings(artifact)
-    model_cfg = ModelConfig(
-        input_dim=embeddings.dim,
-        num_codebooks=num_codebooks,
-        codebook_size=[codebook_size] * num_codebooks,
-        latent_dim=latent_dim,
-    )
-    train_cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        max_train_items=max_train_items,
-        init_items=min(TrainConfig().init_items, max_train_items),
-        seed=seed,
-        device=device,
+    if model_cfg.input_dim != embeddings.dim:
+        raise ConfigError(f"model input_dim {model_cfg.input_dim} != {embeddings.dim}, the dimension of {artifact}")
+    train_cfg = replace(  # as recorded in the model directory and the manifest
+        training,
+        init_items=min(training.init_items, training.max_train_items),
         collaborative_weight=collaborative_weight if sequences is not None else 0.0,
     )
     log.info(
@@ -188,7 +168,7 @@ def _train(
     return {
         "model_path": str(folder.model_dir),
         "metrics": metrics,
-        "device": metrics.get("device", device),
+        "device": metrics.get("device", train_cfg.device),
         "config": {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
         "resumed_from_epoch": result.resumed_from_epoch,
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from include.files import jsonable, write_json_atomic
 from include.gx_suites import (
@@ -24,10 +24,14 @@ from include.gx_suites import (
     run_suite,
     split_batches,
 )
+from include.results import CodesChecked
+from rqvae.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+
+    from rqvae.config import CodeChecks
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +139,14 @@ def validate_codes(
     semantic_ids: str | Path,
     artifact: str | Path,
     report_path: str | Path,
+    checks: CodeChecks,
     *,
     codebook_sizes: Sequence[int],
     recon_mse: float | None,
-    min_unique_ratio: float = 0.5,
-    min_usage: float = 0.5,
-    max_recon_mse: float = 0.05,
-) -> dict[str, Any]:
+) -> CodesChecked:
     """Run the codes suite; save the report; raise ValidationFailed listing each failed rule.
 
+    `checks` are the thresholds (rqvae.config.CodeChecks, the form's "Output validation" fields);
     `codebook_sizes` is the K of each level (from the trained model's config) and `recon_mse` the encoder's
     reconstruction error over all items. Returns `{ok, n_items, metrics, report, evaluated, seconds}`.
     """
@@ -151,15 +154,15 @@ def validate_codes(
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from rqvae.io import read_semantic_ids
+    from rqvae.idfile import read_semantic_ids
     from rqvae.metrics import code_metrics
     if recon_mse is None:
-        raise ValueError("validate_codes needs the encoder's recon_mse (encode_items reports it)")
+        raise ConfigError("validate_codes needs the encoder's recon_mse (encode_items reports it)")
     input_ids = pq.read_table(artifact, columns=[ID_COLUMN]).column(ID_COLUMN).to_numpy()
     ids, codes, dedup = read_semantic_ids(semantic_ids)
     sizes = [int(k) for k in codebook_sizes]
     if codes.shape[1] != len(sizes):
-        raise ValueError(f"{semantic_ids} has {codes.shape[1]} code levels but the model has {len(sizes)}")
+        raise InputError(f"{semantic_ids} has {codes.shape[1]} code levels but the model has {len(sizes)}")
     prefix = _tuple_keys(codes)
     frame = coverage_frame(np.asarray(input_ids), ids, codes, dedup, prefix)
     in_range = bool(((codes >= 0) & (codes < np.asarray(sizes))).all()) if len(codes) else False
@@ -167,12 +170,13 @@ def validate_codes(
     metrics["recon_mse"] = float(recon_mse)
     log.info("validate_codes: %d output rows, %d input ids, metrics %s", len(ids), len(input_ids), metrics)
     prefixes = pd.DataFrame({"prefix": prefix})  # the frame's non-null prefixes
-    rules = codes_expectations(sizes, min_unique_ratio, min_usage)
+    rules = codes_expectations(sizes, checks.min_unique_ratio, checks.min_usage)
     result = run_suite(
         "codes",
         [
             *split_batches("rows", frame, rules, [ID_COLUMN], [prefixes, _distinct_codes(codes)], order=ID_COLUMN),
-            Batch("quality", pd.DataFrame({"recon_mse": [float(recon_mse)]}), quality_expectations(max_recon_mse)),
+            Batch("quality", pd.DataFrame({"recon_mse": [float(recon_mse)]}),
+                  quality_expectations(checks.max_recon_mse)),
         ],
     )
     report = {
@@ -182,12 +186,7 @@ def validate_codes(
         "n_items": int(len(ids)),
         "n_input_items": int(len(input_ids)),
         "metrics": metrics,
-        "params": {
-            "codebook_sizes": sizes,
-            "min_unique_ratio": min_unique_ratio,
-            "min_usage": min_usage,
-            "max_recon_mse": max_recon_mse,
-        },
+        "params": {"codebook_sizes": sizes, **checks.to_dict()},
     }
     write_json_atomic(report_path, jsonable(report))
     result.raise_for_failures(str(report_path))

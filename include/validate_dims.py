@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from include.files import write_json_atomic
 from include.gx_suites import ID_COLUMN, ROW_COLUMN, input_expectations, run_suite, split_batches
+from include.results import DimsChecked
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     import pyarrow as pa
 
-log = logging.getLogger(__name__)
+    from rqvae.config import InputChecks
 
-DEFAULT_MAX_ABS = 1e3
+log = logging.getLogger(__name__)
 
 
 def row_stats(artifact: str | Path) -> pd.DataFrame:
@@ -105,24 +106,17 @@ def _group_stats(table: pa.Table) -> dict[str, np.ndarray]:
     }
 
 
-def validate_dims(
-    artifact: str | Path,
-    report_path: str | Path,
-    *,
-    expected_dim: int = 0,
-    min_items: int = 1,
-    min_norm: float = 0.0,
-    max_norm: float = 1e6,
-    max_abs: float = DEFAULT_MAX_ABS,
-) -> dict[str, Any]:
+def validate_dims(artifact: str | Path, report_path: str | Path, checks: InputChecks) -> DimsChecked:
     """Run the input suite on the artifact's row statistics; save the report; raise when a rule fails.
 
+    `checks` are the thresholds (rqvae.config.InputChecks, the form's "Input validation" fields);
     `expected_dim=0` infers the dimension as the most common vector length and then requires every row to
     have it. Returns `{ok, n_items, dim, report, evaluated, seconds}`.
     """
     import numpy as np
     import pandas as pd
 
+    expected_dim, min_norm, max_norm = checks.expected_dim, checks.min_norm, checks.max_norm
     stats = row_stats(artifact)
     counts = np.bincount(stats["dim"].to_numpy(), minlength=1)
     counts[0] = 0  # empty vectors never set the dimension
@@ -132,7 +126,7 @@ def validate_dims(
         "validate_dims: %d rows from %s, dim %d (%s), norms within [%s, %s]",
         len(stats), artifact, dim, "param" if expected_dim else "inferred", min_norm, max_norm,
     )
-    rules = input_expectations(dim, min_items, min_norm, max_norm, max_abs)
+    rules = input_expectations(dim, checks.min_items, min_norm, max_norm, checks.max_abs)
     table = pd.DataFrame(index=pd.RangeIndex(len(stats)))  # the row count is all the table rule reads
     result = run_suite("input", split_batches("rows", stats, rules, [ID_COLUMN, ROW_COLUMN], [table]))
     report = {
@@ -141,13 +135,7 @@ def validate_dims(
         "n_items": len(stats),
         "dim": dim,
         "dim_source": "param" if expected_dim else "inferred",
-        "params": {
-            "expected_dim": expected_dim,
-            "min_items": min_items,
-            "min_norm": min_norm,
-            "max_norm": max_norm,
-            "max_abs": max_abs,
-        },
+        "params": checks.to_dict(),
     }
     write_json_atomic(report_path, report)
     result.raise_for_failures(str(report_path))

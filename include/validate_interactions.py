@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from include.files import write_json_atomic
 from include.gx_suites import (
@@ -22,6 +22,9 @@ from include.gx_suites import (
     interactions_expectations,
     run_suite,
 )
+from include.params import EvaluationOptions
+from include.results import InteractionsChecked
+from rqvae.units import SECONDS_PER_DAY
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLOCK_SLACK_S = 86_400  # a timestamp up to a day ahead of the validating machine's clock is still accepted
+CLOCK_SLACK_S = SECONDS_PER_DAY  # a timestamp up to a day ahead of the validating machine's clock is still accepted
 MIN_EVENTS_PER_USER = 3  # leave-one-out needs a training, a validation and a test item
 
 
@@ -75,14 +78,13 @@ def validate_interactions(
     known_items: np.ndarray,
     report_path: str | Path,
     *,
-    min_known_share: float = 0.5,
-    min_users: int = 10,
+    min_known_share: float = EvaluationOptions.min_known_share,  # the form's defaults
+    min_users: int = EvaluationOptions.min_users,
     now_s: int | None = None,
-) -> dict[str, Any]:
+) -> InteractionsChecked:
     """Run the interactions suite; save the report; raise ValidationFailed when a rule fails.
 
-    `known_items` are the item ids of the embeddings snapshot. Returns `{ok, n_events, n_users, n_kept_users,
-    known_share, report, evaluated, seconds}`.
+    `known_items` are the item ids of the embeddings snapshot.
     """
     clock = int(time.time()) if now_s is None else int(now_s)
     events = event_frame(interactions_dir, known_items)
@@ -115,5 +117,5 @@ def validate_interactions(
     }
     write_json_atomic(report_path, report)
     result.raise_for_failures(str(report_path))
-    return {"ok": True, **summary, "report": str(report_path), "evaluated": len(result.checks),
-            "seconds": result.seconds}
+    return InteractionsChecked(ok=True, **summary, report=str(report_path), evaluated=len(result.checks),
+                               seconds=result.seconds)

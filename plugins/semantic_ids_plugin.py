@@ -18,7 +18,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,11 +29,21 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from include.published import (
+    EVALUATION,
+    MANIFEST,
+    REPORT_DIR,
+    REPORT_INDEX,
+    Version,
+    list_versions,
+    read_latest,
+    stored_copy_as_name,
+)
+
 URL_PREFIX = "/semantic-ids"
 DAG_ID = "rqvae_semantic_ids"
 REPORT_SUFFIXES = {".html", ".png", ".json"}
-VERSION_FILES = {"manifest.json", "evaluation.json"}  # plus evaluation*.png, next to the manifest
-STORED = ".versions"  # where `{snapshot}` symlinks point: include.publish.VERSIONS (not imported: heavy)
+VERSION_FILES = {MANIFEST, EVALUATION}  # plus evaluation*.png, next to the manifest
 MAX_DEPTH = 3  # namespaces nest at most this deep under the publish root (e.g. movielens/)
 MAX_PATH_CHARS = 1024  # far above any real report path; longer requests are refused before touching the disk
 MAX_NAME_BYTES = 255  # the filesystem's own limit: a longer name would raise instead of "not found"
@@ -99,24 +108,9 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _latest(folder: Path) -> str | None:
-    link = folder / "latest"
-    if link.is_symlink():
-        return Path(os.readlink(link)).name
-    pointer = _read_json(folder / "latest.json")
-    if isinstance(pointer, dict) and pointer.get("snapshot"):
-        return str(pointer["snapshot"])
-    return None
-
-
 def _versions(folder: Path) -> list[Path]:
-    """Published versions by name: `{snapshot}` symlinks to their stored copies (see include.publish)."""
-    return sorted(
-        (p for p in folder.iterdir()
-         if p.is_dir() and p.name != "latest" and not p.name.startswith(".") and (p / "manifest.json").is_file()),
-        key=lambda p: p.name,
-        reverse=True,
-    )
+    """Published versions, newest first: `{snapshot}` symlinks to their stored copies (include.published)."""
+    return [version.path for version in reversed(list_versions(folder))]
 
 
 def namespaces(root: Path) -> list[Path]:
@@ -127,12 +121,12 @@ def namespaces(root: Path) -> list[Path]:
     stack = [(root, 0)]
     while stack:
         folder, depth = stack.pop()
-        if _latest(folder) is not None or any((p / "manifest.json").is_file() for p in folder.iterdir() if p.is_dir()):
+        if read_latest(folder) is not None or list_versions(folder):
             found.append(folder)
         if depth < MAX_DEPTH:
             for child in folder.iterdir():
                 inner = child.is_dir() and not child.is_symlink() and not child.name.startswith(".")
-                if inner and not (child / "manifest.json").is_file():
+                if inner and not Version(child).is_complete():
                     stack.append((child, depth + 1))
     return sorted(found)
 
@@ -180,7 +174,7 @@ def downstream(version: Path) -> tuple[str, str]:
     evaluation.json is written later, by another DAG, and may be absent, half-known or malformed: each case
     gets its own short text instead of an error page.
     """
-    path = version / "evaluation.json"
+    path = Version(version).evaluation
     if not path.is_file():
         return "—", "absent"
     document = _read_json(path)
@@ -207,7 +201,8 @@ def downstream(version: Path) -> tuple[str, str]:
 
 def version_summary(version: Path) -> dict[str, Any]:
     """The figures the index shows, read from the version's manifest (all None if it cannot be read)."""
-    manifest = _read_json(version / "manifest.json")
+    files = Version(version)
+    manifest = _read_json(files.manifest)
     readable = isinstance(manifest, dict)
     manifest = manifest if readable else {}
 
@@ -233,8 +228,8 @@ def version_summary(version: Path) -> dict[str, Any]:
         "downstream": evaluation,
         "downstream_state": evaluation_state,
         "created_at": manifest.get("created_at"),
-        "report": (version / "report" / "index.html").is_file(),
-        "evaluation": (version / "evaluation.json").is_file(),
+        "report": files.report_index.is_file(),
+        "evaluation": files.evaluation.is_file(),
         "evaluation_plots": sorted(p.name for p in version.glob("evaluation*.png") if p.is_file()),
     }
 
@@ -255,10 +250,10 @@ def _cell(value: Any) -> str:
 
 def _files(prefix: str, version: Path, s: dict[str, Any]) -> str:
     base = html.escape(prefix + version.name)
-    links = [f'<a href="{base}/report/index.html">report</a>' if s["report"] else "–",
-             f'<a href="{base}/manifest.json">manifest</a>']
+    links = [f'<a href="{base}/{REPORT_DIR}/{REPORT_INDEX}">report</a>' if s["report"] else "–",
+             f'<a href="{base}/{MANIFEST}">manifest</a>']
     if s["evaluation"]:
-        links.append(f'<a href="{base}/evaluation.json">evaluation</a>')
+        links.append(f'<a href="{base}/{EVALUATION}">evaluation</a>')
     links += [f'<a href="{base}/{html.escape(name)}">{html.escape(name)}</a>' for name in s["evaluation_plots"]]
     return " · ".join(links)
 
@@ -287,14 +282,14 @@ def render_index(root: Path) -> str:
     for folder in namespaces(root):
         rel = folder.relative_to(root).as_posix()
         prefix = "" if rel == "." else f"{rel}/"
-        latest = _latest(folder)
+        latest = read_latest(folder)
         rows = []
         for version in _versions(folder):
             s = version_summary(version)
             marker = " <b>(latest)</b>" if version.name == latest else ""
             rows.append(_row(prefix, version, s, marker))
             if marker and s["report"] and not latest_frame:
-                link = html.escape(f"{prefix}{version.name}/report/index.html")
+                link = html.escape(f"{prefix}{version.name}/{REPORT_DIR}/{REPORT_INDEX}")
                 latest_frame = (
                     f'<h2>Latest report: {html.escape(prefix + version.name)}</h2>'
                     f'<iframe src="{link}" title="latest report"></iframe>'
@@ -335,29 +330,16 @@ def _request_parts(path: str) -> list[str] | None:
     return parts
 
 
-def _stored_copy_named(rel: tuple[str, ...]) -> tuple[str, ...]:
-    """`rel` with each stored copy `.versions/{snapshot}/{copy}/{snapshot}` read as `{snapshot}`: the one hidden
-    folder a version name resolves into. Any other hidden part stays and is refused."""
-    out: list[str] = []
-    i = 0
-    while i < len(rel):
-        if rel[i] == STORED and i + 3 < len(rel) and rel[i + 1] == rel[i + 3] and not rel[i + 2].startswith("."):
-            i += 3
-        out.append(rel[i])
-        i += 1
-    return tuple(out)
-
-
 def servable(base: Path, target: Path) -> bool:
     """Report files of a version, and its manifest / evaluation files: judged on the resolved path."""
     rel = target.relative_to(base).parts
-    if any(part.startswith(".") for part in _stored_copy_named(rel)):
+    if any(part.startswith(".") for part in stored_copy_as_name(rel)):  # hidden parts other than stored copies
         return False
-    if "report" in rel[1:-1]:
-        version = base.joinpath(*rel[: rel.index("report", 1)])
-        return target.suffix in REPORT_SUFFIXES and (version / "manifest.json").is_file()
+    if REPORT_DIR in rel[1:-1]:
+        version = Version(base.joinpath(*rel[: rel.index(REPORT_DIR, 1)]))
+        return target.suffix in REPORT_SUFFIXES and version.is_complete()
     plot = target.name.startswith("evaluation") and target.suffix == ".png"
-    return (target.name in VERSION_FILES or plot) and (target.parent / "manifest.json").is_file()
+    return (target.name in VERSION_FILES or plot) and Version(target.parent).is_complete()
 
 
 def create_app(publish_root: str | Path | None = None) -> FastAPI:
@@ -379,10 +361,10 @@ def create_app(publish_root: str | Path | None = None) -> FastAPI:
     def latest_report() -> RedirectResponse:
         base = root()
         for folder in namespaces(base):
-            name = _latest(folder)
-            if name and (folder / name / "report" / "index.html").is_file():
+            name = read_latest(folder)
+            if name and Version(folder / name).report_index.is_file():
                 rel = (folder / name).relative_to(base).as_posix()
-                return RedirectResponse(f"{rel}/report/index.html")
+                return RedirectResponse(f"{rel}/{REPORT_DIR}/{REPORT_INDEX}")
         raise HTTPException(404, "no published version with a report yet")
 
     @app.get("/{path:path}")

@@ -1,6 +1,6 @@
 """RQ-VAE semantic IDs for generative recommenders: the public API at a glance.
 
-Names are resolved lazily so that ``import rqvae.io`` (readers, used by light pipeline tasks) does not pay for
+Names are resolved lazily so that ``import rqvae.readers`` (used by light pipeline tasks) does not pay for
 importing torch. Importing the package sets OpenMP's passive wait and thread count first (:mod:`rqvae.threads`).
 """
 
@@ -29,7 +29,7 @@ _EXPORTS = {
     "load_model": "rqvae.checkpoint",
     "save_model": "rqvae.checkpoint",
     "code_metrics": "rqvae.metrics",
-    "read_embeddings": "rqvae.io",
+    "read_embeddings": "rqvae.readers",
     "ServingIndex": "rqvae.serving",
     "InputError": "rqvae.errors",
     "ModelLoadError": "rqvae.errors",
@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from .config import ModelConfig, TrainConfig
     from .encode import encode_array, encode_file
     from .errors import InputError, ModelLoadError
-    from .io import read_embeddings
     from .metrics import code_metrics
     from .model import RQVAE, RQVAEOutput
+    from .readers import read_embeddings
     from .serving import ServingIndex
     from .train import TrainResult, train
 

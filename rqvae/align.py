@@ -29,19 +29,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import iter_embeddings, read_semantic_ids, row_count
+from .config import INIT_ITEMS
+from .hashing import embedding_hash, id_sample
+from .idfile import read_semantic_ids
 from .kmeans import lloyd
 from .metrics import assign_dedup
 from .model import RQVAE
+from .readers import iter_embeddings, row_count
 
 logger = logging.getLogger(__name__)
 
 HUNGARIAN_MAX = 1024  # exact assignment up to this codebook size; larger codebooks use a greedy matching
 ALIGN_SAMPLE = 262_144  # shared items encoded to estimate the co-occurrence (a deterministic pseudo-random draw)
-FIT_SAMPLE = 131_072  # items (all of them, not only shared ones) anchored Lloyd fits and recon MSE is measured on
+# items (all, not only shared ones) anchored Lloyd refits and recon MSE use: a fresh initialisation's default sample
+FIT_SAMPLE = INIT_ITEMS
 MAX_MSE_INCREASE = 0.02  # anchoring is kept when recon MSE grows by at most this fraction
 ANCHOR_ITERS = (0, 1, 2, 4, 8, 16)  # Lloyd iterations tried in turn (then the model's kmeans_iters)
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+MIN_UNCHANGED = 1000  # unchanged shared items enough to fit the permutations on alone (else all shared ones)
 
 
 def max_weight_assignment(weights: np.ndarray) -> np.ndarray:
@@ -147,16 +151,6 @@ def permute_codebooks_(model: RQVAE, perms: Sequence[np.ndarray]) -> None:
     bias.copy_(bias[torch.from_numpy(inverse[-1]).to(bias.device)])
 
 
-def _sampled(ids: np.ndarray, fraction: float) -> np.ndarray:
-    """A deterministic pseudo-random subset of item ids (by a hash of the id), about `fraction` of them."""
-    if fraction >= 1.0:
-        return np.ones(len(ids), bool)
-    with np.errstate(over="ignore"):
-        h = np.asarray(ids, np.int64).view(np.uint64) * _MIX
-        h ^= h >> np.uint64(31)
-    return h < np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))
-
-
 @torch.no_grad()
 def anchor_codebooks_(model: RQVAE, previous: RQVAE, x: torch.Tensor, iters: int = 20) -> None:
     """Refit each level's codebook by Lloyd on the model's residuals of x, starting from the previous model's."""
@@ -215,7 +209,7 @@ def align_model(
     churn of level-1 codes, code tuples and full IDs (dedup digits within the sample) before and after, the
     per-level agreement, the method used and the recon MSE of the trained and the aligned model.
     """
-    from .stability import embedding_hash, unchanged_items
+    from .stability import unchanged_items
 
     p_ids, p_codes, p_dedup = read_semantic_ids(previous_ids)
     sizes = model.codebook_size
@@ -230,11 +224,11 @@ def align_model(
     model.eval()
     for ids, x in iter_embeddings(embeddings_path):
         ids = np.asarray(ids, np.int64)
-        fit_x.append(x[_sampled(ids ^ 0x5BD1E995, fit_fraction)])
+        fit_x.append(x[id_sample(ids ^ 0x5BD1E995, fit_fraction)])
         if not len(p_ids):
             continue
         pos = np.minimum(np.searchsorted(p_ids, ids), len(p_ids) - 1)
-        keep = (p_ids[pos] == ids) & _sampled(ids, common_fraction)
+        keep = (p_ids[pos] == ids) & id_sample(ids, common_fraction)
         if keep.any():
             same = np.ones(int(keep.sum()), bool) if unchanged is None else unchanged_items(
                 unchanged[0], unchanged[1], ids[keep], embedding_hash(x[keep]))
@@ -242,7 +236,7 @@ def align_model(
     if not pairs:
         return None, {"applied": False, "reason": "no item of the previous version to align on"}
     ids, x, prev, prev_dedup, same = (np.concatenate([p[i] for p in pairs]) for i in range(5))
-    fit = same if same.sum() >= min(1000, len(same)) else np.ones(len(same), bool)
+    fit = same if same.sum() >= min(MIN_UNCHANGED, len(same)) else np.ones(len(same), bool)
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     fit_t = torch.from_numpy(np.ascontiguousarray(np.concatenate(fit_x), np.float32))
     new = model.encode(xt.to(model.device)).cpu().numpy()

@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .io import atomic_path, iter_embeddings
+from .collisions import CHUNK_ROWS
+from .fsutil import atomic_path
 from .metrics import pack_codes
 from .model import RQVAE
+from .readers import DEFAULT_BATCH_ROWS, iter_embeddings
 
 logger = logging.getLogger(__name__)
-
-CHUNK_ROWS = 65_536
 
 
 def audit_schema(levels: int) -> pa.Schema:
@@ -55,13 +55,15 @@ def audit_collisions(
     *,
     collision_mode: str,
     reserved_codes: np.ndarray | None = None,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_pickle: bool = False,
+    extra_recon: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write the audit table (one row per item reassignment had to move) and return its summary.
 
     ``movers`` / ``last_distances``: as the resolution used them (None in dedup mode: an empty table).
-    ``reserved_codes``: reserved tuples, which occupied their slot before anyone moved.
+    ``reserved_codes``: reserved tuples, which occupied their slot before anyone moved. ``extra_recon``: the
+    moved items' :func:`recon_deltas`, in row order, when the caller has them (spares a pass over the input).
     """
     levels = original.shape[1]
     rows = np.flatnonzero(movers) if movers is not None else np.zeros(0, np.int64)
@@ -77,8 +79,9 @@ def audit_collisions(
         occupied_codes = original[stays] if reserved_codes is None else np.r_[original[stays], reserved_codes]
         f, d, e = _ranks(mv, original, final, occupied_codes, model.codebook_size, last_distances)
         free_rank[moved], dist_rank[moved], extra_d[moved] = f, d, e
-        extra_mse[moved] = _recon_deltas(model, embeddings_path, ids[mv], original[mv], final[mv], batch_rows,
-                                         allow_pickle)
+        extra_mse[moved] = extra_recon if extra_recon is not None else recon_deltas(
+            model, embeddings_path, ids[mv], original[mv], final[mv], batch_rows, allow_pickle
+        )
     order = np.argsort(ids[rows], kind="stable")
     columns = [
         pa.array(ids[rows][order], pa.int64()),
@@ -128,7 +131,7 @@ def _ranks(
 
 
 @torch.no_grad()
-def _recon_deltas(
+def recon_deltas(
     model: RQVAE, embeddings_path: str | Path, item_ids: np.ndarray, original: np.ndarray, final: np.ndarray,
     batch_rows: int, allow_pickle: bool,
 ) -> np.ndarray:

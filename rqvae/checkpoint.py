@@ -6,9 +6,7 @@ is refused with a clear error instead of producing wrong IDs.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +14,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .config import ModelConfig
 from .errors import ModelLoadError
+from .fsutil import atomic_path, sha256_file, write_bytes_atomic
 from .model import RQVAE
 
 FORMAT = "rqvae-model"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _state(model: RQVAE) -> dict[str, torch.Tensor]:
@@ -43,19 +34,16 @@ def save_model(model: RQVAE, model_dir: str | Path, extra: dict[str, Any] | None
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = model_dir / WEIGHTS_NAME
-    tmp = weights.with_suffix(".safetensors.tmp")
-    save_file(_state(model), str(tmp))
-    os.replace(tmp, weights)
+    with atomic_path(weights) as tmp:
+        save_file(_state(model), str(tmp))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": model.config(),
+        "model": model.model_config().to_dict(),  # the whole ModelConfig, method and last_level_balance too
         "weights_sha256": sha256_file(weights),
         **({"extra": extra} if extra else {}),
     }
-    tmp_cfg = model_dir / (CONFIG_NAME + ".tmp")
-    tmp_cfg.write_text(json.dumps(config, indent=2, sort_keys=True))
-    os.replace(tmp_cfg, model_dir / CONFIG_NAME)
+    write_bytes_atomic(model_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode())
     return model_dir
 
 
@@ -88,10 +76,12 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> RQV
         )
     try:
         state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, ValueError) as exc:  # an OSError (I/O, memory) is not the file's fault: retryable
         raise ModelLoadError(f"{weights} is not a readable safetensors file: {exc}") from exc
     try:
-        model = RQVAE(**config["model"], device="cpu")
+        # directories written before the whole ModelConfig was stored lack method / last_level_balance:
+        # their defaults apply (neither changes how a trained model encodes)
+        model = RQVAE.from_config(ModelConfig.from_dict(config["model"]), device="cpu")
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{model_dir}: weights do not fit the recorded architecture: {exc}") from exc

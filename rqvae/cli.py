@@ -14,7 +14,11 @@ import logging
 import sys
 from typing import Any
 
-from .errors import InputError, ModelLoadError
+from .config import EncodeOptions, InputChecks, ModelConfig, RetrieverOptions, TrainConfig
+from .errors import PermanentError
+from .options import cli_default_of, described
+from .readers import DEFAULT_BATCH_ROWS
+from .synth import DEFAULT_USERS
 
 logger = logging.getLogger("rqvae")
 
@@ -52,6 +56,35 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from None
 
 
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type, *, overlay: bool = False) -> None:
+    """One flag per per-run field of config class ``cls`` the CLI covers, named, typed, bounded and described by
+    the field's Option. ``overlay``: the flags override a --config file, so an absent flag is None."""
+    for spec, opt in described(cls):
+        if not opt.in_cli:
+            continue
+        flag = opt.flag or "--" + spec.name.replace("_", "-")
+        default = cli_default_of(spec)
+        text = opt.cli_help or opt.description
+        if default is not None and "default" not in text:
+            text = f"{text.rstrip('.')} (default {default})"
+        kwargs: dict[str, Any] = {"dest": spec.name, "help": text.replace("%", "%%"),
+                                  "default": None if overlay else default}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_true"
+        elif opt.enum is not None:
+            kwargs["choices"] = list(opt.enum)
+        else:
+            kwargs["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+            kwargs["type"] = _int_list if opt.many else type(default)
+        parser.add_argument(flag, **kwargs)
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flags of config class ``cls`` that were given (overlay flags left out are None)."""
+    values = {spec.name: getattr(args, spec.name, None) for spec, opt in described(cls) if opt.in_cli}
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rqvae",
@@ -76,35 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interactions", help="also write synthetic user histories over these items to this folder "
                    "(Parquet + _SUCCESS; users browse neighbouring items), e.g. for evaluate-retrieval")
-    p.add_argument("--users", type=int, default=1000, help="users of --interactions (default 1000, 30 events each)")
+    p.add_argument("--users", type=int, default=DEFAULT_USERS,
+                   help=f"users of --interactions (default {DEFAULT_USERS}, 30 events each)")
 
     p = add("train", "Train a model on embeddings and write its directory (config.json + safetensors).")
     p.add_argument("--embeddings", required=True, help="Parquet / .npy / JSON-lines parts / snapshot folder")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--config", help='JSON file {"model": {...}, "train": {...}}; flags override it')
-    p.add_argument("--num-codebooks", type=int, help="levels L (default 3)")
-    p.add_argument("--codebook-size", type=_int_list, help="codes per level: 256 or 256,256,512")
-    p.add_argument("--latent-dim", type=int, help="latent size; 0 = input dimension (default)")
-    p.add_argument("--hidden", type=_int_list, help="hidden widths of the MLP branch, e.g. 64 or 128,64")
-    p.add_argument("--distance", choices=["l2", "euclidean", "cosine"], help="code search distance")
-    p.add_argument("--kmeans-method", choices=["progressive", "kmeans", "bkmeans", "none"],
-                   help="codebook initialisation (default progressive: k-means over growing principal dims)")
-    p.add_argument("--shared-codebook", action="store_true", default=None, help="one codebook for all levels")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--max-train-items", type=int, help="sample cap for training (default 1,000,000)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    _add_config_flags(p, ModelConfig, overlay=True)
+    _add_config_flags(p, TrainConfig, overlay=True)
     p.add_argument("--allow-pickle", action="store_true", help="read .pkl inputs (runs code from the file!)")
-    p.add_argument("--expected-dim", type=int, default=0,
-                   help="refuse inputs whose vectors do not have this many values (default 0: any)")
-    p.add_argument("--min-items", type=int, default=1, help="refuse inputs with fewer rows (a truncated export)")
+    _add_config_flags(p, InputChecks)
     p.add_argument("--interactions", help="Parquet file or folder (user_id, item_id, timestamp): aligns part of "
                    "the latent with the items' collaborative embeddings (docs/collaborative.md)")
-    p.add_argument("--collaborative-weight", type=float,
-                   help="behaviour's weight against content in the latent (default 1 with --interactions; "
-                   "0 = content only)")
     p.add_argument("--holdout-last", type=int, choices=[0, 2], default=0,
                    help="2: learn only from each user's leave-one-out training part (last two events held out), "
                    "so the IDs can be evaluated on those events without leakage (default 0: all events)")
@@ -114,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", required=True)
     p.add_argument("--out", required=True, help="output .parquet")
     p.add_argument("--json-dict", help="also write {item_id: [codes]} JSON for existing inference code")
-    p.add_argument("--batch-rows", type=int, default=262_144)
+    p.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS)
     p.add_argument("--allow-pickle", action="store_true")
+    _add_config_flags(p, EncodeOptions)
 
     p = add("evaluate", "Print quality metrics of a model on embeddings.")
     p.add_argument("--model", required=True)
@@ -130,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactions", required=True, help="Parquet file or folder: user_id, item_id, timestamp")
     p.add_argument("--name", action="append", help="a name per --ids, in order (default: the file names)")
     p.add_argument("--seeds", type=_int_list, default=[0], help="retriever seeds, e.g. 0,1,2 (default 0)")
-    p.add_argument("--epochs", type=int, help="training epochs (the best validation-NLL epoch is kept; default 5)")
-    p.add_argument("--max-users", type=int, help="evaluate a seeded sample of this many users (default 0: all)")
+    _add_config_flags(p, RetrieverOptions)  # --epochs, --max-users
     p.add_argument("--history", type=int, help="items of context (default 20)")
     p.add_argument("--beam", type=int, help="beam width (default 20)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda ...")
@@ -148,26 +165,14 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _train_configs(args: argparse.Namespace, input_dim: int) -> tuple[Any, Any]:
-    from .config import ModelConfig, TrainConfig, load_config_file
+    from .config import load_config_file
 
     model_d, train_d = load_config_file(args.config) if args.config else ({}, {})
-    flags = {
-        "num_codebooks": args.num_codebooks,
-        "codebook_size": args.codebook_size,
-        "latent_dim": args.latent_dim,
-        "hidden_channels": args.hidden,
-        "distances_method": args.distance,
-        "kmeans_method": args.kmeans_method,
-        "shared_codebook": args.shared_codebook,
-    }
-    model_d.update({k: v for k, v in flags.items() if v is not None})
+    model_d.update(_given(args, ModelConfig))
     if isinstance(model_d.get("codebook_size"), list) and len(model_d["codebook_size"]) == 1:
         model_d["codebook_size"] = model_d["codebook_size"][0]
     model_d["input_dim"] = input_dim
-    tflags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-              "max_train_items": args.max_train_items, "seed": args.seed, "device": args.device,
-              "collaborative_weight": getattr(args, "collaborative_weight", None)}
-    train_d.update({k: v for k, v in tflags.items() if v is not None})
+    train_d.update(_given(args, TrainConfig))
     return ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
 
 
@@ -181,7 +186,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(out)
     if args.interactions:
         from .interactions import write_interactions
-        from .io import read_embeddings
+        from .readers import read_embeddings
         from .synth import synth_interactions
 
         data = read_embeddings(out)
@@ -191,13 +196,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .io import read_embeddings
+    from .readers import read_embeddings
     from .train import train
     from .validate import check_embeddings
 
+    checks = InputChecks(**_given(args, InputChecks))  # the CLI's defaults: any dimension, at least 1 item
     data = read_embeddings(args.embeddings, allow_pickle=args.allow_pickle)
-    check_embeddings(data.ids, data.vectors, expected_dim=args.expected_dim, min_items=args.min_items,
-                     path=args.embeddings)
+    check_embeddings(data.ids, data.vectors, expected_dim=checks.expected_dim, min_items=checks.min_items,
+                     max_abs=checks.max_abs, path=args.embeddings)
     sequences = None
     if args.interactions:
         from .collaborative import DEFAULT_WEIGHT, read_sequences
@@ -216,13 +222,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from .encode import encode_file
-    from .io import row_count
+    from .readers import row_count
 
     # Parquet footers / .npy headers give the item count for free: progress then shows %, rate and ETA.
     total = None if args.quiet else row_count(args.embeddings)
     result = encode_file(args.model, args.embeddings, args.out, json_dict=args.json_dict,
                          batch_rows=args.batch_rows, allow_pickle=args.allow_pickle, show_progress=not args.quiet,
-                         total=total)
+                         total=total, collision_mode=args.collision_mode)
     print(json.dumps(_round(result)))
     return EXIT_OK
 
@@ -263,8 +269,7 @@ def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
     names = _id_set_names(args.ids, args.name)
     tables = {name: IdTable.from_parquet(path) for name, path in zip(names, args.ids, strict=True)}
     interactions = read_interactions(args.interactions)
-    flags = {"epochs": args.epochs, "max_users": args.max_users, "history": args.history, "beam": args.beam,
-             "device": args.device}
+    flags = {**_given(args, RetrieverOptions), "history": args.history, "beam": args.beam, "device": args.device}
     config = RetrievalConfig(**{k: v for k, v in flags.items() if v is not None})
     report = evaluate_id_sets(tables, interactions, config, seeds=args.seeds)
     if args.json:
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.quiet)
     try:
         return COMMANDS[args.command](args)
-    except (InputError, ModelLoadError, ValueError, FileNotFoundError) as exc:
+    except (PermanentError, ValueError, FileNotFoundError) as exc:  # the same call would fail the same way
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:  # the one place that turns any failure into an exit code, after logging it

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .interactions import COLUMNS, Interactions, interaction_files
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ DEFAULT_WEIGHT = 1.0  # collaborative_weight where interactions are given and no
 CONFIDENCE_EVENTS = 5.0  # an item with this many training events gets half the full alignment weight
 OVERSAMPLE = 8  # extra columns of the randomised range finder
 CHUNK_EVENTS = 2_097_152  # events per gather/scatter block of the streamed products
+FINGERPRINT_ENDS = 4096  # first and last entries of the event arrays a fingerprint hashes (checked on resume)
+FINGERPRINT_SAMPLE = 65_536  # about this many more events, evenly strided over the whole log
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,10 @@ class ItemSequences:
     def fingerprint(self) -> str:
         """Identity for checkpoints: a resumed run must have learnt from the same logs."""
         digest = hashlib.sha256(f"{self.n_items}:{self.rows.size}:{self.offsets.size}".encode())
-        for part in (self.rows[:4096], self.rows[-4096:], self.offsets[:4096], self.offsets[-4096:]):
+        ends = FINGERPRINT_ENDS
+        for part in (self.rows[:ends], self.rows[-ends:], self.offsets[:ends], self.offsets[-ends:]):
             digest.update(np.ascontiguousarray(part).tobytes())
-        step = max(1, self.rows.size // 65_536)
+        step = max(1, self.rows.size // FINGERPRINT_SAMPLE)
         digest.update(np.ascontiguousarray(self.rows[::step]).tobytes())
         return digest.hexdigest()
 
@@ -163,7 +166,7 @@ def read_sequences(path: str | Path, item_ids: np.ndarray, *, holdout_last: int 
 def _build(user: np.ndarray, row: np.ndarray, n_items: int, n_read: int, *, holdout_last: int) -> ItemSequences:
     """From events sorted by (user, time): drop unknown items, cut the last ``holdout_last`` events of each user."""
     if holdout_last not in (0, 2):
-        raise ValueError(f"holdout_last must be 0 (all events) or 2 (leave-one-out training part), got {holdout_last}")
+        raise ConfigError(f"holdout_last must be 0 (all events) or 2 (leave-one-out training part), got {holdout_last}")
     keep = row >= 0
     if not keep.all():
         user, row = user[keep], row[keep]
@@ -260,7 +263,7 @@ class CollaborativeLoss:
         dim = embeddings.vectors.shape[1]
         latent_dim = z_sample.shape[1]
         if dim >= latent_dim:
-            raise ValueError(f"collaborative_dim {dim} must be smaller than the latent ({latent_dim})")
+            raise ConfigError(f"collaborative_dim {dim} must be smaller than the latent ({latent_dim})")
         device = z_sample.device
         take = slice(None) if rows is None else torch.from_numpy(np.asarray(rows, np.int64))
         self.targets = torch.from_numpy(embeddings.vectors)[take].to(device)

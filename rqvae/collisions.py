@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import ConfigError
 from .metrics import assign_dedup, pack_codes
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class CollisionMode(StrEnum):
         try:
             return cls(str(name).lower())
         except ValueError:
-            raise ValueError(f"unknown collision mode {name!r}; expected one of {[m.value for m in cls]}") from None
+            raise ConfigError(f"unknown collision mode {name!r}; expected one of {[m.value for m in cls]}") from None
 
 
 class Reassignment(NamedTuple):
@@ -267,20 +268,20 @@ def resolve_collisions(
     ids: np.ndarray,
     codes: np.ndarray,
     codebook_sizes: Sequence[int],
-    mode: str | CollisionMode = CollisionMode.DEDUP,
+    collision_mode: str | CollisionMode = CollisionMode.DEDUP,
     last_distances: LastDistances | None = None,
     *,
     fixed: np.ndarray | None = None,
     fixed_dedup: np.ndarray | None = None,
     reserved: Reserved | None = None,
 ) -> Resolution:
-    """Unique IDs (codes + dedup) under `mode`, with the figures a report needs.
+    """Unique IDs (codes + dedup) under `collision_mode`, with the figures a report needs.
 
     ``collision_rate_pre``/``_post``: share of items whose code tuple (without dedup) is shared, before and
     after moving; ``moved``: items that changed their last code; ``stuck``: movers whose prefix was full.
     ``reserved`` IDs are given to no item (figures count the items only).
     """
-    mode = CollisionMode.parse(mode)
+    mode = CollisionMode.parse(collision_mode)
     n = len(ids)
     codes = np.asarray(codes, dtype=np.int32)
     pre = collision_rate(codes, codebook_sizes)
@@ -288,7 +289,7 @@ def resolve_collisions(
     moved = stuck = 0
     if mode is CollisionMode.REASSIGN:
         if last_distances is None:
-            raise ValueError("collision mode 'reassign' needs last_distances (the model's last-level distances)")
+            raise ConfigError("collision mode 'reassign' needs last_distances (the model's last-level distances)")
         result = reassign_collisions(ids, codes, codebook_sizes, last_distances, fixed=fixed)
         codes, moved, stuck = result.codes, int(result.moved.sum()), int(result.stuck.sum())
     dedup = dedup_with_fixed(ids, codes, codebook_sizes, fixed, fixed_dedup)[:n]

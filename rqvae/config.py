@@ -1,15 +1,21 @@
 """One typed config vocabulary shared by the CLI, the pipeline's params and model directories.
 
-Names follow the users' RQVAE constructor (num_codebooks, codebook_size, latent_dim, ...). Unknown keys are
-refused with the list of valid ones, so a typo in a config file or a trigger form never passes silently.
+Every default, bound, description and form section lives here, in each field's :func:`rqvae.options.option`
+metadata: the DAG's trigger form (include/params.py) and the CLI's flags (rqvae/cli.py) are generated from it.
+Names follow the users' RQVAE constructor (num_codebooks, codebook_size, latent_dim, ...). Unknown keys and
+bad values raise :class:`rqvae.errors.ConfigError` naming the field, so a typo never passes silently.
+docs/configuration.md lists every field.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Self
+
+from .errors import ConfigError
+from .options import check_bounds, option
 
 
 def codebook_sizes(codebook_size: int | list[int] | tuple[int, ...], num_codebooks: int | None) -> list[int]:
@@ -19,15 +25,15 @@ def codebook_sizes(codebook_size: int | list[int] | tuple[int, ...], num_codeboo
     else:
         sizes = [int(k) for k in codebook_size]
         if num_codebooks is not None and len(sizes) != num_codebooks:
-            raise ValueError(
+            raise ConfigError(
                 f"codebook_size has {len(sizes)} entries but num_codebooks={num_codebooks}; "
                 "give one size per level or a single int"
             )
     if not sizes:
-        raise ValueError("need at least one codebook level (num_codebooks >= 1)")
+        raise ConfigError("need at least one codebook level (num_codebooks >= 1)")
     bad = [k for k in sizes if k < 2]
     if bad:
-        raise ValueError(f"every codebook_size must be >= 2, got {sizes}")
+        raise ConfigError(f"every codebook_size must be >= 2, got {sizes}")
     return sizes
 
 
@@ -41,6 +47,15 @@ def default_architecture(input_dim: int) -> tuple[list[int], int]:
 
 
 METHODS = ("rqvae", "rqkmeans")  # rqkmeans: residual k-means only (identity encoder/decoder, no training steps)
+KMEANS_METHODS = ("progressive", "kmeans", "bkmeans", "none")  # rqvae.kmeans.fit_codebook's names
+DISTANCES = ("l2", "euclidean", "cosine")  # euclidean is l2 (rqvae.search.Distance.parse)
+GRADIENTS = ("ste", "rotation")
+COLLISION_MODES = ("dedup", "reassign")  # rqvae.collisions.CollisionMode
+RUN_MODES = ("retrain", "incremental", "auto")  # include.incremental.plan
+ALIGN_MODES = ("anchor", "permute", "off")  # include.lineage.align_retrain
+DEFAULT_SHARD_SIZE = 2_000_000
+INIT_ITEMS = 131_072  # items a codebook fit starts from (TrainConfig.init_items; rqvae.align's anchored refit)
+MAX_WIDTH = 65_536  # the largest vector dimension or codebook size a config accepts
 
 
 class _Strict:
@@ -51,11 +66,16 @@ class _Strict:
         valid = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(valid)}")
+            raise ConfigError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(valid)}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
+
+
+# ModelConfig and TrainConfig check in __post_init__ only what would break the library (tests and benchmarks
+# train tiny models); their Option bounds are what the pipeline's form lets one run ask for. The check classes
+# further down enforce their Option bounds (check_bounds), since those bounds are the real limits.
 
 
 @dataclass
@@ -64,34 +84,79 @@ class ModelConfig(_Strict):
 
     ``method="rqkmeans"`` stops after the residual k-means initialisation (no learned encoder/decoder);
     ``gradient`` is "ste" (straight-through) or "rotation" (rotation trick); ``last_level_balance`` > 0
-    penalises popular last-level codes (see ResidualQuantizer.fit_last_level_balance_).
+    penalises popular last-level codes (see ResidualQuantizer.fit_last_level_balance_). The users' ``RQVAE(...)``
+    constructor has other defaults (docs/configuration.md says which and why); ``RQVAE.from_config`` builds
+    this one.
     """
 
-    input_dim: int
-    num_codebooks: int = 3
-    codebook_size: list[int] = field(default_factory=lambda: [256, 256, 256])
-    latent_dim: int = 0
-    hidden_channels: list[int] | None = None
-    shared_codebook: bool = False
-    kmeans_method: str = "progressive"
-    kmeans_iters: int = 20
-    distances_method: str = "l2"
-    loss_beta: float = 0.25
-    center: bool = True
-    gradient: str = "ste"
-    method: str = "rqvae"
-    last_level_balance: float = 0.0
+    input_dim: int = option(
+        title="Input dimension", description="Values per input vector; taken from the data.", section="Model",
+        per_run=False,
+    )
+    num_codebooks: int = option(
+        3, title="Codebook levels", section="Model", minimum=1, maximum=8,
+        description="Number of residual levels L (codes per item, before the dedup digit).",
+    )
+    codebook_size: int | list[int] = option(  # an int is one size for every level; a list becomes one per level
+        256, title="Codebook size", description="Codes per level K.", section="Model", minimum=2, maximum=MAX_WIDTH,
+        many=True, cli_help="codes per level: 256 or one per level, 256,256,512",
+    )
+    latent_dim: int = option(
+        0, title="Latent dimension", description="Width of the quantised latent; 0 = the input dimension.",
+        section="Model", minimum=0, maximum=MAX_WIDTH,
+    )
+    hidden_channels: list[int] | None = option(
+        None, title="Hidden widths", section="Model", nullable=True, many=True, flag="--hidden", form=False,
+        description="Widths of the encoder's MLP branch (the decoder mirrors them), e.g. 64 or 128,64; "
+        "none = one layer of max(64, 2 x input dimension).",
+    )
+    shared_codebook: bool = option(
+        False, title="Shared codebook", description="One codebook for all levels.", section="Model",
+    )
+    kmeans_method: str = option(
+        "progressive", title="Codebook initialisation", section="Model", enum=KMEANS_METHODS,
+        description="How the codebooks start: progressive (k-means over growing principal dimensions), kmeans "
+        "(k-means++ seeded Lloyd), bkmeans (balanced k-means) or none (random items).",
+    )
+    kmeans_iters: int = option(
+        20, title="k-means iterations", description="Lloyd iterations of the codebook initialisation.",
+        section="Model", minimum=0, per_run=False,
+    )
+    distances_method: str = option(
+        "l2", title="Code search distance", section="Model", enum=DISTANCES, flag="--distance",
+        description="How a residual picks its codeword: l2 (euclidean is the same) or cosine.",
+    )
+    loss_beta: float = option(
+        0.25, title="Commitment weight", description="Weight of the encoder's commitment term in the loss.",
+        section="Model", minimum=0, per_run=False,
+    )
+    center: bool = option(
+        True, title="Centre inputs", section="Model", per_run=False,
+        description="Subtract the data mean (stored with the model) before encoding.",
+    )
+    gradient: str = option(
+        "ste", title="Gradient through the quantiser", section="Model", enum=GRADIENTS, per_run=False,
+        description="ste (straight-through) or rotation (the rotation trick).",
+    )
+    method: str = option(
+        "rqvae", title="Method", section="Model", enum=METHODS, per_run=False,
+        description="rqvae (trained encoder/decoder) or rqkmeans (residual k-means only, no training steps).",
+    )
+    last_level_balance: float = option(
+        0.0, title="Last-level balance", section="Model", minimum=0, per_run=False,
+        description="Penalty on popular last-level codes, fitted after training; 0 = none.",
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
         if self.last_level_balance < 0:
-            raise ValueError(f"last_level_balance must be >= 0, got {self.last_level_balance}")
+            raise ConfigError(f"last_level_balance must be >= 0, got {self.last_level_balance}")
         if self.input_dim < 1:
-            raise ValueError(f"input_dim must be >= 1, got {self.input_dim}")
+            raise ConfigError(f"input_dim must be >= 1, got {self.input_dim}")
         self.codebook_size = codebook_sizes(self.codebook_size, self.num_codebooks)
         if self.latent_dim < 0:
-            raise ValueError(f"latent_dim must be >= 0 (0 = input_dim), got {self.latent_dim}")
+            raise ConfigError(f"latent_dim must be >= 0 (0 = input_dim), got {self.latent_dim}")
         if self.hidden_channels is None:
             self.hidden_channels = [max(64, 2 * self.input_dim)]
 
@@ -99,41 +164,223 @@ class ModelConfig(_Strict):
         """Keyword arguments for ``RQVAE(...)``."""
         kwargs = self.to_dict()
         kwargs["latent_dim"] = self.latent_dim or self.input_dim
-        for training_only in ("method", "last_level_balance"):
+        for training_only in TRAINING_ONLY:
             kwargs.pop(training_only)
         return kwargs
+
+
+TRAINING_ONLY = ("method", "last_level_balance")  # ModelConfig fields RQVAE's constructor does not take
 
 
 @dataclass
 class TrainConfig(_Strict):
     """How to train. ``max_steps > 0`` caps optimiser steps; otherwise ``epochs`` passes are made."""
 
-    epochs: int = 5
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_frac: float = 0.05
-    max_steps: int = 0
-    max_train_items: int = 1_000_000
-    init_items: int = 131_072
-    eval_items: int = 65_536
-    reseed_every: int = 200
-    seed: int = 0
-    device: str = "auto"
-    # Collaborative signal (rqvae.collaborative), used only when train() gets interactions; weight 0 = content only.
-    collaborative_weight: float = 0.0  # behaviour's weight against content in the latent (1 = alike)
-    collaborative_dim: int = 64  # latent block aligned with the collaborative embeddings (at most latent / 4)
-    collaborative_hidden: int = 8192  # max hidden width with interactions (~1 unit per warm item); 0 = unchanged
+    epochs: int = option(
+        5, title="Epochs", description="Passes over the training sample.", section="Training", minimum=1,
+        maximum=1000,
+    )
+    batch_size: int = option(
+        1024, title="Batch size", description="Items per optimiser step.", section="Training", minimum=16,
+        maximum=1_048_576,
+    )
+    lr: float = option(
+        1e-3, title="Learning rate", description="AdamW learning rate (after a linear warm-up).",
+        section="Training", exclusive_minimum=0,
+    )
+    weight_decay: float = option(
+        1e-4, title="Weight decay", description="AdamW weight decay of the encoder and decoder (not codebooks).",
+        section="Training", minimum=0, per_run=False,
+    )
+    warmup_frac: float = option(
+        0.05, title="Warm-up share", description="Share of the steps over which the learning rate ramps up.",
+        section="Training", minimum=0, maximum=1, per_run=False,
+    )
+    max_steps: int = option(
+        0, title="Step cap", description="Cap on optimiser steps; 0 = epochs x batches per epoch.",
+        section="Training", minimum=0, per_run=False,
+    )
+    max_train_items: int = option(
+        1_000_000, title="Training sample cap", section="Training", minimum=100,
+        description="Train on a seeded random sample of at most this many items (all items are encoded).",
+    )
+    init_items: int = option(
+        INIT_ITEMS, title="Initialisation sample", section="Training", minimum=1, per_run=False,
+        description="Items the codebooks are initialised from (residual k-means).",
+    )
+    eval_items: int = option(
+        65_536, title="Evaluation sample", section="Training", minimum=1, per_run=False,
+        description="Items the per-epoch metrics are measured on.",
+    )
+    reseed_every: int = option(
+        200, title="Dead-code reseed interval", section="Training", minimum=0, per_run=False,
+        description="Steps between re-seeding unused codes from current residuals; 0 = never.",
+    )
+    seed: int = option(
+        0, title="Seed", section="Training", minimum=0,
+        description="Seeds the training sample, the initialisation and the batch order: the same data, params "
+        "and seed give the same IDs.",
+    )
+    device: str = option(
+        "auto", title="Device", description="auto (CUDA when present), cpu, cuda, cuda:1 ...",
+        section="Training", form=False,  # the pipeline's gpu queue decides where training runs
+    )
+    collaborative_weight: float = option(
+        0.0,  # opt-in: NLL gain on MovieLens, Recall@10 gain not yet shown, +26% recon MSE (docs/collaborative.md)
+        title="Collaborative weight", section="Training", minimum=0, maximum=100,
+        description="Weight of the behaviour signal when the interactions snapshot {interactions_root}/{snapshot}/ "
+        "is complete (_SUCCESS): items users consume together are pulled into shared code prefixes; each user's "
+        "last two interactions are held out for the evaluation. 0 (the default), or no snapshot, = content-only "
+        "training.",
+        cli_help="behaviour's weight against content in the latent (default 1 with --interactions; "
+        "0 = content only)",
+    )
+    collaborative_dim: int = option(
+        64, title="Collaborative block", section="Training", minimum=1, per_run=False,
+        description="Latent block aligned with the collaborative embeddings (at most latent / 4).",
+    )
+    collaborative_hidden: int = option(
+        8192, title="Collaborative hidden cap", section="Training", minimum=0, per_run=False,
+        description="Max hidden width with interactions (about one unit per warm item); 0 = unchanged.",
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_train_items", "init_items", "eval_items", "collaborative_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.collaborative_weight < 0 or self.collaborative_hidden < 0:
-            raise ValueError("collaborative_weight and collaborative_hidden must be >= 0, got "
-                             f"{self.collaborative_weight} and {self.collaborative_hidden}")
+            raise ConfigError("collaborative_weight and collaborative_hidden must be >= 0, got "
+                              f"{self.collaborative_weight} and {self.collaborative_hidden}")
+
+
+class _Bounded(_Strict):
+    """Config classes whose Option bounds are their validation."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+@dataclass
+class InputChecks(_Bounded):
+    """What input embeddings must satisfy before anything trains on them (stage validate_dims, `rqvae train`)."""
+
+    expected_dim: int = option(
+        0, title="Expected dimension", section="Input validation", minimum=0, maximum=MAX_WIDTH,
+        description="Values per vector; 0 = infer (the most common length) and require all rows to have it.",
+        cli_help="refuse inputs whose vectors do not have this many values (default 0: any)",
+    )
+    min_items: int = option(
+        1000, title="Minimum items", section="Input validation", minimum=1,
+        description="Fail when the snapshot has fewer rows (a truncated upstream export).",
+        cli_default=1,  # a local file or a sample may be small; the pipeline guards daily exports
+        cli_help="refuse inputs with fewer rows (a truncated export)",
+    )
+    min_norm: float = option(
+        1e-6, title="Minimum L2 norm", section="Input validation", minimum=0, cli=False,
+        description="Rows with a smaller norm (e.g. all-zero vectors) fail validation.",
+    )
+    max_norm: float = option(
+        1e3, title="Maximum L2 norm", section="Input validation", exclusive_minimum=0, cli=False,
+        description="Rows with a larger norm fail validation.",
+    )
+    max_abs: float = option(
+        1e3, title="Maximum |value|", section="Input validation", exclusive_minimum=0, per_run=False,
+        description="Rows with a larger absolute value fail validation.",
+    )
+
+
+@dataclass
+class CodeChecks(_Bounded):
+    """What the semantic IDs must satisfy before they are published (stage validate_codes)."""
+
+    min_unique_ratio: float = option(
+        0.5, title="Minimum unique-ID ratio", section="Output validation", minimum=0, maximum=1, cli=False,
+        description="Distinct code tuples (before dedup) / items.",
+    )
+    min_usage: float = option(
+        0.5, title="Minimum codebook usage", section="Output validation", minimum=0, maximum=1, cli=False,
+        description="Share of each level's K codes used at least once.",
+    )
+    max_recon_mse: float = option(
+        0.05, title="Maximum reconstruction MSE", section="Output validation", exclusive_minimum=0, cli=False,
+        description="Mean squared error per element between input vectors and their reconstructions.",
+    )
+
+
+@dataclass
+class EncodeOptions(_Bounded):
+    """How items get their final IDs: collision resolution, retired IDs, encode shards."""
+
+    shard_size: int = option(
+        DEFAULT_SHARD_SIZE, title="Shard size", section="Training", minimum=1, cli=False, env="RQVAE_SHARD_SIZE",
+        description="Items per encode_items instance: a larger snapshot is encoded by several mapped instances "
+        "(in parallel on as many gpu workers); the IDs are the same for any value.",
+    )
+    collision_mode: str = option(
+        "dedup", title="Collision resolution", section="Stability", enum=COLLISION_MODES,
+        description="dedup: items sharing codes get a dedup digit 0, 1, ... reassign: colliding items move to the "
+        "nearest free last-level code of their prefix (IDs stay L codes; dedup only where a prefix is full).",
+    )
+    retire_after: int = option(
+        7, title="Retire IDs after (versions)", section="Stability", minimum=0, maximum=3650, cli=False,
+        description="An ID whose item disappeared stays reserved (given to no other item) for this many versions; "
+        "0 = free at once. Applies while the code space is kept (incremental runs, aligned retrains).",
+    )
+
+
+@dataclass
+class RetrainPolicy(_Bounded):
+    """Whether a run trains a new model or reuses the published one, and how a retrain keeps IDs stable."""
+
+    mode: str = option(
+        "retrain", title="Mode", section="Stability", enum=RUN_MODES, cli=False,
+        description="retrain: a new model, all IDs recomputed. incremental: reuse the latest published model, keep "
+        "the published ID of every item whose embedding is unchanged, encode only new or changed items. auto: "
+        "incremental unless the published model's recon MSE on new items exceeds its recorded one by the "
+        "retrain factor. Without a published version every mode retrains.",
+    )
+    retrain_factor: float = option(
+        1.5, title="Retrain factor (auto)", section="Stability", exclusive_minimum=0, cli=False,
+        description="auto retrains when recon MSE on new/changed items > factor x the published model's recon MSE.",
+    )
+    align_retrain: str = option(
+        "anchor", title="Align retrained codes", section="Stability", enum=ALIGN_MODES, cli=False,
+        description="After a retrain, make the codes agree with the previous version so fewer IDs change. permute: "
+        "relabel each level's codes (changes no ID's meaning). anchor: first refit the codebooks starting from the "
+        "previous ones, kept when recon MSE rises by at most 2%, then relabel. off: a new code space.",
+    )
+
+
+
+@dataclass
+class RetrieverOptions(_Bounded):
+    """The downstream retriever's budget per evaluation (the `semantic_ids_evaluation` DAG's Retriever section,
+    `rqvae evaluate-retrieval`'s flags); ``epochs`` and ``max_users`` become rqvae.retrieval.RetrievalConfig's."""
+
+    epochs: int = option(
+        5, title="Epochs", section="Retriever", minimum=1, maximum=200,
+        description="Training epochs of the retriever per ID set (the best validation epoch is kept).",
+    )
+    max_users: int = option(
+        5000, title="Users evaluated", section="Retriever", minimum=10,
+        description="A seeded sample of at most this many users is evaluated where the data is larger.",
+        cli_default=0,  # RetrievalConfig's: a local comparison evaluates every user unless told otherwise
+        cli_help="evaluate a seeded sample of at most this many users; 0 = all",
+    )
+    seeds: int = option(
+        1, title="Seeds", section="Retriever", minimum=1, maximum=10,
+        cli=False,  # the CLI's --seeds lists the seeds themselves (0,1,2)
+        description="Retriever seeds per ID set; per-user metrics are averaged over seeds before pairing.",
+    )
+
+    def retrieval_fields(self) -> dict[str, int]:
+        """The RetrievalConfig fields these options set (the rest keep RetrievalConfig's defaults)."""
+        return {"epochs": self.epochs, "max_users": self.max_users}
+
+
+CONFIG_CLASSES = (ModelConfig, TrainConfig, InputChecks, CodeChecks, EncodeOptions, RetrainPolicy)
 
 
 def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -141,5 +388,5 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     data = json.loads(Path(path).read_text())
     unknown = sorted(set(data) - {"model", "train"})
     if unknown:
-        raise ValueError(f"unknown sections {unknown} in {path}; expected 'model' and/or 'train'")
+        raise ConfigError(f"unknown sections {unknown} in {path}; expected 'model' and/or 'train'")
     return dict(data.get("model", {})), dict(data.get("train", {}))

@@ -3,9 +3,11 @@
 The input is read batch by batch (never held whole); only ids, codes and per-item errors (~30 bytes an item)
 are kept, since the dedup digit needs every item's code tuple before any row can be written.
 
-Two ways to the same result: :func:`encode_file` in one process, or :func:`encode_shard` on row ranges (each
-on its own worker, each writing a raw part) followed by :func:`merge_shards`, which resolves collisions over
-all items and writes one final part per shard. Encoding is per item, so the IDs are identical either way.
+One path, in two shapes: an encoding pass over rows (:func:`_encode_pass`) and one merge over all items
+(:func:`_merge`: duplicate check, collision resolution, the recon MSE of the IDs as published). The pipeline
+runs the pass per row range (:func:`encode_shard`, each on its own worker, each writing a raw shard) and the
+merge once (:func:`merge_shards`, one final part per shard); :func:`encode_file` (``rqvae encode``) runs the
+pass over all rows and the same merge in one process. Encoding is per item, so the IDs are identical either way.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -26,12 +27,15 @@ import torch
 from .checkpoint import load_model
 from .collisions import CollisionMode, collision_movers, resolve_collisions
 from .errors import InputError
-from .io import SemanticIdWriter, atomic_path, iter_embeddings, replace_dir, write_json_dict
+from .fsutil import atomic_path, remove_leftovers, replace_dir, temp_path
+from .hashing import embedding_hash
+from .idfile import SemanticIdWriter, write_json_dict
 from .metrics import code_metrics
-from .model import RQVAE
+from .model import ENCODE_BATCH_ROWS, RQVAE
 from .progress import Progress
+from .readers import DEFAULT_BATCH_ROWS, iter_embeddings
 from .search import distances, search_table
-from .stability import embedding_hash, write_hashes
+from .stability import write_hashes
 
 if TYPE_CHECKING:
     from .lineage import Lineage
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-WRITE_ROWS = 262_144
+WRITE_ROWS = DEFAULT_BATCH_ROWS  # rows per slice written to a semantic-ID file
 ERROR_SAMPLE = 200_000  # per-item recon errors kept for the report's histogram (an even stride over the items)
 
 
@@ -55,7 +59,7 @@ class PinnedIds(NamedTuple):
 
 
 @torch.no_grad()
-def encode_array(model: RQVAE, vectors: np.ndarray | torch.Tensor, batch_size: int = 65_536) -> np.ndarray:
+def encode_array(model: RQVAE, vectors: np.ndarray | torch.Tensor, batch_size: int = ENCODE_BATCH_ROWS) -> np.ndarray:
     """Codes [N, L] int32 for vectors [N, D]."""
     x = torch.as_tensor(vectors)
     out = np.empty((x.shape[0], model.num_codebooks), dtype=np.int32)
@@ -96,7 +100,7 @@ def _check_duplicates(ids: np.ndarray, path: str | Path) -> None:
 def encode_stream(
     model: RQVAE,
     embeddings_path: str | Path,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_pickle: bool = False,
     show_progress: bool = True,
     total: int | None = None,
@@ -217,7 +221,7 @@ def _write_ids(path: Path, num_levels: int, ids: np.ndarray, codes: np.ndarray, 
 
 @torch.no_grad()
 def last_residuals(
-    model: RQVAE, embeddings_path: str | Path, item_ids: np.ndarray, batch_rows: int = 262_144,
+    model: RQVAE, embeddings_path: str | Path, item_ids: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_pickle: bool = False, codes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Last-level residuals [M, latent] of the given items (a second streaming pass over the input).
@@ -268,39 +272,39 @@ def encode_file(
     embeddings_path: str | Path,
     out_path: str | Path,
     json_dict: str | Path | None = None,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_pickle: bool = False,
     show_progress: bool = True,
     total: int | None = None,
     *,
-    collisions: str | CollisionMode = CollisionMode.DEDUP,
+    collision_mode: str | CollisionMode = CollisionMode.DEDUP,
     pinned: PinnedIds | None = None,
     errors_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Encode every item of embeddings_path into the semantic-ID Parquet at out_path.
 
-    Output columns: item_id int64, codes fixed_size_list<int32>[L], dedup int32. Optionally also writes
-    ``semantic_id_dict.json`` ({"<item_id>": [codes]}) for existing inference code.
+    The pipeline's encoding as one shard over all rows plus its merge, in one process (any input format, no
+    raw shard on disk). Output columns: item_id int64, codes fixed_size_list<int32>[L], dedup int32.
+    Optionally also writes ``semantic_id_dict.json`` ({"<item_id>": [codes]}) for existing inference code.
 
-    ``collisions``: ``dedup`` (a digit tells items of one tuple apart) or ``reassign`` (colliding items move to
-    the nearest free last-level code of their prefix first; see :mod:`rqvae.collisions`). ``pinned``: IDs
+    ``collision_mode``: ``dedup`` (a digit tells items of one tuple apart) or ``reassign`` (colliding items move
+    to the nearest free last-level code of their prefix first; see :mod:`rqvae.collisions`). ``pinned``: IDs
     kept from a published version (incremental runs); those items are not re-encoded and the others are
     resolved around them. ``errors_path``: a .npy sample of per-item reconstruction errors (for reports).
     """
     model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
     run = _encode_pass(model, embeddings_path, batch_rows, allow_pickle, show_progress, total, pinned)
-    _check_duplicates(run.ids, embeddings_path)
-    ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, allow_pickle)
+    merged = _merge(model, run, embeddings_path, collision_mode, batch_rows, allow_pickle)
     out_path = Path(out_path)
     t0 = time.perf_counter()
-    _write_ids(out_path, model.num_codebooks, ids, codes, dedup)
+    _write_ids(out_path, model.num_codebooks, merged.ids, merged.codes, merged.dedup)
     result: dict[str, Any] = {
         "path": str(out_path),
-        "n_items": int(len(ids)),
+        "n_items": int(len(merged.ids)),
         "num_levels": model.num_codebooks,
         "codebook_size": model.codebook_size,
-        **metrics,
-        "max_dedup": int(dedup.max()),
+        **merged.metrics,
+        "max_dedup": int(merged.dedup.max()),
         "write_seconds": round(time.perf_counter() - t0, 3),
     }
     if errors_path is not None:
@@ -308,33 +312,45 @@ def encode_file(
     if json_dict is not None:
         result["json_dict"] = str(json_dict)
         result["json_items"] = write_json_dict(out_path, json_dict)
+    _as_published(result, merged.recon_mse_moved)
     logger.info(
         "encoded %d items (%d pinned): unique %.4f, collisions %.4f -> %.4f (%s, %d moved), recon_mse %.6f, "
         "%s items/s -> %s",
-        len(ids), metrics["n_pinned"], metrics["unique_ratio"], metrics["collision_rate_pre"],
-        metrics["collision_rate_post"], metrics["collision_mode"], metrics["moved"], metrics["recon_mse"],
-        metrics["items_per_second"], out_path,
+        len(merged.ids), result["n_pinned"], result["unique_ratio"], result["collision_rate_pre"],
+        result["collision_rate_post"], result["collision_mode"], result["moved"], result["recon_mse"],
+        result["items_per_second"], out_path,
     )
     return result
 
 
-def _resolve(
+class Merged(NamedTuple):
+    """All items with their final IDs, and the figures of the pass and of the collision resolution."""
+
+    ids: np.ndarray  # [N] in input order
+    codes: np.ndarray  # [N, L] int32, as published
+    dedup: np.ndarray  # [N] int32
+    metrics: dict[str, Any]  # code quality of the published codes, recon error of the model's codes, collisions
+    recon_mse_moved: float | None  # what `reassign` added to the recon MSE (None: nothing moved)
+
+
+def _merge(
     model: RQVAE,
     run: _Pass,
     embeddings_path: str | Path,
-    collisions: str | CollisionMode,
+    collision_mode: str | CollisionMode,
     batch_rows: int,
     allow_pickle: bool,
     lineage: Lineage | None = None,
     audit_path: str | Path | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(ids, codes, dedup, metrics) once collisions over all items of the pass are resolved.
+) -> Merged:
+    """Final IDs once collisions over all items of the pass are resolved.
 
-    The one place both encoding paths end in, so a sharded run publishes exactly what a single pass would.
+    The one place both shapes of encoding end in, so a sharded run publishes exactly what a single pass would.
     ``lineage`` (see :mod:`rqvae.lineage`) pins codes kept from the previous version and reserves retired IDs;
     ``audit_path`` gets the table of items reassignment moved (see :mod:`rqvae.audit`).
     """
-    mode = CollisionMode.parse(collisions)
+    _check_duplicates(run.ids, embeddings_path)
+    mode = CollisionMode.parse(collision_mode)
     metrics = _pass_metrics(run, model.codebook_size)
     ids, codes, fixed, fixed_dedup, reserved = run.ids, run.codes, run.fixed, run.fixed_dedup, None
     if lineage is not None:
@@ -357,17 +373,49 @@ def _resolve(
     )
     metrics.update(resolved.stats)
     metrics["resolve_seconds"] = round(time.perf_counter() - t0, 3)
+    extra_recon, moved_delta = _moved_recon(model, embeddings_path, ids, codes, resolved.codes, movers, batch_rows,
+                                            allow_pickle)
     if audit_path is not None:
         from .audit import audit_collisions
 
         metrics["collision_audit"] = audit_collisions(
             model, embeddings_path, audit_path, ids, codes, resolved.codes, resolved.dedup, movers, last_distances,
             collision_mode=mode.value, reserved_codes=None if reserved is None else reserved[0],
-            batch_rows=batch_rows, allow_pickle=allow_pickle,
+            batch_rows=batch_rows, allow_pickle=allow_pickle, extra_recon=extra_recon,
         )
     if mode is CollisionMode.REASSIGN:
         metrics.update(code_metrics(resolved.codes, model.codebook_size))  # unique ratio etc. of the IDs as published
-    return ids, resolved.codes, resolved.dedup, metrics
+    return Merged(ids, resolved.codes, resolved.dedup, metrics, moved_delta)
+
+
+def _moved_recon(
+    model: RQVAE, embeddings_path: str | Path, ids: np.ndarray, original: np.ndarray, final: np.ndarray,
+    movers: np.ndarray | None, batch_rows: int, allow_pickle: bool,
+) -> tuple[np.ndarray | None, float | None]:
+    """(per moved item: MSE from its new codes minus from its original ones, their sum over all items).
+
+    One more streaming pass over the input, made only when `reassign` moved items: their new codes are known
+    only after every mover is placed. (None, None) when nothing moved.
+    """
+    if movers is None:
+        return None, None
+    rows = np.flatnonzero(movers)
+    moved = rows[(final[rows] != original[rows]).any(1)]
+    if moved.size == 0:
+        return None, None
+    from .audit import recon_deltas
+
+    extra = recon_deltas(model, embeddings_path, ids[moved], original[moved], final[moved], batch_rows, allow_pickle)
+    return extra, float(extra.astype(np.float64).sum() / max(1, len(ids)))
+
+
+def _as_published(result: dict[str, Any], recon_mse_moved: float | None) -> None:
+    """Make `recon_mse` the figure of the IDs as published: `reassign` moves items off the code the model chose,
+    and the pass measured them before the move. The model's own figure stays as `recon_mse_model` (what an
+    `auto` run compares new items against)."""
+    result["recon_mse_model"] = result["recon_mse"]
+    if recon_mse_moved is not None:
+        result["recon_mse"] = float(result["recon_mse"]) + recon_mse_moved
 
 
 # ------------------------------------------------------------------------------------------- sharded encoding
@@ -396,7 +444,7 @@ def encode_shard(
     rows: tuple[int, int],
     *,
     pinned: PinnedIds | None = None,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Encode rows ``[start, stop)`` of a Parquet artifact into a raw shard file (see :func:`merge_shards`).
@@ -466,10 +514,10 @@ def merge_shards(
     embeddings_path: str | Path,
     out_dir: str | Path,
     *,
-    collisions: str | CollisionMode = CollisionMode.DEDUP,
+    collision_mode: str | CollisionMode = CollisionMode.DEDUP,
     hashes_path: str | Path | None = None,
     errors_path: str | Path | None = None,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     lineage: Lineage | None = None,
     audit_path: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -483,18 +531,17 @@ def merge_shards(
     """
     model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
     run, sizes = _read_shards(shard_paths, model.num_codebooks)
-    _check_duplicates(run.ids, embeddings_path)
-    ids, codes, dedup, metrics = _resolve(model, run, embeddings_path, collisions, batch_rows, False, lineage,
-                                          audit_path)
+    merged = _merge(model, run, embeddings_path, collision_mode, batch_rows, False, lineage, audit_path)
+    ids, codes, dedup = merged.ids, merged.codes, merged.dedup
     out_dir = Path(out_dir)
-    _remove_leftovers(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_leftovers(out_dir)  # staging / moved-aside folders of a killed merge: the retry starts clean
+    staging = temp_path(out_dir)
     try:
         bounds = np.cumsum([0, *sizes])
         for index, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             _write_ids(staging / f"part-{index:05d}.parquet", model.num_codebooks, ids[lo:hi], codes[lo:hi],
                        dedup[lo:hi])
-        replace_dir(staging, out_dir, out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"))
+        replace_dir(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -504,7 +551,7 @@ def merge_shards(
         "n_shards": len(sizes),
         "num_levels": model.num_codebooks,
         "codebook_size": model.codebook_size,
-        **metrics,
+        **merged.metrics,
         "max_dedup": int(dedup.max()),
     }
     if hashes_path is not None:
@@ -512,16 +559,11 @@ def merge_shards(
         write_hashes(hashes_path, ids[order], run.hashes[order])
     if errors_path is not None:
         result["errors_path"] = _save_error_sample(errors_path, run.errors)
+    _as_published(result, merged.recon_mse_moved)
     logger.info(
         "merged %d shard(s), %d items: unique %.4f, collisions %.4f -> %.4f (%s, %d moved), recon_mse %.6f -> %s",
-        len(sizes), len(ids), metrics["unique_ratio"], metrics["collision_rate_pre"], metrics["collision_rate_post"],
-        metrics["collision_mode"], metrics["moved"], metrics["recon_mse"], out_dir,
+        len(sizes), len(ids), result["unique_ratio"], result["collision_rate_pre"], result["collision_rate_post"],
+        result["collision_mode"], result["moved"], result["recon_mse"], out_dir,
     )
     return result
 
-
-def _remove_leftovers(final: Path) -> None:
-    """Delete staging / moved-aside folders a killed merge left beside ``final`` (the retry starts clean)."""
-    for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
-        logger.warning("removing %s left by an interrupted merge", leftover)
-        shutil.rmtree(leftover)

@@ -1,7 +1,13 @@
-"""Exceptions with messages a user can act on.
+"""Exceptions with messages a user can act on, classified by whether a retry can help.
 
 Bad input must fail loudly and name what is wrong plus a few offending item ids, so every reader,
 validator and CLI command raises :class:`InputError` rather than returning something empty.
+
+:class:`PermanentError` is the one base of failures that running the same step again cannot fix: the DAGs'
+retry policy fails such a task at once and the CLI exits with code 2. Everything else (a lost worker, a full
+disk, CUDA out of memory, an I/O error) is transient and keeps the normal retries. The pipeline's own
+permanent classes (failed validation, bad snapshot, path outside the roots, refused publish, stale
+evaluation) live beside the code that raises them in ``include/`` and derive from this base.
 """
 
 from __future__ import annotations
@@ -16,10 +22,18 @@ class RQVAEError(Exception):
     """Base class of this library's errors."""
 
 
-class InputError(RQVAEError, ValueError):
+class PermanentError(RQVAEError):
+    """A failure a retry cannot help: the same input, params or files would fail the same way again."""
+
+
+class ConfigError(PermanentError, ValueError):
+    """Bad params or config values (a ValueError too, for callers that catch that)."""
+
+
+class InputError(PermanentError, ValueError):
     """Input data that cannot be used: names the problem, the count and sample item ids.
 
-    The CLI maps it to exit code 2; the pipeline lets it fail the task.
+    The CLI maps it to exit code 2; the pipeline fails the task without retries.
     """
 
     def __init__(
@@ -43,8 +57,8 @@ class InputError(RQVAEError, ValueError):
         super().__init__(" ".join(parts).replace(" ;", ";"))
 
 
-class ModelLoadError(RQVAEError):
-    """A model directory that is missing, incompatible or tampered with."""
+class ModelLoadError(PermanentError):
+    """A model directory that is missing, incompatible or tampered with: loading it again gives the same."""
 
 
 def _plain(value: object) -> object:

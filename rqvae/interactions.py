@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import ConfigError, InputError
+from .fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,8 @@ def write_interactions(folder: str | Path, interactions: Interactions, *, part_r
             "item_id": pa.array(interactions.item_id[start:stop], pa.int64()),
             "timestamp": pa.array(interactions.timestamp[start:stop], pa.int64()),
         })
-        final = folder / f"part-{index:05d}.parquet"
-        tmp = final.with_name(final.name + ".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(final)
+        with atomic_path(folder / f"part-{index:05d}.parquet") as tmp:
+            pq.write_table(table, tmp)
     (folder / SUCCESS_MARKER).touch()
     return folder
 
@@ -151,7 +150,7 @@ class LeaveOneOut:
 def leave_one_out(interactions: Interactions, min_interactions: int = 3) -> LeaveOneOut:
     """Split every user with at least ``min_interactions`` (>= 3) events; users with fewer are dropped."""
     if min_interactions < 3:
-        raise ValueError(f"min_interactions must be >= 3 (train, validation, test), got {min_interactions}")
+        raise ConfigError(f"min_interactions must be >= 3 (train, validation, test), got {min_interactions}")
     user_id = interactions.user_id
     if len(user_id) and np.any(np.diff(user_id) < 0):
         raise ValueError("interactions must be sorted by user (build them with Interactions.from_arrays)")

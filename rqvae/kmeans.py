@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .search import Distance, nearest_codeword, search_table
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ KMeansMethod = Literal["kmeans", "progressive", "bkmeans", "none"] | KMeansFn
 
 _CHUNK = 4096  # rows per distance block: bounds the [k, chunk] matrix, keeps it cache-friendly
 PP_SAMPLE = 32_768  # points k-means++ seeding draws from
+SPLIT_EPS = 1.0 / 1024  # relative nudge that splits an empty centre's copy from the centre it copies
 
 
 def sq_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -109,13 +111,12 @@ def _update(x: torch.Tensor, assign: torch.Tensor, centroids: torch.Tensor) -> t
         return new
     weights = (counts - 1).clamp_min(0).double().cpu()
     gen = torch.Generator().manual_seed(int(assign.shape[0]) + len(empty))  # deterministic per call
-    eps = 1.0 / 1024
     for e in empty:
         if float(weights.sum()) <= 0:
             break
         src = int(torch.multinomial(weights, 1, generator=gen))
-        new[e] = new[src] * (1 + eps)
-        new[src] = new[src] * (1 - eps)
+        new[e] = new[src] * (1 + SPLIT_EPS)
+        new[src] = new[src] * (1 - SPLIT_EPS)
         weights[src] = weights[e] = max(0.0, float(weights[src] - 1) / 2)  # the halves share the points
     return new
 
@@ -229,7 +230,7 @@ def fit_codebook(
         return balanced_kmeans(x, k, iters, generator)
     if method == "none":
         return random_init(x, k, generator)
-    raise ValueError(f"unknown kmeans_method {method!r}; expected one of {list(METHODS)} or a callable")
+    raise ConfigError(f"unknown kmeans_method {method!r}; expected one of {list(METHODS)} or a callable")
 
 
 def call_user_kmeans(fn: KMeansFn, x: torch.Tensor, k: int, iters: int) -> torch.Tensor:

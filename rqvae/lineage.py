@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import atomic_path, read_semantic_ids
+from .fsutil import atomic_path
+from .idfile import read_semantic_ids
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import codebook_sizes, default_architecture
+from .config import ModelConfig, codebook_sizes, default_architecture
+from .errors import ConfigError
 from .kmeans import METHODS, KMeansMethod
 from .quantizer import ResidualQuantizer
 
 logger = logging.getLogger(__name__)
 
 PARALLEL_ROWS = 4096  # rows per thread-pool block when encoding on CPU
+ENCODE_BATCH_ROWS = 65_536  # rows per encode call over vectors already in memory: bounds the activations
+PCA_MAX_ROWS = 262_144  # rows the PCA start's float64 SVD looks at: bounds its memory (2 GiB at D=1024)
 
 
 class RQVAEOutput(NamedTuple):
@@ -70,7 +73,9 @@ class RQVAE(nn.Module):
 
     Args mirror the users' script; ``hidden_channels``/``latent_dim`` left as None follow their rule
     (see :func:`rqvae.config.default_architecture`). ``codebook_size`` is one size per level or an int.
-    ``center`` subtracts the data mean (stored with the model) before encoding.
+    ``center`` subtracts the data mean (stored with the model) before encoding. These defaults are the users',
+    not the pipeline's :class:`rqvae.config.ModelConfig` (docs/configuration.md lists where and why they
+    differ); :meth:`from_config` builds a ModelConfig's model.
     """
 
     def __init__(
@@ -99,9 +104,9 @@ class RQVAE(nn.Module):
             codebook_size if isinstance(codebook_size, int) else list(codebook_size), num_codebooks
         )
         if isinstance(kmeans_method, str) and kmeans_method not in METHODS:
-            raise ValueError(f"unknown kmeans_method {kmeans_method!r}; expected one of {list(METHODS)} or a callable")
+            raise ConfigError(f"unknown kmeans_method {kmeans_method!r}; expected one of {list(METHODS)} or a callable")
         if kmeans_iters < 0:
-            raise ValueError(f"kmeans_iters must be >= 0, got {kmeans_iters}")
+            raise ConfigError(f"kmeans_iters must be >= 0, got {kmeans_iters}")
         self.input_dim = int(input_dim)
         self.latent_dim = int(latent_dim)
         self.hidden_channels = [int(h) for h in hidden_channels]
@@ -114,6 +119,10 @@ class RQVAE(nn.Module):
             self.latent_dim, sizes, shared_codebook, distances_method, loss_beta, gradient
         )
         self.register_buffer("input_mean", torch.zeros(self.input_dim))
+        # ModelConfig fields the constructor does not take (they act in training); from_config sets them and
+        # model directories store them, so a saved model's config is the whole ModelConfig
+        self.method = "rqvae"
+        self.last_level_balance = 0.0
         logger.info(
             "RQVAE: input %d -> hidden %s -> latent %d; %d levels x %s codes (%s, %s%s)",
             self.input_dim, self.hidden_channels, self.latent_dim, len(sizes), sizes, distances_method,
@@ -123,6 +132,14 @@ class RQVAE(nn.Module):
         self.to(resolve_device(device))
 
     # ---- configuration -------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig, device: str | torch.device | None = "auto") -> RQVAE:
+        """The model a :class:`rqvae.config.ModelConfig` describes (the pipeline's and the CLI's defaults)."""
+        model = cls(**config.model_kwargs(), device=device)
+        model.method = config.method
+        model.last_level_balance = float(config.last_level_balance)
+        return model
+
     @property
     def device(self) -> torch.device:
         return self.input_mean.device
@@ -160,6 +177,11 @@ class RQVAE(nn.Module):
             "gradient": self.quantizer.gradient,
         }
 
+    def model_config(self) -> ModelConfig:
+        """The whole ModelConfig of this model, as model directories store it: :meth:`config` plus the
+        training-only ``method`` and ``last_level_balance``."""
+        return ModelConfig(**self.config(), method=self.method, last_level_balance=self.last_level_balance)
+
     # ---- data-dependent initialisation ---------------------------------------------------------------
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
@@ -174,7 +196,7 @@ class RQVAE(nn.Module):
         enc = torch.eye(self.latent_dim, self.input_dim, device=x.device)
         if self.latent_dim < self.input_dim:
             # top principal directions: the best linear start when the latent must compress
-            _, _, vh = torch.linalg.svd(xc[: min(xc.shape[0], 262_144)].double(), full_matrices=False)
+            _, _, vh = torch.linalg.svd(xc[:PCA_MAX_ROWS].double(), full_matrices=False)
             enc = vh[: self.latent_dim].float()
         self.encoder.skip.weight.copy_(enc)
         self.encoder.skip.bias.zero_()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
 from .kmeans import KMeansMethod, fit_codebook
 from .search import Distance, distances, nearest_codeword, search_table
 
@@ -44,10 +45,10 @@ class ResidualQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if gradient not in GRADIENTS:
-            raise ValueError(f"unknown gradient {gradient!r}; expected one of {list(GRADIENTS)}")
+            raise ConfigError(f"unknown gradient {gradient!r}; expected one of {list(GRADIENTS)}")
         self.gradient = gradient
         if shared and len(set(codebook_sizes)) != 1:
-            raise ValueError(f"shared_codebook=True needs one size for every level, got {codebook_sizes}")
+            raise ConfigError(f"shared_codebook=True needs one size for every level, got {codebook_sizes}")
         self.dim = dim
         self.codebook_sizes = list(codebook_sizes)
         self.shared = shared

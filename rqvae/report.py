@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import read_semantic_ids
+from .idfile import read_semantic_ids
 from .metrics import pack_codes
 
 logger = logging.getLogger(__name__)

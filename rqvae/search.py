@@ -7,6 +7,8 @@ from enum import StrEnum
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 
 class Distance(StrEnum):
     """How a residual picks its codeword."""
@@ -20,7 +22,7 @@ class Distance(StrEnum):
         try:
             return aliases[str(name).lower()]
         except KeyError:
-            raise ValueError(f"unknown distances_method {name!r}; expected one of {sorted(aliases)}") from None
+            raise ConfigError(f"unknown distances_method {name!r}; expected one of {sorted(aliases)}") from None
 
 
 PACK_MAX_BITS = 12  # codebooks up to 4096 codes use the packed search; larger ones an exact argmin

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .io import atomic_path, read_semantic_ids
+from .fsutil import atomic_path
+from .idfile import read_semantic_ids
 from .retrieval.index import ROOT, PrefixIndex
 from .retrieval.tokens import TokenLayout
 

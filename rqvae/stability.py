@@ -15,34 +15,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import iter_embeddings, read_semantic_ids
-
-HASH_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constants (golden ratio, splitmix64 finaliser)
-MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def embedding_hash(vectors: np.ndarray) -> np.ndarray:
-    """One int64 per row from the exact float32 bytes of the row (any change to any value changes it).
-
-    Polynomial over the row's 32-bit words, then a splitmix64 finaliser; vectorised over rows, one pass per
-    column. Not cryptographic: it detects changed embeddings, it does not resist forged ones.
-    """
-    words = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
-    h = np.full(words.shape[0], words.shape[1], dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(words.shape[1]):
-            h = h * HASH_MULT + words[:, j].astype(np.uint64)
-        h ^= h >> np.uint64(30)
-        h *= MIX1
-        h ^= h >> np.uint64(27)
-        h *= MIX2
-        h ^= h >> np.uint64(31)
-    return h.view(np.int64)
+from .fsutil import atomic_path
+from .hashing import embedding_hash
+from .idfile import read_semantic_ids
+from .readers import DEFAULT_BATCH_ROWS, iter_embeddings
 
 
 def file_hashes(
-    path: str | Path, batch_rows: int = 262_144, allow_pickle: bool = False, rows: tuple[int, int] | None = None
+    path: str | Path,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    allow_pickle: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(item ids, embedding hashes) of every row (or of ``rows=(start, stop)``), streamed; sorted by item id."""
     ids_parts, hash_parts = [], []
@@ -59,10 +42,9 @@ def file_hashes(
 def write_hashes(path: str | Path, ids: np.ndarray, hashes: np.ndarray) -> Path:
     """Parquet (item_id int64, emb_hash int64), written to a temp name and moved into place."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     table = pa.table({"item_id": pa.array(ids, pa.int64()), "emb_hash": pa.array(hashes, pa.int64())})
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
-from rqvae.io import ROW_GROUP_ROWS, atomic_path, embeddings_schema, embeddings_table
+from rqvae.fsutil import atomic_path
+from rqvae.readers import ROW_GROUP_ROWS, embeddings_schema, embeddings_table
+
+from .errors import ConfigError
+from .units import SECONDS_PER_DAY
 
 if TYPE_CHECKING:
     from rqvae.interactions import Interactions
@@ -34,6 +38,8 @@ NOISE_SCALE = 0.42  # median per-item noise: residual k-means at 3 x 256 then fi
 SQUASH = 0.9  # tanh gain: bounds coordinates like the real feature
 POPULARITY_EXPONENT = 0.7  # Zipf-like cluster sizes, as in real catalogs
 ID_BASE = 20_000_000_000  # real anonymous_cid values are 11-digit numbers
+ITEMS_PER_CLUSTER = 1000  # default_clusters: about one coarse cluster per this many items
+DEFAULT_USERS = 1000  # users synth_interactions makes up (the CLI's --users default)
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class _Mixture:
 
 def default_clusters(n: int) -> int:
     """About one coarse cluster per thousand items, between 16 and 2048."""
-    return int(np.clip(n // 1000, 16, 2048))
+    return int(np.clip(n // ITEMS_PER_CLUSTER, 16, 2048))
 
 
 def synth(
@@ -65,12 +71,12 @@ def synth(
     ``part-NNNNN.parquet`` files with ``_SUCCESS`` written last, like the upstream snapshots.
     """
     if n <= 0 or dim < 2 or chunk_rows <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"need n > 0, dim >= 2 and chunk_rows > 0; got n={n}, dim={dim}, chunk_rows={chunk_rows}"
         )
     clusters = n_clusters if n_clusters is not None else default_clusters(n)
     if clusters < 1:
-        raise ValueError(f"n_clusters must be >= 1, got {clusters}")
+        raise ConfigError(f"n_clusters must be >= 1, got {clusters}")
     mixture = _build_mixture(seed, clusters, dim)
     base, stride = _id_layout(seed)
     chunks = _chunks(mixture, seed, n, chunk_rows, base, stride, progress)
@@ -147,7 +153,8 @@ def _write_parts(target: Path, chunks: Iterator[tuple[np.ndarray, np.ndarray]]) 
 
 
 def synth_interactions(
-    item_ids: np.ndarray, vectors: np.ndarray, n_users: int = 1000, events: int = 30, step: int = 50, seed: int = 0
+    item_ids: np.ndarray, vectors: np.ndarray, n_users: int = DEFAULT_USERS, events: int = 30, step: int = 50,
+    seed: int = 0,
 ) -> Interactions:
     """Users who browse neighbouring items: a behaviour signal tied to content, for demos and tests.
 
@@ -159,7 +166,7 @@ def synth_interactions(
 
     ids = np.asarray(item_ids, np.int64)
     if len(ids) < 2 or n_users < 1 or events < 3 or step < 1:
-        raise ValueError(f"need >= 2 items, n_users >= 1, events >= 3, step >= 1; got {len(ids)}, {n_users}, "
+        raise ConfigError(f"need >= 2 items, n_users >= 1, events >= 3, step >= 1; got {len(ids)}, {n_users}, "
                          f"{events}, {step}")
     rng = np.random.default_rng(seed)
     direction = rng.standard_normal(np.asarray(vectors).shape[1]).astype(np.float32)
@@ -168,5 +175,5 @@ def synth_interactions(
     moves[:, 0] = rng.integers(0, len(ids), size=n_users)
     positions = np.mod(np.cumsum(moves, axis=1), len(ids))
     users = np.repeat(np.arange(1, n_users + 1, dtype=np.int64), events)
-    times = 1_700_000_000 + rng.integers(0, 86_400, size=n_users)[:, None] + 60 * np.arange(events)[None, :]
+    times = 1_700_000_000 + rng.integers(0, SECONDS_PER_DAY, size=n_users)[:, None] + 60 * np.arange(events)[None, :]
     return Interactions.from_arrays(users, order[positions].reshape(-1), times.reshape(-1))

@@ -11,10 +11,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +22,9 @@ import torch
 
 from .checkpoint import save_model
 from .config import ModelConfig, TrainConfig
+from .fsutil import remove_leftovers, replace_dir, temp_path
 from .metrics import code_metrics
-from .model import RQVAE, resolve_device
+from .model import ENCODE_BATCH_ROWS, RQVAE, resolve_device
 from .progress import Progress, format_seconds
 
 if TYPE_CHECKING:
@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-_EVAL_BATCH = 65_536
+_FINGERPRINT_ROWS = 1024  # first and last rows of the training data its fingerprint hashes (checked on resume)
+_EVAL_BATCH = ENCODE_BATCH_ROWS
 _EVAL_FLOATS = 1 << 27  # rows x hidden width per evaluation batch (a wide collaborative memory gets fewer rows)
+_EVAL_MIN_ROWS = 1024  # however wide the model, an evaluation batch has at least this many rows
 
 
 @dataclass
@@ -49,8 +51,8 @@ class TrainResult:
 def _fingerprint(x: np.ndarray) -> str:
     """Cheap identity of the training data: shape plus a hash of its first and last rows."""
     digest = hashlib.sha256(f"{x.shape}".encode())
-    digest.update(np.ascontiguousarray(x[:1024]).tobytes())
-    digest.update(np.ascontiguousarray(x[-1024:]).tobytes())
+    digest.update(np.ascontiguousarray(x[:_FINGERPRINT_ROWS]).tobytes())
+    digest.update(np.ascontiguousarray(x[-_FINGERPRINT_ROWS:]).tobytes())
     return digest.hexdigest()
 
 
@@ -72,7 +74,7 @@ def evaluate(model: RQVAE, x: torch.Tensor) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     codes, sq_err = [], 0.0
-    batch = max(1024, min(_EVAL_BATCH, _EVAL_FLOATS // max(model.hidden_channels)))
+    batch = max(_EVAL_MIN_ROWS, min(_EVAL_BATCH, _EVAL_FLOATS // max(model.hidden_channels)))
     for start in range(0, x.shape[0], batch):
         xb = x[start : start + batch].to(model.device, torch.float32)
         c = model.encode(xb)
@@ -97,20 +99,18 @@ def _optimizer(model: RQVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _save_checkpoint(ckpt: Path, model: RQVAE, opt, sched, epoch: int, meta: dict[str, Any],
                      collab: CollaborativeLoss | None = None) -> None:
     """Model weights (safetensors) + optimiser state (tensors only) + progress, swapped in atomically."""
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-    if collab is not None:  # fitted at init, on the initial latent: a resumed run must not refit it
-        state["collaborative"] = {"basis": collab.basis, "scale": torch.tensor(collab.scale)}
-    torch.save(state, tmp / "optimizer.pt")
-    (tmp / "progress.json").write_text(json.dumps({**meta, "epoch": epoch}))
-    old = ckpt.with_name(ckpt.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_leftovers(ckpt)  # what an epoch killed mid-save left beside the checkpoint
+    tmp = temp_path(ckpt)
+    try:
+        save_model(model, tmp)
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        if collab is not None:  # fitted at init, on the initial latent: a resumed run must not refit it
+            state["collaborative"] = {"basis": collab.basis, "scale": torch.tensor(collab.scale)}
+        torch.save(state, tmp / "optimizer.pt")
+        (tmp / "progress.json").write_text(json.dumps({**meta, "epoch": epoch}))
+        replace_dir(tmp, ckpt)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _try_resume(ckpt: Path, model: RQVAE, opt, sched, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -165,14 +165,14 @@ def train(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     x_all = torch.from_numpy(x_np).to(device)
-    kwargs = model_cfg.model_kwargs()
+    architecture = model_cfg
     if signal is not None and cfg.collaborative_hidden:
         # the memory of warm items' behaviour: about one hidden unit per warm item, up to collaborative_hidden,
         # and at most 64 per input dimension (32x the content model's width) to bound training and encoding cost
         warm = int(np.count_nonzero(signal[1].confidence))
-        kwargs["hidden_channels"] = [min(cfg.collaborative_hidden, 1 << max(6, (warm - 1).bit_length()),
-                                         64 * model_cfg.input_dim)]
-    model = RQVAE(**kwargs, device=device)
+        widths = [min(cfg.collaborative_hidden, 1 << max(6, (warm - 1).bit_length()), 64 * model_cfg.input_dim)]
+        architecture = replace(model_cfg, hidden_channels=widths)
+    model = RQVAE.from_config(architecture, device=device)
     opt = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = 0 if model_cfg.method == "rqkmeans" else (cfg.max_steps or cfg.epochs * steps_per_epoch)
@@ -314,6 +314,7 @@ def train(
     if out_dir is not None:
         save_model(model, out_dir, extra={"train": cfg.to_dict(), "metrics": metrics})
         shutil.rmtree(ckpt, ignore_errors=True)
+        remove_leftovers(ckpt)
     return TrainResult(model, history, metrics, resumed_from_epoch=start_epoch - 1)
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from rqvae.errors import SAMPLE_IDS, InputError
+from rqvae.readers import DEFAULT_BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
-CHECK_CHUNK_ROWS = 262_144
+CHECK_CHUNK_ROWS = DEFAULT_BATCH_ROWS  # rows checked at once: bounds the temporaries like a read batch
 
 
 @dataclass

@@ -45,6 +45,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from airflow_env import STACK_SHORT_WAITS  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "scripts" / "stack.sh"
 CHAOS_DIR = REPO / "var" / "chaos"
@@ -92,9 +95,7 @@ def stack_env() -> dict[str, str]:
     env.update(PORTS)
     env.update(STACK_DIR=str(STACK_DIR), STACK_GPU_WORKERS=str(len(GPU_WORKERS)),
                STACK_ENV_FILE=str(CHAOS_DIR / "airflow-overrides.env"), STACK_TIMEOUT_S="400")
-    # The sensor finds each snapshot at its first poke; the run the scheduler makes for today (no snapshot)
-    # fails after 15 s. A retry starts 1 s after the failure, not 5 minutes.
-    env.update(RQVAE_SENSOR_POKE_S="2", RQVAE_SENSOR_TIMEOUT_S="15", RQVAE_RETRY_DELAY_S="1")
+    env.update(STACK_SHORT_WAITS)  # seconds, not the production minutes (see scripts/airflow_env.py)
     return env
 
 
@@ -199,37 +200,35 @@ def make_snapshot(day: str) -> None:
 # --- what a scenario checks --------------------------------------------------------------------------------------
 def published_versions() -> dict[str, str]:
     """snapshot -> sha256 of its semantic_ids.parquet, for every version under the publish root."""
-    root = STACK_DIR / "data" / "published"
-    found = {}
-    for link in sorted(root.glob("[0-9]*")):
-        manifest = link / "manifest.json"
-        if manifest.is_file():
-            found[link.name] = json.loads(manifest.read_text())["checksums"]["semantic_ids"]
-    return found
+    from include.published import list_versions
+
+    versions = list_versions(STACK_DIR / "data" / "published")
+    return {version.name: version.read_manifest()["checksums"]["semantic_ids"] for version in versions}
 
 
 def verify_version(day: str) -> str | None:
     """None when `{publish_root}/{day}` resolves and every file verifies against its manifest, else why not."""
-    from include.files import sha256_file
+    from include.published import version_for
+    from rqvae.fsutil import sha256_file
 
-    version = STACK_DIR / "data" / "published" / day
-    manifest_path = version / "manifest.json"
-    if not manifest_path.is_file():
+    version = version_for(STACK_DIR / "data" / "published", day)
+    if not version.is_complete():
         return "no manifest (dangling or missing version)"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = version.read_manifest()
     for name, entry in manifest["files"].items():
-        path = version / name
+        path = version.path / name
         if not path.is_file():
             return f"{name} missing"
-        if sha256_file(path) != entry["sha256"]:
+        if sha256_file(path, tagged=True) != entry["sha256"]:
             return f"{name} checksum differs"
     return None
 
 
 def ids_of(day: str) -> Any:
-    from rqvae.io import read_semantic_ids
+    from include.published import version_for
+    from rqvae.idfile import read_semantic_ids
 
-    ids, codes, dedup = read_semantic_ids(STACK_DIR / "data" / "published" / day / "semantic_ids.parquet")
+    ids, codes, dedup = read_semantic_ids(version_for(STACK_DIR / "data" / "published", day).semantic_ids)
     order = ids.argsort()
     return ids[order], codes[order], dedup[order]
 

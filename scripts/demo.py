@@ -98,7 +98,9 @@ def evaluate(name: str, snapshot: str, publish_root: Path, logs: Path, extra: di
     t0 = time.perf_counter()
     code = airflow(["dags", "test", EVAL_DAG_ID, snapshot, "-c", json.dumps(conf)], log, check=False)
     print(f"   finished in {time.perf_counter() - t0:.1f}s, exit code {code}; full log: {log}")
-    path = publish_root / snapshot / "evaluation.json"
+    from include.published import version_for
+
+    path = version_for(publish_root, snapshot).evaluation
     if not path.is_file():
         print("   no evaluation written (no interactions snapshot, or the run failed: see the log)")
         return code != 0
@@ -130,7 +132,7 @@ def ensure_synthetic_interactions(embeddings: Path, folder: Path) -> None:
     if snapshot_ready(folder):
         return
     from rqvae.interactions import write_interactions
-    from rqvae.io import read_embeddings
+    from rqvae.readers import read_embeddings
     from rqvae.synth import synth_interactions
 
     emb = read_embeddings(embeddings)
@@ -184,15 +186,16 @@ def report(snapshot: str, publish_root: Path, succeeded: bool) -> None:
     """Print the run's task durations (from the metadata DB) and, when it published, the manifest."""
     for task_id, state, seconds in task_durations(snapshot):
         print(f"   {task_id:<22} {state:<16} {seconds:8.1f}s")
-    version = publish_root / snapshot
-    if not succeeded or not (version / "manifest.json").is_file():
+    from include.published import read_latest, version_for
+
+    version = version_for(publish_root, snapshot)
+    if not succeeded or not version.is_complete():
         print("   nothing published")
         return
-    manifest = json.loads((version / "manifest.json").read_text())
+    manifest = version.read_manifest()
     train = manifest["metrics"]["train"]
     codes = manifest["metrics"]["codes"]
-    latest = publish_root / "latest"
-    print(f"   published: {version}  (latest -> {os.readlink(latest) if latest.is_symlink() else None})")
+    print(f"   published: {version.path}  (latest -> {read_latest(publish_root)})")
     print(f"   files: {', '.join(sorted(manifest['files']))}")
     print(
         f"   items {manifest['counts']['n_items']}, dim {manifest['counts']['dim']}, "

@@ -1,6 +1,7 @@
 """Render docs/reliability.md from what the reliability tests observed, never by hand.
 
-Runs tests/test_bad_inputs.py, tests/test_faults.py, tests/test_run_isolation.py and tests/test_security.py
+Runs tests/dag/test_bad_inputs.py, tests/stages/test_faults.py, tests/dag/test_run_isolation.py and
+tests/system/test_security.py
 with RQVAE_RELIABILITY_JSON pointing at a temp file (the `reliability_log` fixture in tests/conftest.py writes each
 case's outcome there), refuses to write anything if a test failed, then renders the tables:
 
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_bad_inputs.py", "tests/test_faults.py", "tests/test_run_isolation.py", "tests/test_security.py"]
+TESTS = ["tests/dag/test_bad_inputs.py", "tests/stages/test_faults.py", "tests/dag/test_run_isolation.py",
+         "tests/system/test_security.py"]
 OUT = REPO / "docs" / "reliability.md"
 KEPT_MARKERS = [("<!-- chaos:start -->", "<!-- chaos:end -->")]  # written by scripts/chaos.py
 
@@ -112,7 +114,7 @@ def render(records: list[dict], seconds: float | None) -> str:
         "superseded copy is kept one generation. The one folder-to-pointer conversion of a version published",
         "before this layout points `latest` straight at the new copy while the old folder's name is moved (tested:",
         "a retry that itself fails with a full disk still brings the name back). Each run works in its own",
-        "`{work_root}/{snapshot}/{run}/`. Library-level training kill/resume: `tests/test_train_resume.py`.",
+        "`{work_root}/{snapshot}/{run}/`. Library-level training kill/resume: `tests/unit/test_train_resume.py`.",
         "",
         "## Security",
         "",

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import requests
 
+from scripts.airflow_env import pythonpath
+
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 180  # api-server, scheduler, dag-processor and triggerer starting on a busy 2-core machine
 
@@ -58,7 +60,7 @@ def airflow_env(root: Path, port: int, extra: dict[str, str] | None = None) -> d
     env.update(
         {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": pythonpath(os.environ.get("PYTHONPATH", "")),
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",

@@ -4,6 +4,11 @@ Airflow reads its configuration once, when it is first imported, so the environm
 collection time, before any test module imports airflow. Nothing touches the developer's `var/airflow` or
 `var/data`. The repository root goes on `sys.path` (and PYTHONPATH, for subprocesses) because `include/`
 is a top-level package of the project, as it is for the Airflow workers.
+
+Tests live in one folder per kind, and each folder is also a marker (`pytest -m unit`): `unit` (the rqvae
+library alone), `stages` (include/ task logic as plain functions or killed subprocesses), `dag` (the DAGs and
+the UI plugin in a real Airflow on SQLite) and `system` (whole processes: the Celery stack, a browser,
+docker-compose, the README's commands). Shared helpers: tests/helpers.py, tests/airflow_server.py.
 """
 
 from __future__ import annotations
@@ -24,14 +29,11 @@ SESSION_DIR = Path(tempfile.mkdtemp(prefix="rqvae-tests-"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from scripts.airflow_env import airflow_settings, pythonpath  # noqa: E402 (needs REPO on sys.path)
+
 TEST_ENV = {
-    "AIRFLOW_HOME": str(SESSION_DIR / "airflow"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-    "AIRFLOW__CORE__PARALLELISM": "4",
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{SESSION_DIR / 'airflow' / 'airflow.db'}",
+    # The demo's Airflow settings (scripts/airflow_env.py), with the home and its SQLite DB in the session folder.
+    **airflow_settings(SESSION_DIR / "airflow"),
     "RQVAE_EMBEDDINGS_ROOT": str(SESSION_DIR / "data" / "embeddings"),
     "RQVAE_WORK_ROOT": str(SESSION_DIR / "data" / "work"),
     "RQVAE_PUBLISH_ROOT": str(SESSION_DIR / "data" / "published"),
@@ -39,10 +41,22 @@ TEST_ENV = {
     # Short waits so a sensor timeout or an unexpected retry costs seconds, not the production minutes.
     "RQVAE_SENSOR_POKE_S": "1",
     "RQVAE_RETRY_DELAY_S": "1",
-    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    "PYTHONPATH": pythonpath(os.environ.get("PYTHONPATH", "")),
 }
 os.environ.update(TEST_ENV)
 (SESSION_DIR / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+KINDS = ("unit", "stages", "dag", "system")  # the sub-folders of tests/; each is also a marker (pyproject.toml)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's kind, so `-m unit` and `tests/unit` select the same tests."""
+    root = Path(__file__).parent
+    for item in items:
+        kind = item.path.relative_to(root).parts[0] if item.path.is_relative_to(root) else None
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

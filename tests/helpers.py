@@ -2,12 +2,17 @@
 
 The `roots` fixture (tests/conftest.py) gives a module its own embeddings / work / publish roots; these
 functions run the DAG for one snapshot day and read back task states, XComs and the `latest` pointer.
+`encode_all` replays the DAG's encoding tasks in one process, for the tests that call the stages directly.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from include.results import Encoded, Plan
 
 DIM = 16
 # Small enough that a run takes seconds on 2 CPU cores, large enough that the quality gates are meaningful.
@@ -75,3 +80,37 @@ def scrub_paths(text: str, base: Path) -> str:
     for name in ("work", "embeddings", "published"):
         text = text.replace(f"{base}/{name}", "{" + name + "_root}")
     return text.replace(str(base), "{tmp}")
+
+
+def encode_all(
+    model_dir: str | Path,
+    artifact: str | Path,
+    work_dir: str | Path,
+    *,
+    shard_size: int | None = None,
+    collision_mode: str = "dedup",
+    plan: Plan | None = None,
+    device: str = "auto",
+    publish_root: str | Path | None = None,
+    snapshot: str | None = None,
+    retire_after: int = 7,
+) -> Encoded:
+    """`plan_shards`, every `encode_items` shard, then `resolve_collisions`, in this process: what the DAG's
+    mapped tasks do, for tests that exercise the stages without a scheduler.
+
+    `publish_root` / `snapshot` / `retire_after`: continuity with the previous version (include.lineage).
+    """
+    from include.encode_items import encode_items, plan_shards
+    from include.resolve_collisions import resolve_collisions
+    from rqvae.config import DEFAULT_SHARD_SIZE
+    from rqvae.readers import row_count
+
+    total = row_count(artifact)
+    if total is None:
+        raise ValueError(f"cannot count the rows of {artifact}")
+    shards = [
+        encode_items(model_dir, artifact, work_dir, shard, device=device, plan=plan)
+        for shard in plan_shards(total, shard_size or DEFAULT_SHARD_SIZE)
+    ]
+    return resolve_collisions(model_dir, artifact, work_dir, shards, collision_mode=collision_mode, plan=plan,
+                              publish_root=publish_root, snapshot=snapshot, retire_after=retire_after)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..fsutil import atomic_path, write_bytes_atomic
 from .data import PreparedSplit
 from .tokens import IdTable
 from .train import RunResult
@@ -53,10 +53,7 @@ class RunCache:
 
     def put(self, key: str, run: RunResult) -> None:
         """Arrays first, metadata last, each through a rename: a reader never sees half a run."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{key}.{os.getpid()}.npz"
-        np.savez(tmp, **run.metrics)
-        os.replace(tmp, self.folder / f"{key}.npz")
-        tmp = self.folder / f".{key}.{os.getpid()}.json"
-        tmp.write_text(json.dumps({"best_epoch": run.best_epoch, "history": run.history, "seconds": run.seconds}))
-        os.replace(tmp, self.folder / f"{key}.json")
+        with atomic_path(self.folder / f"{key}.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **run.metrics)  # a handle: given a name, savez would append ".npz" to the temp name
+        meta = {"best_epoch": run.best_epoch, "history": run.history, "seconds": run.seconds}
+        write_bytes_atomic(self.folder / f"{key}.json", json.dumps(meta).encode())

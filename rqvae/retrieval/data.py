@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..interactions import Interactions, LeaveOneOut, leave_one_out
 from .tokens import IdTable, TokenLayout
 
@@ -49,7 +49,7 @@ class Sequences:
 
     def __init__(self, split: LeaveOneOut, table: IdTable, history: int) -> None:
         if history < 1:
-            raise ValueError(f"history must be >= 1, got {history}")
+            raise ConfigError(f"history must be >= 1, got {history}")
         self.split = split
         self.history = history
         self.layout = TokenLayout.of(table)
@@ -97,7 +97,7 @@ class Sequences:
         """(tokens [U, 1 + history * depth] right-padded, lengths [U], target codes [U, L + 1], target rows [U])
         for the users at positions ``users`` of the split; ``target`` is "valid" or "test"."""
         if target not in ("valid", "test"):
-            raise ValueError(f"target must be 'valid' or 'test', got {target!r}")
+            raise ConfigError(f"target must be 'valid' or 'test', got {target!r}")
         users = np.asarray(users, np.int64)
         end = self.split.offsets[users + 1]
         n_train = end - self.split.offsets[users]

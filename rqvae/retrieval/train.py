@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..model import resolve_device
 from .data import Sequences
 from .decode import beam_search, exact_nll, rank_of, ranking_metrics
@@ -58,11 +59,11 @@ class RetrievalConfig:
     def __post_init__(self) -> None:
         for name in ("history", "d_model", "layers", "heads", "epochs", "batch_size", "beam", "eval_batch"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_users < 0:
-            raise ValueError(f"max_users must be >= 0 (0 = all), got {self.max_users}")
+            raise ConfigError(f"max_users must be >= 0 (0 = all), got {self.max_users}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Command-line helpers of this project (demo, chaos, local Airflow settings); importable by the tests."""

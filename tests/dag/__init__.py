@@ -1,0 +1,1 @@
+"""dag tests (see tests/conftest.py for what each folder holds)."""

@@ -1,0 +1,243 @@
+"""Sharded encoding: any split of the artifact into row ranges gives exactly the IDs of one pass over it.
+
+The DAG maps `encode_items` over the shards `plan_shards` cuts and `resolve_collisions` merges them; these tests
+hold the library pieces (row-range reads, raw shards, the merge) to the single-pass `encode_file`, for both
+collision modes and for an incremental run's pinned IDs, then run the real DAG with three shards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from include.encode_items import plan_shards
+from include.layout import run_key
+from include.resolve_collisions import check_shards
+from rqvae.checkpoint import save_model
+from rqvae.cli import main
+from rqvae.config import ModelConfig, TrainConfig
+from rqvae.encode import PinnedIds, encode_file, encode_shard, merge_shards
+from rqvae.errors import InputError
+from rqvae.idfile import merge_semantic_ids, read_semantic_ids, semantic_id_parts
+from rqvae.readers import embeddings_table, iter_embeddings, read_embeddings
+from rqvae.synth import synth
+from rqvae.train import train
+from tests.helpers import DIM, encode_all, make_snapshot, run, states, xcoms
+
+N = 6000
+ROW_GROUP = 1000  # shard bounds below fall inside row groups, not on them
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A model and a one-file artifact with small row groups (what load_embeddings writes, in miniature)."""
+    folder = tmp_path_factory.mktemp("shards")
+    data = read_embeddings(synth(folder / "src.parquet", N, dim=DIM, seed=5))
+    artifact = folder / "embeddings.parquet"
+    pq.write_table(embeddings_table(data.ids, data.vectors), artifact, row_group_size=ROW_GROUP)
+    cfg = ModelConfig(input_dim=DIM, num_codebooks=2, codebook_size=[16, 16])
+    model = train(data.vectors, cfg, TrainConfig(epochs=1, batch_size=512, init_items=N, seed=0),
+                  show_progress=False).model
+    return model, artifact, folder
+
+
+def test_plan_covers_every_row_once_in_near_equal_shards():
+    for n, size in [(1, 1), (10, 3), (6000, 1700), (5_700_000, 2_000_000), (999, 1000)]:
+        shards = plan_shards(n, size)
+        assert len(shards) == -(-n // size)
+        assert shards[0]["start"] == 0 and shards[-1]["stop"] == n
+        assert all(a["stop"] == b["start"] for a, b in zip(shards, shards[1:], strict=False))
+        sizes = [s["stop"] - s["start"] for s in shards]
+        assert max(sizes) <= size and max(sizes) - min(sizes) <= 1, sizes
+        assert [s["index"] for s in shards] == list(range(len(shards)))
+    with pytest.raises(ValueError, match="shard_size"):
+        plan_shards(10, 0)
+    with pytest.raises(ValueError, match="nothing to shard"):
+        plan_shards(0, 10)
+    assert len(plan_shards(5000, 5, max_shards=1000)) == 1000
+    with pytest.raises(ValueError, match=r"1001 shards, more than the 1000 .* use shard_size >= 6"):
+        plan_shards(5001, 5, max_shards=1000)
+
+
+def test_row_ranges_read_exactly_those_rows_across_row_groups_and_parts(tmp_path):
+    data = read_embeddings(synth(tmp_path / "src.parquet", 2500, dim=4, seed=1))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, (lo, hi) in enumerate([(0, 1100), (1100, 2500)]):  # two files, 300-row groups
+        table = embeddings_table(data.ids[lo:hi], data.vectors[lo:hi])
+        pq.write_table(table, parts / f"part-{i:05d}.parquet", row_group_size=300)
+    for start, stop in [(0, 2500), (0, 1), (299, 301), (1000, 1200), (1099, 1101), (2400, 2500), (5, 2495)]:
+        batches = list(iter_embeddings(parts, batch_rows=128, rows=(start, stop)))
+        ids = np.concatenate([b[0] for b in batches])
+        vectors = np.concatenate([b[1] for b in batches])
+        assert np.array_equal(ids, data.ids[start:stop]), (start, stop)
+        assert np.array_equal(vectors, data.vectors[start:stop]), (start, stop)
+        assert max(len(b[0]) for b in batches) <= 128
+    with pytest.raises(InputError, match="past the end"):
+        list(iter_embeddings(parts, rows=(2000, 2600)))
+    np.save(tmp_path / "m.npy", data.vectors)
+    np.save(tmp_path / "m_ids.npy", data.ids)
+    with pytest.raises(InputError, match="needs a Parquet input"):
+        list(iter_embeddings(tmp_path / "m.npy", rows=(0, 10)))
+
+
+def sharded(model, artifact: Path, out: Path, shard_size: int, **kw) -> dict:
+    """What the DAG does: one encode_shard per planned range, then one merge."""
+    pinned = kw.pop("pinned", None)
+    paths = []
+    for shard in plan_shards(N, shard_size):
+        path = out / "shards" / f"shard-{shard['index']}.parquet"
+        encode_shard(model, artifact, path, (shard["start"], shard["stop"]), pinned=pinned, show_progress=False)
+        paths.append(path)
+    return merge_shards(model, paths, artifact, out / "semantic_ids", **kw)
+
+
+@pytest.mark.parametrize("collision_mode", ["dedup", "reassign"])
+@pytest.mark.parametrize("shard_size", [1700, N])
+def test_sharded_ids_equal_the_single_pass(setup, tmp_path, collision_mode, shard_size):
+    model, artifact, _ = setup
+    single = encode_file(model, artifact, tmp_path / "single.parquet", collision_mode=collision_mode,
+                         show_progress=False)
+    merged = sharded(model, artifact, tmp_path, shard_size, collision_mode=collision_mode)
+    expected = read_semantic_ids(tmp_path / "single.parquet")
+    got = read_semantic_ids(tmp_path / "semantic_ids")
+    for a, b in zip(expected, got, strict=True):
+        assert np.array_equal(a, b)
+    assert single["collision_rate_pre"] > 0, "the case must have collisions to resolve"
+    if collision_mode == "reassign":
+        assert merged["moved"] == single["moved"] > 0
+    assert len(semantic_id_parts(tmp_path / "semantic_ids")) == merged["n_shards"] == -(-N // shard_size)
+    for key in ("unique_ratio", "collision_rate_pre", "collision_rate_post", "max_dedup", "n_items", "usage"):
+        assert merged[key] == single[key], key
+    assert merged["recon_mse"] == pytest.approx(single["recon_mse"], rel=1e-5)
+
+
+def test_pinned_ids_survive_sharding(setup, tmp_path):
+    """An incremental run: half the items keep published IDs, the rest are resolved around them."""
+    model, artifact, _ = setup
+    encode_file(model, artifact, tmp_path / "published.parquet", show_progress=False)
+    ids, codes, dedup = read_semantic_ids(tmp_path / "published.parquet")
+    keep = np.sort(np.random.default_rng(0).choice(len(ids), len(ids) // 2, replace=False))
+    order = np.argsort(ids[keep])
+    pinned = PinnedIds(ids[keep][order], codes[keep][order], dedup[keep][order] + 1)  # dedup 1.. forces a shift
+    single = encode_file(model, artifact, tmp_path / "single.parquet", collision_mode="reassign", pinned=pinned,
+                         show_progress=False)
+    merged = sharded(model, artifact, tmp_path, 1700, collision_mode="reassign", pinned=pinned)
+    for a, b in zip(read_semantic_ids(tmp_path / "single.parquet"), read_semantic_ids(tmp_path / "semantic_ids"),
+                    strict=True):
+        assert np.array_equal(a, b)
+    assert merged["n_pinned"] == single["n_pinned"] == len(keep)
+
+
+@pytest.mark.parametrize("collision_mode", ["dedup", "reassign"])
+def test_cli_encode_gives_the_pipeline_stages_ids_and_recon_mse(setup, tmp_path, capsys, collision_mode):
+    """`rqvae encode` and the DAG's encode_items (three shards) + resolve_collisions, on one saved model: the same
+    item_id, codes and dedup, and the same recon MSE, the one of the IDs as published (after `reassign` moves)."""
+    model, artifact, _ = setup
+    model_dir = save_model(model, tmp_path / "model")
+    out = tmp_path / "cli.parquet"
+    code = main(["-q", "encode", "--model", str(model_dir), "--embeddings", str(artifact), "--out", str(out),
+                 "--collision-mode", collision_mode])
+    assert code == 0
+    cli = json.loads(capsys.readouterr().out)
+    staged = encode_all(model_dir, artifact, tmp_path / "work", shard_size=2500, collision_mode=collision_mode)
+    assert staged["n_shards"] == 3
+    for a, b in zip(read_semantic_ids(out), read_semantic_ids(staged["path"]), strict=True):
+        assert np.array_equal(a, b)
+    for key in ("n_items", "collision_mode", "moved", "stuck", "max_dedup", "unique_ratio", "collision_rate_post"):
+        assert cli[key] == staged[key], key
+    for key in ("recon_mse", "recon_mse_model"):  # the CLI prints 6 decimals
+        assert cli[key] == pytest.approx(staged[key], abs=1e-6), key
+    delta = (staged.get("collision_audit") or {}).get("recon_mse_delta")
+    if collision_mode == "reassign":
+        assert cli["moved"] > 0 and delta is not None and delta > 0
+        assert staged["recon_mse"] == pytest.approx(staged["recon_mse_model"] + delta, rel=1e-9)
+        assert cli["recon_mse"] == pytest.approx(cli["recon_mse_model"] + delta, abs=2e-6)
+    else:
+        assert delta is None and cli["recon_mse"] == cli["recon_mse_model"]
+
+
+def test_merge_writes_hashes_and_refuses_a_bad_shard_set(setup, tmp_path):
+    model, artifact, _ = setup
+    merged = sharded(model, artifact, tmp_path, 2000, hashes_path=tmp_path / "hashes.parquet")
+    hashes = pq.read_table(tmp_path / "hashes.parquet")
+    assert hashes.num_rows == merged["n_items"] == N
+    assert np.all(np.diff(hashes.column("item_id").to_numpy()) > 0), "sorted by item id"
+    shards = [{"index": i, "count": 3, "rows": [i * 2000, (i + 1) * 2000], "path": "x"} for i in range(3)]
+    assert [s["index"] for s in check_shards(list(reversed(shards)))] == [0, 1, 2]
+    with pytest.raises(ValueError, match="expected shards 0..2"):
+        check_shards(shards[:1] + shards[2:])
+    with pytest.raises(ValueError, match="expected to start at 2000"):
+        check_shards([shards[0], {**shards[1], "rows": [2500, 4000]}, shards[2]])
+    paths = sorted((tmp_path / "shards").glob("*.parquet"))
+    with pytest.raises(InputError, match="duplicate item ids"):
+        merge_shards(model, [paths[0], paths[0]], artifact, tmp_path / "dup")
+    assert not (tmp_path / "dup").exists()
+
+
+def test_parts_read_and_merge_as_one_dataset(setup, tmp_path):
+    model, artifact, _ = setup
+    sharded(model, artifact, tmp_path, 1700)
+    parts = semantic_id_parts(tmp_path / "semantic_ids")
+    assert [p.name for p in parts] == [f"part-{i:05d}.parquet" for i in range(4)]
+    rows = merge_semantic_ids(tmp_path / "semantic_ids", tmp_path / "one.parquet")
+    whole = read_semantic_ids(tmp_path / "semantic_ids")
+    assert rows == len(whole[0]) == N
+    for a, b in zip(whole, read_semantic_ids(tmp_path / "one.parquet"), strict=True):
+        assert np.array_equal(a, b)
+    assert pq.read_table(tmp_path / "semantic_ids").num_rows == N, "readable as a dataset by plain pyarrow"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no part"):
+        read_semantic_ids(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "part-00000.parquet").write_bytes((parts[0]).read_bytes())
+    pq.write_table(pa.table({"item_id": [1], "codes": [[1, 2, 3]], "dedup": [0]}), bad / "part-00001.parquet")
+    with pytest.raises(InputError):
+        read_semantic_ids(bad)
+
+
+def test_dag_with_three_shards_publishes_the_single_pass_ids(pipeline_dag, airflow_db, roots):
+    """The real DAG: encode_items runs as three mapped instances; the published IDs equal encode_file's."""
+    make_snapshot(roots, "2026-08-01", n=3000, seed=9)
+    dag_run = run(pipeline_dag, "2026-08-01", shard_size=1000, collision_mode="reassign")
+    assert set(states(dag_run).values()) == {"success"}, states(dag_run)
+    mapped = [ti for ti in dag_run.get_task_instances() if ti.task_id == "encode_items"]
+    assert sorted(ti.map_index for ti in mapped) == [0, 1, 2]
+    work = roots["work"] / "2026-08-01" / run_key(dag_run.run_id)
+    assert len(semantic_id_parts(work / "semantic_ids")) == 3
+    version = roots["publish"] / "2026-08-01"
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["counts"]["encode_shards"] == 3
+    assert manifest["metrics"]["encode"]["n_shards"] == 3
+    single = encode_file(work / "model", work / "embeddings.parquet", work / "single.parquet",
+                         collision_mode="reassign", show_progress=False)
+    assert single["moved"] > 0
+    for a, b in zip(read_semantic_ids(work / "single.parquet"), read_semantic_ids(version / "semantic_ids.parquet"),
+                    strict=True):
+        assert np.array_equal(a, b)
+    values = xcoms(dag_run)
+    assert isinstance(values["plan_shards"], list) and len(values["plan_shards"]) == 3
+    assert all(len(json.dumps(v)) < 8192 for v in values.values()), "XComs carry paths and figures, never data"
+
+
+def test_a_shard_size_airflow_cannot_map_fails_before_training(pipeline_dag, airflow_db, roots, monkeypatch, capfd):
+    """plan_shards runs before train_rqvae: a bad shard_size costs seconds, names the fix, publishes nothing."""
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "100")
+    make_snapshot(roots, "2026-08-02", n=3000, seed=9)
+    before = sorted(p.name for p in roots["publish"].iterdir()) if roots["publish"].exists() else []
+    capfd.readouterr()
+    dag_run = run(pipeline_dag, "2026-08-02", shard_size=10)
+    log = capfd.readouterr().out
+    assert "300 shards, more than the 100 mapped task instances" in log and "use shard_size >= 30" in log
+    found = states(dag_run)
+    assert found["plan_shards"] == "failed", found
+    assert found["train_rqvae"] == found["encode_items"] == found["publish"] == "upstream_failed", found
+    after = sorted(p.name for p in roots["publish"].iterdir()) if roots["publish"].exists() else []
+    assert after == before
+    assert not list((roots["work"] / "2026-08-02").glob("*/model")), "no training happened"

@@ -1,0 +1,1 @@
+"""system tests (see tests/conftest.py for what each folder holds)."""
