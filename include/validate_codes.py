@@ -20,6 +20,7 @@ from include.gx_suites import (
     ID_COLUMN,
     Batch,
     codes_expectations,
+    preload,
     quality_expectations,
     run_suite,
     split_batches,
@@ -158,6 +159,7 @@ def validate_codes(
     from rqvae.metrics import code_metrics
     if recon_mse is None:
         raise ConfigError("validate_codes needs the encoder's recon_mse (encode_items reports it)")
+    preload()  # GX's import overlaps reading the IDs and computing the per-row frame
     input_ids = pq.read_table(artifact, columns=[ID_COLUMN]).column(ID_COLUMN).to_numpy()
     ids, codes, dedup = read_semantic_ids(semantic_ids)
     sizes = [int(k) for k in codebook_sizes]

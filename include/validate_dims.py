@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from include.files import write_json_atomic
-from include.gx_suites import ID_COLUMN, ROW_COLUMN, input_expectations, run_suite, split_batches
+from include.gx_suites import ID_COLUMN, ROW_COLUMN, input_expectations, preload, run_suite, split_batches
 from include.results import DimsChecked
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def validate_dims(artifact: str | Path, report_path: str | Path, checks: InputCh
     import pandas as pd
 
     expected_dim, min_norm, max_norm = checks.expected_dim, checks.min_norm, checks.max_norm
+    preload()  # GX's import overlaps the streamed statistics
     stats = row_stats(artifact)
     counts = np.bincount(stats["dim"].to_numpy(), minlength=1)
     counts[0] = 0  # empty vectors never set the dimension

@@ -117,3 +117,24 @@ def test_mostly_rules_run_on_every_row() -> None:
     gxe = expectations_module()
     assert is_row_rule(gxe.ExpectColumnValuesToBeBetween(column="dim", min_value=1, max_value=2))
     assert not is_row_rule(gxe.ExpectColumnValuesToBeBetween(column="dim", min_value=1, max_value=2, mostly=0.9))
+
+
+def test_gx_preload_imports_in_the_background_and_leaves_errors_to_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """preload() overlaps GX's import with the statistics; a failed background import is not hidden."""
+    import subprocess
+    import sys
+
+    from include import gx_suites
+
+    probe = ("import sys; from include.gx_suites import preload; before = 'great_expectations' in sys.modules; "
+             "t = preload(); t.join(120); print(before, 'great_expectations.expectations' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"], done.stderr  # a fresh process: imported by the thread
+
+    def broken() -> None:
+        raise ImportError("simulated broken install")
+
+    monkeypatch.setattr(gx_suites, "expectations_module", broken)
+    gx_suites.preload().join(30)  # logs at debug, raises nothing in the thread
+    with pytest.raises(ImportError, match="simulated"):
+        gx_suites.input_expectations(4, 1, 0.0, 10.0, 10.0)
