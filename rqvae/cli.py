@@ -14,11 +14,17 @@ import logging
 import sys
 from typing import Any
 
-from .config import EncodeOptions, InputChecks, ModelConfig, RetrieverOptions, TrainConfig
+from .config import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_USERS,
+    EncodeOptions,
+    InputChecks,
+    ModelConfig,
+    RetrieverOptions,
+    TrainConfig,
+)
 from .errors import PermanentError
 from .options import cli_default_of, described
-from .readers import DEFAULT_BATCH_ROWS
-from .synth import DEFAULT_USERS
 
 logger = logging.getLogger("rqvae")
 

@@ -56,6 +56,8 @@ ALIGN_MODES = ("anchor", "permute", "off")  # include.lineage.align_retrain
 DEFAULT_SHARD_SIZE = 2_000_000
 INIT_ITEMS = 131_072  # items a codebook fit starts from (TrainConfig.init_items; rqvae.align's anchored refit)
 MAX_WIDTH = 65_536  # the largest vector dimension or codebook size a config accepts
+DEFAULT_BATCH_ROWS = 262_144  # rows per streamed batch: ~256 MiB of float32 at D=256, the one default everywhere
+DEFAULT_USERS = 1000  # users rqvae.synth.synth_interactions makes up (the CLI's --users default)
 
 
 class _Strict:

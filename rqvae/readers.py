@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rqvae.config import DEFAULT_BATCH_ROWS  # noqa: F401  (re-exported: the readers' default)
 from rqvae.errors import InputError
 from rqvae.formats import (
     FORMAT_HELP,
@@ -55,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_ROWS = 262_144  # rows per streamed batch: ~256 MiB of float32 at D=256, the one default everywhere
 ROW_GROUP_ROWS = 131_072  # rows per Parquet row group the pipeline writes: the unit a row-range read skips by
 TABLE_SCHEMA = pa.schema([("item_id", pa.int64()), ("embedding", pa.list_(pa.float32()))])
 

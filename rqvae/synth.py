@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from rqvae.fsutil import atomic_path
 from rqvae.readers import ROW_GROUP_ROWS, embeddings_schema, embeddings_table
 
+from .config import DEFAULT_USERS
 from .errors import ConfigError
 from .units import SECONDS_PER_DAY
 
@@ -39,7 +40,6 @@ SQUASH = 0.9  # tanh gain: bounds coordinates like the real feature
 POPULARITY_EXPONENT = 0.7  # Zipf-like cluster sizes, as in real catalogs
 ID_BASE = 20_000_000_000  # real anonymous_cid values are 11-digit numbers
 ITEMS_PER_CLUSTER = 1000  # default_clusters: about one coarse cluster per this many items
-DEFAULT_USERS = 1000  # users synth_interactions makes up (the CLI's --users default)
 
 
 @dataclass(frozen=True)
