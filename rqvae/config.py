@@ -214,6 +214,15 @@ class TrainConfig(_Strict):
         65_536, title="Evaluation sample", section="Training", minimum=1, per_run=False,
         description="Items the per-epoch metrics are measured on.",
     )
+    early_stop_patience: int = option(
+        0, title="Early-stopping patience", section="Training", minimum=0,
+        description="Stop after this many epochs in a row whose held-out recon MSE improves by less than "
+        "early_stop_delta; the held-out items are left out of training. 0 = always run every epoch.",
+    )
+    early_stop_delta: float = option(
+        0.002, title="Early-stopping tolerance", section="Training", minimum=0, maximum=1, per_run=False,
+        description="Relative improvement of the held-out recon MSE an epoch must make to count as progress.",
+    )
     reseed_every: int = option(
         200, title="Dead-code reseed interval", section="Training", minimum=0, per_run=False,
         description="Steps between re-seeding unused codes from current residuals; 0 = never.",

@@ -22,6 +22,7 @@ import torch
 
 from .checkpoint import save_model
 from .config import ModelConfig, TrainConfig
+from .errors import ConfigError
 from .fsutil import remove_leftovers, replace_dir, temp_path
 from .metrics import code_metrics
 from .model import ENCODE_BATCH_ROWS, RQVAE, resolve_device
@@ -97,7 +98,7 @@ def _optimizer(model: RQVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _save_checkpoint(ckpt: Path, model: RQVAE, opt, sched, epoch: int, meta: dict[str, Any],
-                     collab: CollaborativeLoss | None = None) -> None:
+                     collab: CollaborativeLoss | None = None, best: dict[str, torch.Tensor] | None = None) -> None:
     """Model weights (safetensors) + optimiser state (tensors only) + progress, swapped in atomically."""
     remove_leftovers(ckpt)  # what an epoch killed mid-save left beside the checkpoint
     tmp = temp_path(ckpt)
@@ -106,6 +107,8 @@ def _save_checkpoint(ckpt: Path, model: RQVAE, opt, sched, epoch: int, meta: dic
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
         if collab is not None:  # fitted at init, on the initial latent: a resumed run must not refit it
             state["collaborative"] = {"basis": collab.basis, "scale": torch.tensor(collab.scale)}
+        if best is not None:  # early stopping's best weights so far: a resumed run can still go back to them
+            state["best"] = best
         torch.save(state, tmp / "optimizer.pt")
         (tmp / "progress.json").write_text(json.dumps({**meta, "epoch": epoch}))
         replace_dir(tmp, ckpt)
@@ -130,6 +133,7 @@ def _try_resume(ckpt: Path, model: RQVAE, opt, sched, meta: dict[str, Any]) -> d
     opt.load_state_dict(extra["optimizer"])
     sched.load_state_dict(extra["scheduler"])
     saved["collaborative_state"] = extra.get("collaborative")
+    saved["best_state"] = extra.get("best")
     return saved
 
 
@@ -157,8 +161,11 @@ def train(
         raise ValueError(f"vectors must be [N, {model_cfg.input_dim}], got {x_np.shape}")
     signal = _collaborative(x_np, model_cfg, cfg, interactions, item_ids)
     rng = np.random.default_rng(cfg.seed)
-    pick = None
-    if x_np.shape[0] > cfg.max_train_items:
+    pick = held = None
+    if cfg.early_stop_patience:
+        pick, held = heldout_split(x_np.shape[0], cfg, rng)
+        x_held, x_np = x_np[held], x_np[pick]
+    elif x_np.shape[0] > cfg.max_train_items:
         pick = np.sort(rng.choice(x_np.shape[0], cfg.max_train_items, replace=False))
         x_np = x_np[pick]
     n = x_np.shape[0]
@@ -178,7 +185,10 @@ def train(
     total_steps = 0 if model_cfg.method == "rqkmeans" else (cfg.max_steps or cfg.epochs * steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup_frac))
-    eval_x = x_all[torch.from_numpy(np.sort(rng.choice(n, min(n, cfg.eval_items), replace=False))).to(device)]
+    if held is None:
+        eval_x = x_all[torch.from_numpy(np.sort(rng.choice(n, min(n, cfg.eval_items), replace=False))).to(device)]
+    else:  # per-epoch metrics (and the early-stopping decision) on items training never sees
+        eval_x = torch.from_numpy(x_held).to(device)
     meta = {"data": _fingerprint(x_np), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
     if signal is not None:
         meta["interactions"] = signal[0].fingerprint()
@@ -227,7 +237,16 @@ def train(
     step = (start_epoch - 1) * steps_per_epoch
     t_start = time.perf_counter()
     kmax = max(model.codebook_size)
+    stopped_after = None
+    best = None  # early stopping: weights of the lowest held-out recon MSE so far (the initialisation included)
+    if cfg.early_stop_patience:
+        best = saved["best_state"] if saved is not None and saved.get("best_state") is not None else _weights(model)
     for epoch in range(start_epoch, epochs + 1):
+        if cfg.early_stop_patience and stalled(init_metrics["recon_mse"], history, cfg):
+            stopped_after = epoch - 1  # checked before the epoch, so a resumed run decides the same way
+            logger.info("early stop after epoch %d/%d: held-out recon MSE improved < %.2g%% in %d epoch(s)",
+                        stopped_after, epochs, 100 * cfg.early_stop_delta, cfg.early_stop_patience)
+            break
         model.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         reseed_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
@@ -283,6 +302,8 @@ def train(
         if collab is not None:
             record["collaborative_loss"] = collab_sum / max(1, loss_n)
         history.append(record)
+        if best is not None and ev["recon_mse"] < min(r["recon_mse"] for r in [init_metrics, *history[:-1]]):
+            best = _weights(model)
         logger.info(
             "epoch %d/%d: loss %.5f recon_mse %.6f usage %s unique %.4f reseeded %d | %.1fs, ETA %s",
             epoch, epochs, record["loss"], ev["recon_mse"], [round(u, 3) for u in ev["usage"]],
@@ -290,17 +311,30 @@ def train(
         )
         if ckpt is not None:
             _save_checkpoint(ckpt, model, opt, sched, epoch, {**meta, "history": history, "init": init_metrics},
-                             collab)
+                             collab, best)
 
+    best_epoch = None
+    if best is not None:
+        curve = [init_metrics["recon_mse"], *(r["recon_mse"] for r in history)]
+        best_epoch = int(np.argmin(curve))
+        if best_epoch != len(history):  # a later epoch was worse on the held-out items: keep the best weights
+            model.load_state_dict(best)
+            logger.info("keeping the weights of epoch %d (held-out recon MSE %.6f)", best_epoch, curve[best_epoch])
     model.eval()
     if model_cfg.last_level_balance > 0:
         with torch.no_grad():
             model.quantizer.fit_last_level_balance_(model.encode_latent(eval_x), model_cfg.last_level_balance)
-    final = evaluate(model, eval_x)
+    # nothing moved since the initial evaluation when no step was taken (rqkmeans) and no balance was fitted
+    unchanged = (step == 0 or best_epoch == 0) and model_cfg.last_level_balance <= 0
+    final = {k: v for k, v in init_metrics.items() if k != "seconds"} if unchanged else evaluate(model, eval_x)
     metrics = {
         **final,
         "n_train": n,
         "epochs": epochs,
+        "epochs_run": len(history),
+        "stopped_early_after": stopped_after,
+        "best_epoch": best_epoch,
+        "eval_heldout": held is not None,
         "method": model_cfg.method,
         "steps": step,
         "device": device.type,
@@ -316,6 +350,41 @@ def train(
         shutil.rmtree(ckpt, ignore_errors=True)
         remove_leftovers(ckpt)
     return TrainResult(model, history, metrics, resumed_from_epoch=start_epoch - 1)
+
+
+def _weights(model: RQVAE) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def heldout_split(total: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) for early stopping, both sorted and disjoint.
+
+    Items beyond the training sample cap are held out for free; otherwise up to a tenth of the items (at most
+    ``eval_items``) are set aside, so the stopping decision never rests on items the model was fitted to.
+    """
+    if total < 10:
+        raise ConfigError(f"early stopping needs at least 10 items to hold some out, got {total}")
+    if total > cfg.max_train_items:
+        pick = np.sort(rng.choice(total, cfg.max_train_items, replace=False))
+        rest = np.ones(total, dtype=bool)
+        rest[pick] = False
+        spare = np.flatnonzero(rest)
+        return pick, np.sort(rng.choice(spare, min(len(spare), cfg.eval_items), replace=False))
+    held = np.sort(rng.choice(total, min(cfg.eval_items, total // 10), replace=False))
+    keep = np.ones(total, dtype=bool)
+    keep[held] = False
+    return np.flatnonzero(keep), held
+
+
+def stalled(init_mse: float, history: list[dict[str, Any]], cfg: TrainConfig) -> bool:
+    """True when the last ``early_stop_patience`` epochs each failed to lower the best held-out recon MSE so
+    far (the initialisation's included) by ``early_stop_delta`` relative."""
+    best, without = init_mse, 0
+    for record in history:
+        mse = record["recon_mse"]
+        without = 0 if mse < best * (1 - cfg.early_stop_delta) else without + 1
+        best = min(best, mse)
+    return without >= cfg.early_stop_patience
 
 
 def _collaborative(

@@ -105,3 +105,22 @@ def test_progressive_kmeans_keeps_high_dimensional_clusters_even() -> None:
     assert prog.shape == (k, 96)
     assert perplexity(prog) > perplexity(plain)
     assert sse(prog) <= sse(plain) * 1.01
+
+
+def test_progressive_kmeans_early_stages_on_a_subsample_lose_no_accuracy(monkeypatch) -> None:
+    import rqvae.kmeans as km
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20_000, 48, generator=g) * torch.linspace(2.0, 0.5, 48)
+    k = 32
+
+    def sse(centres: torch.Tensor) -> float:
+        return float(nearest(x, centres)[1].sum())
+
+    monkeypatch.setattr(km, "EARLY_ITEMS", 10**9)  # every stage on all points
+    full = fit_codebook(x, k, "progressive", 20, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(km, "EARLY_ITEMS", 1024)
+    assert km.early_items(k) == 64 * k < len(x)  # the early stages now see 2,048 of the 20,000 points
+    sub = fit_codebook(x, k, "progressive", 20, torch.Generator().manual_seed(0))
+    assert not torch.equal(sub, full)
+    assert sse(sub) <= sse(full) * 1.01
