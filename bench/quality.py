@@ -160,6 +160,9 @@ def run_ours(name: str, x: np.ndarray, levels: int, k: int, seed: int, epochs: i
     model_changes, train_changes = VARIANTS[variant]
     cfg = ModelConfig(input_dim=x.shape[1], num_codebooks=levels, codebook_size=k, **model_changes)
     result = train(x, cfg, TrainConfig(epochs=epochs, seed=seed, **train_changes), show_progress=False)
+    if train_changes.get("early_stop_patience"):
+        print(f"  {variant}: {result.metrics['epochs_run']} of {epochs} epochs run, weights of epoch "
+              f"{result.metrics['best_epoch']} kept", flush=True)
     t1 = time.perf_counter()
     codes = encode_array(result.model, x)
     t2 = time.perf_counter()

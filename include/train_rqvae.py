@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # Metrics small enough for XCom and the manifest (per-level lists have one entry per codebook level).
 REPORTED_METRICS = (
     "recon_mse", "unique_ratio", "collision_rate", "usage", "perplexity", "max_bucket", "n_train", "epochs",
-    "steps", "device", "train_seconds", "init_recon_mse", "init_unique_ratio",
+    "steps", "device", "train_seconds", "init_recon_mse", "init_unique_ratio", "epochs_run", "stopped_early_after",
+    "best_epoch",
 )
 HOLDOUT_LAST = 2  # each user's validation and test item (rqvae.interactions.leave_one_out) stay unseen
 

@@ -359,3 +359,17 @@ def test_interrupted_collaborative_training_resumes_to_the_uninterrupted_model(t
     assert resumed.metrics["collaborative"]["used"]
     a, b = _state(resumed), _state(fresh)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_early_stopping_with_interactions_holds_items_out_of_both_signals():
+    x, _ = _clusters(600, 8, seed=1)
+    ids = np.arange(600, dtype=np.int64) * 3 + 5
+    log = _log(np.random.default_rng(3), n_users=50, n_items=600, events=12)
+    cfg = TrainConfig(**{**TRAIN, "epochs": 3}, collaborative_weight=1.0, early_stop_patience=1)
+    result = train(x, ModelConfig(**MODEL), cfg, show_progress=False, interactions=log, item_ids=ids)
+    assert result.metrics["eval_heldout"] is True
+    assert result.metrics["n_train"] == 600 - 60
+    assert result.metrics["collaborative"]["used"] is True
+    assert 1 <= result.metrics["epochs_run"] <= 3
+    curve = [result.metrics["init_recon_mse"]] + [h["recon_mse"] for h in result.history]
+    assert result.metrics["best_epoch"] == int(np.argmin(curve))
