@@ -211,9 +211,11 @@ def summarise(rows: list[Row]) -> list[dict]:
 
 def paired_se(mine: list[Row], peer: list[Row], field: str) -> float:
     """Standard error of the per-seed difference mine - peer (same seeds); nan with fewer than 2 seeds."""
+    from rqvae.retrieval.report import paired_diff
+
     by_seed = {r.seed: getattr(r, field) for r in peer}
-    diffs = [getattr(r, field) - by_seed[r.seed] for r in mine if r.seed in by_seed]
-    return float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    shared = [r for r in mine if r.seed in by_seed]
+    return paired_diff(np.array([getattr(r, field) for r in shared]), np.array([by_seed[r.seed] for r in shared])).se
 
 
 def verdict(s: dict) -> str:

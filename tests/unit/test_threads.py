@@ -100,20 +100,21 @@ def test_spin_count_check_can_fail() -> None:
     assert _openmp_spin_count("import torch, rqvae") != "0"
 
 
-def test_torch_threads_follow_the_usable_cpus() -> None:
-    """A worker running two CPU-heavy tasks at once gives each half the cores (at least one thread)."""
+def _printed_by_a_worker_task(code: str) -> int:
+    """The last number ``code`` prints in a fresh process on a worker running two CPU-heavy tasks at once."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
     env[CONCURRENCY_ENV] = "2"
-    code = "import rqvae.model, torch; print(torch.get_num_threads())"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
-    assert int(out[-1]) == usable_cpus({CONCURRENCY_ENV: "2"}) == max(1, usable_cpus({}) // 2)
+    return int(out[-1])
+
+
+def test_torch_threads_follow_the_usable_cpus() -> None:
+    """A worker running two CPU-heavy tasks at once gives each half the cores (at least one thread)."""
+    threads = _printed_by_a_worker_task("import rqvae.model, torch; print(torch.get_num_threads())")
+    assert threads == usable_cpus({CONCURRENCY_ENV: "2"}) == max(1, usable_cpus({}) // 2)
 
 
 def test_arrow_pool_follows_the_usable_cpus() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
-    env[CONCURRENCY_ENV] = "2"
-    code = "import rqvae.readers, pyarrow; print(pyarrow.cpu_count())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split()
-    assert int(out[-1]) == usable_cpus({CONCURRENCY_ENV: "2"})
+    pool = _printed_by_a_worker_task("import rqvae.readers, pyarrow; print(pyarrow.cpu_count())")
+    assert pool == usable_cpus({CONCURRENCY_ENV: "2"})
