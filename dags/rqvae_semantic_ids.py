@@ -197,6 +197,7 @@ def rqvae_semantic_ids() -> None:
             publish_root=run["publish_root"],
             snapshot=run["snapshot"],
             retire_after=options.retire_after,
+            resolve_rows=options.resolve_rows,
         )
 
     @task(task_id="validate_codes")

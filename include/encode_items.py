@@ -59,8 +59,8 @@ def encode_items(
     """
     from include import incremental
     from rqvae.checkpoint import load_model
-    from rqvae.encode import encode_shard
     from rqvae.model import resolve_device
+    from rqvae.shards import encode_shard
 
     folder = RunFolder(Path(work_dir))
     index, count = int(shard["index"]), int(shard["count"])

@@ -244,7 +244,7 @@ def _suspects(frame: pd.DataFrame, rule: Expectation) -> np.ndarray:
     if kind == "expect_compound_columns_to_be_unique":
         columns = [frame[c] for c in rule.column_list]
         if all(pd.api.types.is_integer_dtype(c.dtype) for c in columns):
-            return _duplicated(_row_hash(columns))
+            return duplicated_rows(_row_hash(columns))
         hashes = pd.util.hash_pandas_object(frame[list(rule.column_list)], index=False)
         return hashes.duplicated(keep=False).to_numpy()
     column = frame[rule.column]
@@ -256,7 +256,7 @@ def _suspects(frame: pd.DataFrame, rule: Expectation) -> np.ndarray:
             return column.duplicated(keep=False).to_numpy() & ~nulls
         values = column.to_numpy(dtype="int64", na_value=0)
         mask = np.zeros(len(values), dtype=bool)
-        mask[~nulls] = _duplicated(values[~nulls])
+        mask[~nulls] = duplicated_rows(values[~nulls])
         return mask
     if kind == "expect_column_values_to_be_in_set":
         return ~column.isin(list(rule.value_set)).to_numpy()
@@ -268,7 +268,7 @@ def _suspects(frame: pd.DataFrame, rule: Expectation) -> np.ndarray:
     return ~(low & high)
 
 
-def _duplicated(values: np.ndarray) -> np.ndarray:
+def duplicated_rows(values: np.ndarray) -> np.ndarray:
     """Rows whose value occurs more than once: one sort, and nothing more when all are distinct (the usual
     case); pandas' hash-based ``duplicated`` takes seconds on millions of nullable ints."""
     import numpy as np
@@ -294,6 +294,7 @@ def split_batches(
     index_columns: Sequence[str],
     table_frames: Sequence[pd.DataFrame],
     order: str | None = None,
+    element_count: int | None = None,
 ) -> list[Batch]:
     """Batches that check ``frame`` as one batch would, in rule order, at a fraction of the cost.
 
@@ -302,6 +303,8 @@ def split_batches(
     rules such as the row count); the caller builds those with the aggregates the rules read (row count,
     distinct values, unique proportion) equal to ``frame``'s. ``order``: a column the full frame is read in
     order of (a stable sort of the suspect rows), so sample ids come out as they would from that frame.
+    ``element_count``: the rows ``frame`` stands for when it holds only a superset of the suspect rows already
+    (a streamed pass kept them); by default ``len(frame)``.
     """
     runs: list[tuple[int, list[Expectation]]] = []  # (-1 for row rules, else the table frame's index)
     for expectation in expectations:
@@ -318,7 +321,8 @@ def split_batches(
             if order is not None:
                 suspects = suspects.sort_values(order, kind="stable")
             suspects = suspects.reset_index(drop=True)
-            batches.append(Batch(label, suspects, rules, list(index_columns), element_count=len(frame)))
+            count = len(frame) if element_count is None else element_count
+            batches.append(Batch(label, suspects, rules, list(index_columns), element_count=count))
         else:
             batches.append(Batch(label, table_frames[where], rules))
     return batches

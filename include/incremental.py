@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from include.files import read_json
-from include.published import Version, latest_version, previous_version
+from include.published import Version, latest_version
 from include.results import Plan
 from rqvae.errors import ConfigError
 
@@ -132,16 +132,6 @@ def pinned_ids(version: str | Path, artifact: str | Path, rows: tuple[int, int] 
     p_ids, p_codes, p_dedup = p_ids[order], p_codes[order], p_dedup[order]
     take = np.isin(p_ids, keep_ids, assume_unique=True)
     return PinnedIds(p_ids[take], p_codes[take], p_dedup[take]), ids, hashes
-
-
-def churn_against_previous(publish_root: str | Path, snapshot: str, semantic_ids: str | Path) -> dict[str, Any]:
-    """`{previous, common_items, changed_items, churn, added_items, removed_items}`; churn None without one."""
-    from rqvae.stability import id_churn
-
-    previous = previous_version(publish_root, snapshot)
-    if previous is None:
-        return {"previous": None, "churn": None}
-    return {"previous": previous.name, **id_churn(previous.semantic_ids, semantic_ids)}
 
 
 def _artifact_dim(artifact: str | Path) -> int:

@@ -82,7 +82,7 @@ class RunFolder:
 
     @property
     def semantic_ids(self) -> Path:
-        """The final IDs: a folder of `part-NNNNN.parquet`, one per encode shard, read as one dataset."""
+        """The final IDs: `part-NNNNN.parquet` files (one per encode shard or level-1 group), read as one dataset."""
         return self.root / "semantic_ids"
 
     @property

@@ -89,24 +89,22 @@ def publish_lineage(
 ) -> dict[str, Any]:
     """Write serving_index/, migration.parquet, retired_ids.parquet and collision_audit.parquet into the staging
     folder; returns the manifest entries `serving_index`, `migration`, `retired`, `collision_audit`."""
-    from rqvae.idfile import read_semantic_ids
-    from rqvae.lineage import PreviousIds, RetiredIds, migration_map, write_migration
+    from rqvae.lineage import RetiredIds, write_migration_map
     from rqvae.serving import write_serving_index
 
     version = Version(staging)
-    serving = write_serving_index(version.semantic_ids, version.serving_index, sizes)
+    serving = write_serving_index(version.semantic_ids, version.serving_index, sizes)  # checks codes fit sizes
     previous = previous_version(staging.parent, snapshot)
-    before = PreviousIds.read(previous.semantic_ids, previous.name) if previous is not None else None
-    ids, codes, dedup = read_semantic_ids(version.semantic_ids)
-    table, migration = migration_map(before, ids, codes, dedup)
-    write_migration(version.migration, table)
+    migration = write_migration_map(version.migration, version.semantic_ids,
+                                    previous.semantic_ids if previous is not None else None,
+                                    previous.name if previous is not None else None, code_sizes=sizes)
     migration["file"] = MIGRATION
     migration["alignment"] = _alignment(train, migration)
     lineage = encode.get("lineage") or {}
     if folder.retired_ids.exists():
         shutil.copy2(folder.retired_ids, version.retired_ids)
     else:
-        RetiredIds.empty(codes.shape[1]).write(version.retired_ids)
+        RetiredIds.empty(len(sizes)).write(version.retired_ids)
     retired = {k: lineage[k] for k in ("retire_after", "reserved", "newly_retired", "expired", "reclaimed",
                                         "returned", "kept_dedup", "reason") if k in lineage}
     retired.setdefault("reserved", 0)

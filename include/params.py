@@ -115,7 +115,7 @@ FORM_ORDER = (
     "expected_dim", "min_items", "min_norm", "max_norm",
     "num_codebooks", "codebook_size", "latent_dim", "distances_method", "kmeans_method", "shared_codebook",
     "epochs", "batch_size", "lr", "max_train_items", "early_stop_patience", "seed", "collaborative_weight",
-    "shard_size",
+    "shard_size", "resolve_rows",
     "min_unique_ratio", "min_usage", "max_recon_mse",
     "keep_runs", "export_json",
     "mode", "retrain_factor", "collision_mode", "retire_after", "align_retrain",

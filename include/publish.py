@@ -174,7 +174,8 @@ def _stage(
             "n_input_items": load.get("n_items", input_report.get("n_items")),
             "dim": load.get("dim", input_report.get("dim")),
             "json_items": n_json,
-            "encode_shards": n_parts,
+            "encode_shards": int(encode.get("n_shards", n_parts)),
+            "id_parts": n_parts,  # one per shard, or per level-1 group when resolved out of core
         },
         "config": {"model": read_json(folder.model_dir / MODEL_CONFIG), "params": params},
         "metrics": {"train": train.get("metrics", {}), "encode": encode, "codes": codes_report.get("metrics", {})},

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from include.files import read_json
-from include.incremental import churn_against_previous
 from include.layout import RunFolder
 from include.lineage import publish_lineage
 from include.published import MODEL_CONFIG, REPORT_DIR, REPORT_INDEX, Version
@@ -44,7 +43,6 @@ def add_extras(
     version = Version(staging)
     if folder.item_hashes.exists():
         shutil.copy2(folder.item_hashes, version.item_hashes)
-    churn = churn_against_previous(staging.parent, snapshot, version.semantic_ids)
     sizes = encode.get("codebook_size") or read_json(folder.model_dir / MODEL_CONFIG)["model"]["codebook_size"]
     metrics = {"snapshot": snapshot, "mode": (train.get("plan") or {}).get("used", encode.get("mode", "retrain"))}
     collaborative = train.get("collaborative") or content_only()  # manifest["collaborative"]: the UI reads it
@@ -53,6 +51,7 @@ def add_extras(
     if "recon_mse" not in metrics:
         metrics.update(read_json(folder.codes_report).get("metrics", {}))
     lineage = publish_lineage(staging, folder, snapshot, sizes, train, encode)  # index, migration, audit
+    churn = _churn(lineage["migration"])
     metrics.update(_lineage_rows(lineage))
     errors = np.load(folder.recon_errors) if folder.recon_errors.exists() else None
     files = write_report(
@@ -68,6 +67,16 @@ def add_extras(
         **lineage,
         "report": f"{REPORT_DIR}/{REPORT_INDEX}",
     }
+
+
+def _churn(migration: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `churn` (include.incremental.churn_against_previous's figures) from the migration summary,
+    which compares the same two versions: a second pass over both ID sets would cost ~130 bytes an item."""
+    if migration.get("previous") is None:
+        return {"previous": None, "churn": None}
+    common = migration["kept"] + migration["changed"]
+    return {"previous": migration["previous"], "common_items": common, "changed_items": migration["changed"],
+            "churn": migration["churn"], "added_items": migration["new"], "removed_items": migration["removed"]}
 
 
 def _lineage_rows(lineage: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """Stage `resolve_collisions`: merge the `encode_items` shards into the final IDs, `{work}/semantic_ids/`.
 
 Two items may share a code tuple across shards, and an incremental run resolves new items around every kept
-ID, so this is the one step that needs all items at once (ids and codes, ~30 bytes an item). It writes one
-final part per shard (`part-00000.parquet`, ...), swapped in as a whole folder, plus the item hashes (for the
-next incremental run) and a sample of reconstruction errors (for the report). `validate_codes` and `publish`
-read the parts as one dataset.
+ID, so this is the one step that looks at all items. Up to a few million items it holds them at once (~30
+bytes an item) and writes one final part per shard; larger runs without a previous version are split into
+groups of whole level-1 codes and resolved one group at a time, one part per group, with the same IDs
+(rqvae.partitions). The parts (`part-00000.parquet`, ...) are swapped in as a whole folder, with the item
+hashes (for the next incremental run) and a sample of reconstruction errors (for the report). `validate_codes`
+and `publish` read the parts as one dataset.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import cast
 from include.files import jsonable
 from include.layout import RunFolder
 from include.results import Encoded, Plan, ShardCodes, ShardSummary
+from rqvae.config import DEFAULT_RESOLVE_ROWS
 from rqvae.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ def resolve_collisions(
     publish_root: str | Path | None = None,
     snapshot: str | None = None,
     retire_after: int = 7,
+    resolve_rows: int = DEFAULT_RESOLVE_ROWS,
 ) -> Encoded:
     """Resolve collisions over all shards; returns `{path, n_items, n_shards, codebook_size, unique_ratio, ...}`.
 
@@ -59,11 +63,12 @@ def resolve_collisions(
     the last-level residuals of the items `reassign` moves. With `publish_root`, the previous version's IDs are
     carried on (include.lineage): retired IDs stay reserved for `retire_after` versions, items whose codes did
     not change keep their dedup digit; `{work}/retired_ids.parquet` and `{work}/collision_audit.parquet` result.
+    `resolve_rows`: the most items held at once when there is no previous version (rqvae.partitions).
     """
     from include.lineage import lineage_for
     from rqvae.checkpoint import load_model
-    from rqvae.encode import merge_shards
     from rqvae.model import resolve_device
+    from rqvae.shards import merge_shards
 
     folder = RunFolder(Path(work_dir))
     ordered = check_shards(shards)
@@ -73,7 +78,7 @@ def resolve_collisions(
     result = merge_shards(
         model, [s["path"] for s in ordered], artifact, folder.semantic_ids, collision_mode=collision_mode,
         hashes_path=folder.item_hashes, errors_path=folder.recon_errors, lineage=lineage,
-        audit_path=folder.collision_audit,
+        audit_path=folder.collision_audit, partition_rows=resolve_rows,
     )
     if lineage is not None and lineage.retired_out is not None:
         lineage.retired_out.write(folder.retired_ids)

@@ -121,6 +121,7 @@ class Encoded(TypedDict):
     path: str
     n_items: int
     n_shards: int
+    n_parts: int  # final part files: one per shard, or one per level-1 group when resolved out of core
     num_levels: int
     codebook_size: list[int]
     unique_ratio: float

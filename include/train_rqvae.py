@@ -149,12 +149,13 @@ def _train(
     from dataclasses import replace
 
     from rqvae.errors import ConfigError
-    from rqvae.readers import read_embeddings
+    from rqvae.readers import EmbeddingRows
     from rqvae.train import train
 
-    embeddings = read_embeddings(artifact)
-    if model_cfg.input_dim != embeddings.dim:
-        raise ConfigError(f"model input_dim {model_cfg.input_dim} != {embeddings.dim}, the dimension of {artifact}")
+    embeddings = EmbeddingRows(artifact)  # only the sampled rows are read: memory ~ max_train_items, not N
+    n_items, dim = embeddings.shape
+    if model_cfg.input_dim != dim:
+        raise ConfigError(f"model input_dim {model_cfg.input_dim} != {dim}, the dimension of {artifact}")
     train_cfg = replace(  # as recorded in the model directory and the manifest
         training,
         init_items=min(training.init_items, training.max_train_items),
@@ -162,9 +163,9 @@ def _train(
     )
     log.info(
         "train_rqvae: %d x %d items from %s, model %s, train %s",
-        len(embeddings), embeddings.dim, artifact, model_cfg.to_dict(), train_cfg.to_dict(),
+        n_items, dim, artifact, model_cfg.to_dict(), train_cfg.to_dict(),
     )
-    result = train(embeddings.vectors, model_cfg, train_cfg, out_dir=folder.model_dir, interactions=sequences)
+    result = train(embeddings, model_cfg, train_cfg, out_dir=folder.model_dir, interactions=sequences)
     metrics = {k: result.metrics[k] for k in REPORTED_METRICS if k in result.metrics}
     return {
         "model_path": str(folder.model_dir),

@@ -169,3 +169,24 @@ def _summary(
             recon_mse_delta=float(extra_mse.astype(np.float64).sum() / max(1, n_items)),
         )
     return summary
+
+
+def combine_audits(paths: Sequence[str | Path], out_path: str | Path, collision_mode: str, n_items: int
+                   ) -> dict[str, Any]:
+    """One audit table (sorted by item id) from the tables of groups resolved apart, and its summary.
+
+    Each group's table lists only its own movers, so the union is the table one pass over all items would write.
+    """
+    tables = [pq.read_table(p) for p in paths]
+    if not tables:
+        raise ValueError("combine_audits needs at least one table")
+    table = pa.concat_tables(tables)
+    table = table.take(pa.array(np.argsort(table.column("item_id").to_numpy(), kind="stable")))
+    with atomic_path(out_path) as tmp:
+        pq.write_table(table, tmp)
+    moved = table.column("moved").to_numpy(zero_copy_only=False)
+    free_rank, dist_rank, extra_mse = (table.column(c).to_numpy()[moved]
+                                       for c in ("free_rank", "distance_rank", "extra_recon_mse"))
+    summary = _summary(collision_mode, n_items, moved, free_rank, dist_rank, extra_mse)
+    logger.info("collision audit (%d groups): %s -> %s", len(tables), summary, out_path)
+    return summary

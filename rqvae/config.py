@@ -54,6 +54,7 @@ COLLISION_MODES = ("dedup", "reassign")  # rqvae.collisions.CollisionMode
 RUN_MODES = ("retrain", "incremental", "auto")  # include.incremental.plan
 ALIGN_MODES = ("anchor", "permute", "off")  # include.lineage.align_retrain
 DEFAULT_SHARD_SIZE = 2_000_000
+DEFAULT_RESOLVE_ROWS = 4_000_000  # items resolve_collisions holds at once (~1 GiB at 4 levels)
 INIT_ITEMS = 131_072  # items a codebook fit starts from (TrainConfig.init_items; rqvae.align's anchored refit)
 MAX_WIDTH = 65_536  # the largest vector dimension or codebook size a config accepts
 DEFAULT_BATCH_ROWS = 262_144  # rows per streamed batch: ~256 MiB of float32 at D=256, the one default everywhere
@@ -328,6 +329,13 @@ class EncodeOptions(_Bounded):
         DEFAULT_SHARD_SIZE, title="Shard size", section="Training", minimum=1, cli=False, env="RQVAE_SHARD_SIZE",
         description="Items per encode_items instance: a larger snapshot is encoded by several mapped instances "
         "(in parallel on as many gpu workers); the IDs are the same for any value.",
+    )
+    resolve_rows: int = option(
+        DEFAULT_RESOLVE_ROWS, title="Items resolved at once", section="Training", minimum=1, cli=False,
+        env="RQVAE_RESOLVE_ROWS",
+        description="resolve_collisions holds at most about this many items in memory: a larger run is split into "
+        "groups of whole level-1 codes, resolved one at a time (same IDs; a run carrying a previous version's IDs "
+        "is resolved in one piece).",
     )
     collision_mode: str = option(
         "dedup", title="Collision resolution", section="Stability", enum=COLLISION_MODES,

@@ -5,37 +5,34 @@ are kept, since the dedup digit needs every item's code tuple before any row can
 
 One path, in two shapes: an encoding pass over rows (:func:`_encode_pass`) and one merge over all items
 (:func:`_merge`: duplicate check, collision resolution, the recon MSE of the IDs as published). The pipeline
-runs the pass per row range (:func:`encode_shard`, each on its own worker, each writing a raw shard) and the
-merge once (:func:`merge_shards`, one final part per shard); :func:`encode_file` (``rqvae encode``) runs the
-pass over all rows and the same merge in one process. Encoding is per item, so the IDs are identical either way.
+runs the pass per row range (:func:`rqvae.shards.encode_shard`, each on its own worker, each writing a raw shard)
+and the merge once (:func:`rqvae.shards.merge_shards`, per group of level-1 codes beyond a few million items);
+:func:`encode_file` (``rqvae encode``) runs the pass over all rows and the same merge in one process. Encoding is
+per item, so the IDs are identical either way.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from .checkpoint import load_model
 from .collisions import CollisionMode, collision_movers, resolve_collisions
 from .errors import InputError
-from .fsutil import atomic_path, remove_leftovers, replace_dir, temp_path
+from .fsutil import atomic_path
 from .hashing import embedding_hash
 from .idfile import SemanticIdWriter, write_json_dict
-from .metrics import code_metrics
+from .metrics import CodeCounts
 from .model import ENCODE_BATCH_ROWS, RQVAE
 from .progress import Progress
 from .readers import DEFAULT_BATCH_ROWS, iter_embeddings
 from .search import distances, search_table
-from .stability import write_hashes
 
 if TYPE_CHECKING:
     from .lineage import Lineage
@@ -187,20 +184,27 @@ def _timed(batches: Iterator[T]) -> Iterator[tuple[T, float]]:
         yield item, time.perf_counter() - start
 
 
-def _pass_metrics(run: _Pass, codebook_size: Sequence[int]) -> dict[str, Any]:
+def _pass_metrics(run: _Pass, codebook_size: Sequence[int], counts: CodeCounts | None = None) -> dict[str, Any]:
     """Code quality (before collision resolution), reconstruction error and speed of an encoding pass."""
-    n = len(run.ids)
-    new = ~run.fixed
-    metrics = code_metrics(run.codes, codebook_size)
-    metrics["recon_mse"] = float(run.errors.sum()) / n
-    metrics["recon_mse_encoded"] = float(run.errors[new].sum()) / int(new.sum()) if new.any() else None
-    metrics["n_encoded"] = int(new.sum())
-    metrics["n_pinned"] = int(n - new.sum())
-    metrics["recon_error_quantiles"] = {f"p{q}": float(np.quantile(run.errors, q / 100)) for q in (50, 90, 99)}
-    metrics["encode_seconds"] = round(run.seconds, 3)
-    metrics["read_seconds"] = round(run.read_seconds, 3)
-    metrics["items_per_second"] = round(n / run.seconds, 1) if run.seconds > 0 else None
-    return metrics
+    counts = counts if counts is not None else CodeCounts.of(run.codes, codebook_size)
+    return {**counts.metrics(), **_error_metrics(run.errors, run.fixed, run.seconds, run.read_seconds)}
+
+
+def _error_metrics(errors: np.ndarray, fixed: np.ndarray, seconds: float, read_seconds: float) -> dict[str, Any]:
+    """Reconstruction-error figures and speed over all items of a pass (per-item errors, pinned mask)."""
+    n = len(errors)
+    new = ~fixed
+    n_new = int(new.sum())
+    return {
+        "recon_mse": float(errors.sum()) / n,
+        "recon_mse_encoded": float(errors[new].sum()) / n_new if n_new else None,
+        "n_encoded": n_new,
+        "n_pinned": int(n - n_new),
+        "recon_error_quantiles": {f"p{q}": float(np.quantile(errors, q / 100)) for q in (50, 90, 99)},
+        "encode_seconds": round(seconds, 3),
+        "read_seconds": round(read_seconds, 3),
+        "items_per_second": round(n / seconds, 1) if seconds > 0 else None,
+    }
 
 
 def _save_error_sample(path: str | Path, errors: np.ndarray) -> str:
@@ -312,7 +316,7 @@ def encode_file(
     if json_dict is not None:
         result["json_dict"] = str(json_dict)
         result["json_items"] = write_json_dict(out_path, json_dict)
-    _as_published(result, merged.recon_mse_moved)
+    _as_published(result, merged.moved_sum)
     logger.info(
         "encoded %d items (%d pinned): unique %.4f, collisions %.4f -> %.4f (%s, %d moved), recon_mse %.6f, "
         "%s items/s -> %s",
@@ -330,7 +334,9 @@ class Merged(NamedTuple):
     codes: np.ndarray  # [N, L] int32, as published
     dedup: np.ndarray  # [N] int32
     metrics: dict[str, Any]  # code quality of the published codes, recon error of the model's codes, collisions
-    recon_mse_moved: float | None  # what `reassign` added to the recon MSE (None: nothing moved)
+    moved_sum: float | None  # what `reassign` added to the summed per-item recon MSE (None: nothing moved)
+    pre: CodeCounts  # of the model's codes
+    post: CodeCounts | None  # of the published codes, where `reassign` moved items (None: the same as pre)
 
 
 def _merge(
@@ -351,7 +357,8 @@ def _merge(
     """
     _check_duplicates(run.ids, embeddings_path)
     mode = CollisionMode.parse(collision_mode)
-    metrics = _pass_metrics(run, model.codebook_size)
+    pre = CodeCounts.of(run.codes, model.codebook_size)
+    metrics = _pass_metrics(run, model.codebook_size, pre)
     ids, codes, fixed, fixed_dedup, reserved = run.ids, run.codes, run.fixed, run.fixed_dedup, None
     if lineage is not None:
         codes, fixed, fixed_dedup, reserved = lineage.prepare(ids, codes, fixed, fixed_dedup, run.hashes)
@@ -383,16 +390,18 @@ def _merge(
             collision_mode=mode.value, reserved_codes=None if reserved is None else reserved[0],
             batch_rows=batch_rows, allow_pickle=allow_pickle, extra_recon=extra_recon,
         )
+    post = None
     if mode is CollisionMode.REASSIGN:
-        metrics.update(code_metrics(resolved.codes, model.codebook_size))  # unique ratio etc. of the IDs as published
-    return Merged(ids, resolved.codes, resolved.dedup, metrics, moved_delta)
+        post = CodeCounts.of(resolved.codes, model.codebook_size)
+        metrics.update(post.metrics())  # unique ratio etc. of the IDs as published
+    return Merged(ids, resolved.codes, resolved.dedup, metrics, moved_delta, pre, post)
 
 
 def _moved_recon(
     model: RQVAE, embeddings_path: str | Path, ids: np.ndarray, original: np.ndarray, final: np.ndarray,
     movers: np.ndarray | None, batch_rows: int, allow_pickle: bool,
 ) -> tuple[np.ndarray | None, float | None]:
-    """(per moved item: MSE from its new codes minus from its original ones, their sum over all items).
+    """(per moved item: MSE from its new codes minus from its original ones, their sum).
 
     One more streaming pass over the input, made only when `reassign` moved items: their new codes are known
     only after every mover is placed. (None, None) when nothing moved.
@@ -406,164 +415,13 @@ def _moved_recon(
     from .audit import recon_deltas
 
     extra = recon_deltas(model, embeddings_path, ids[moved], original[moved], final[moved], batch_rows, allow_pickle)
-    return extra, float(extra.astype(np.float64).sum() / max(1, len(ids)))
+    return extra, float(extra.astype(np.float64).sum())
 
 
-def _as_published(result: dict[str, Any], recon_mse_moved: float | None) -> None:
+def _as_published(result: dict[str, Any], moved_sum: float | None) -> None:
     """Make `recon_mse` the figure of the IDs as published: `reassign` moves items off the code the model chose,
     and the pass measured them before the move. The model's own figure stays as `recon_mse_model` (what an
     `auto` run compares new items against)."""
     result["recon_mse_model"] = result["recon_mse"]
-    if recon_mse_moved is not None:
-        result["recon_mse"] = float(result["recon_mse"]) + recon_mse_moved
-
-
-# ------------------------------------------------------------------------------------------- sharded encoding
-
-SHARD_COLUMNS = ("item_id", "codes", "pinned", "pinned_dedup", "recon_error", "emb_hash")
-
-
-def _shard_schema(num_levels: int) -> pa.Schema:
-    """A raw shard: codes before collision resolution plus what the merge needs to finish every item."""
-    return pa.schema(
-        [
-            ("item_id", pa.int64()),
-            ("codes", pa.list_(pa.int32(), num_levels)),
-            ("pinned", pa.bool_()),
-            ("pinned_dedup", pa.int32()),
-            ("recon_error", pa.float64()),
-            ("emb_hash", pa.int64()),
-        ]
-    )
-
-
-def encode_shard(
-    model_or_dir: RQVAE | str | Path,
-    embeddings_path: str | Path,
-    out_path: str | Path,
-    rows: tuple[int, int],
-    *,
-    pinned: PinnedIds | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Encode rows ``[start, stop)`` of a Parquet artifact into a raw shard file (see :func:`merge_shards`).
-
-    No collision resolution here: it needs every item's codes. Returns small figures (for an XCom).
-    """
-    model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
-    start, stop = (int(r) for r in rows)
-    run = _encode_pass(
-        model, embeddings_path, batch_rows, False, show_progress, stop - start, pinned, rows=(start, stop),
-        with_hashes=True,
-    )
-    if len(run.ids) != stop - start:
-        raise InputError(f"shard [{start}, {stop}) read {len(run.ids)} rows", path=embeddings_path)
-    flat = pa.array(np.ascontiguousarray(run.codes, np.int32).reshape(-1))
-    table = pa.Table.from_arrays(
-        [
-            pa.array(run.ids),
-            pa.FixedSizeListArray.from_arrays(flat, model.num_codebooks),
-            pa.array(run.fixed),
-            pa.array(run.fixed_dedup),
-            pa.array(run.errors),
-            pa.array(run.hashes),
-        ],
-        schema=_shard_schema(model.num_codebooks).with_metadata({"encode_seconds": f"{run.seconds:.6f}"}),
-    )
-    with atomic_path(out_path) as tmp:
-        pq.write_table(table, tmp)
-    result = {
-        "path": str(out_path),
-        "rows": [start, stop],
-        "n_items": int(len(run.ids)),
-        "n_pinned": int(run.fixed.sum()),
-        "encode_seconds": round(run.seconds, 3),
-        "items_per_second": round(len(run.ids) / run.seconds, 1) if run.seconds > 0 else None,
-    }
-    logger.info("encoded shard [%d, %d): %s", start, stop, result)
-    return result
-
-
-def _read_shards(paths: Sequence[str | Path], num_levels: int) -> tuple[_Pass, list[int]]:
-    """Raw shards concatenated in the given order, as one pass over all items, and each shard's row count."""
-    tables = []
-    seconds = 0.0
-    for path in paths:
-        table = pq.read_table(path)
-        if tuple(table.schema.names) != SHARD_COLUMNS or table.schema.field("codes").type.list_size != num_levels:
-            raise InputError(f"not a raw shard of a {num_levels}-level model: columns {table.schema.names}",
-                             path=path)
-        seconds += float((table.schema.metadata or {}).get(b"encode_seconds", b"0"))
-        tables.append(table)
-    if not tables:
-        raise ValueError("merge_shards needs at least one shard")
-    table = pa.concat_tables(tables).combine_chunks()
-    codes = table.column("codes").chunk(0).flatten().to_numpy().reshape(-1, num_levels).astype(np.int32)
-    run = _Pass(
-        table.column("item_id").to_numpy(), codes, table.column("pinned").to_numpy(zero_copy_only=False),
-        table.column("pinned_dedup").to_numpy(), table.column("recon_error").to_numpy(),
-        table.column("emb_hash").to_numpy(), seconds,
-    )
-    return run, [t.num_rows for t in tables]
-
-
-def merge_shards(
-    model_or_dir: RQVAE | str | Path,
-    shard_paths: Sequence[str | Path],
-    embeddings_path: str | Path,
-    out_dir: str | Path,
-    *,
-    collision_mode: str | CollisionMode = CollisionMode.DEDUP,
-    hashes_path: str | Path | None = None,
-    errors_path: str | Path | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-    lineage: Lineage | None = None,
-    audit_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Resolve collisions over all shards and write ``{out_dir}/part-{i:05d}.parquet``, one part per shard.
-
-    Shards must be given in row order of the artifact (what :func:`encode_file` would have read). The part
-    folder is written beside ``out_dir`` and swapped in whole, so readers never see a mix of two runs' parts.
-    ``hashes_path``: item_id + emb_hash of every item (sorted by id), for the next incremental run.
-    ``lineage``: continuity with the previous version (kept dedup, retired IDs); ``audit_path``: the table of
-    items `reassign` moved (written in either mode, empty for `dedup`).
-    """
-    model = model_or_dir if isinstance(model_or_dir, RQVAE) else load_model(model_or_dir)
-    run, sizes = _read_shards(shard_paths, model.num_codebooks)
-    merged = _merge(model, run, embeddings_path, collision_mode, batch_rows, False, lineage, audit_path)
-    ids, codes, dedup = merged.ids, merged.codes, merged.dedup
-    out_dir = Path(out_dir)
-    remove_leftovers(out_dir)  # staging / moved-aside folders of a killed merge: the retry starts clean
-    staging = temp_path(out_dir)
-    try:
-        bounds = np.cumsum([0, *sizes])
-        for index, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            _write_ids(staging / f"part-{index:05d}.parquet", model.num_codebooks, ids[lo:hi], codes[lo:hi],
-                       dedup[lo:hi])
-        replace_dir(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    result: dict[str, Any] = {
-        "path": str(out_dir),
-        "n_items": int(len(ids)),
-        "n_shards": len(sizes),
-        "num_levels": model.num_codebooks,
-        "codebook_size": model.codebook_size,
-        **merged.metrics,
-        "max_dedup": int(dedup.max()),
-    }
-    if hashes_path is not None:
-        order = np.argsort(ids, kind="stable")
-        write_hashes(hashes_path, ids[order], run.hashes[order])
-    if errors_path is not None:
-        result["errors_path"] = _save_error_sample(errors_path, run.errors)
-    _as_published(result, merged.recon_mse_moved)
-    logger.info(
-        "merged %d shard(s), %d items: unique %.4f, collisions %.4f -> %.4f (%s, %d moved), recon_mse %.6f -> %s",
-        len(sizes), len(ids), result["unique_ratio"], result["collision_rate_pre"], result["collision_rate_post"],
-        result["collision_mode"], result["moved"], result["recon_mse"], out_dir,
-    )
-    return result
-
+    if moved_sum is not None:
+        result["recon_mse"] = float(result["recon_mse"]) + moved_sum / max(1, int(result["n_items"]))

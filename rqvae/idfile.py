@@ -9,6 +9,7 @@ embedding readers so that a change to either side is visible as a change to one 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -108,7 +109,8 @@ class SemanticIdWriter:
 def semantic_id_parts(path: str | Path) -> list[Path]:
     """The Parquet files of a semantic-id dataset: the file itself, or a directory's ``part-*.parquet`` in order.
 
-    Sharded encoding writes one part per shard; every reader takes the parts, in name order, as one table.
+    Sharded encoding writes one part per shard (or per level-1 group); every reader takes the parts, in name
+    order, as one table.
     """
     path = Path(path)
     if not path.is_dir():
@@ -152,11 +154,35 @@ def _read_semantic_id_file(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
     pf = _semantic_id_file(file, ["item_id", "codes", "dedup"])
     n = pf.metadata.num_rows
     code_type = pf.schema_arrow.field("codes").type
-    levels = code_type.list_size if pa.types.is_fixed_size_list(code_type) else None
     ids = np.empty(n, dtype=np.int64)
     dedup = np.empty(n, dtype=np.int32)
-    codes: np.ndarray | None = np.empty((n, levels), dtype=np.int32) if levels is not None else None
+    codes = np.empty((n, code_type.list_size), np.int32) if pa.types.is_fixed_size_list(code_type) else None
     row = 0
+    for batch_ids, batch_codes, batch_dedup in _iter_file(file):
+        if codes is None:
+            codes = np.empty((n, batch_codes.shape[1]), dtype=np.int32)
+        stop = row + len(batch_ids)
+        ids[row:stop], codes[row:stop], dedup[row:stop] = batch_ids, batch_codes, batch_dedup
+        row = stop
+    return ids, codes if codes is not None else np.empty((0, 0), dtype=np.int32), dedup
+
+
+def iter_semantic_ids(path: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(ids, codes [n, L] int32, dedup)`` batch by batch over a semantic-id file or part directory, in order:
+    what a check over tens of millions of IDs reads without holding them."""
+    levels = None
+    for part in semantic_id_parts(path):
+        for batch in _iter_file(part):
+            if levels is not None and batch[1].shape[1] != levels:
+                raise InputError(f"parts disagree on the number of code levels: {levels} and {batch[1].shape[1]}",
+                                 path=part)
+            levels = batch[1].shape[1]
+            yield batch
+
+
+def _iter_file(file: Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    pf = _semantic_id_file(file, ["item_id", "codes", "dedup"])
+    levels = None
     for batch in row_group_batches(pf, ["item_id", "codes", "dedup"], DEFAULT_BATCH_ROWS, file):
         if batch.num_rows == 0:
             continue
@@ -165,17 +191,11 @@ def _read_semantic_id_file(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
         batch_ids = batch.column(0).to_numpy()
         batch_codes = batch.column(1)
         width = common_length(pc.list_value_length(batch_codes).to_numpy(), batch_ids, file)
-        if codes is None:
-            levels = width
-            codes = np.empty((n, width), dtype=np.int32)
-        if width != levels:
+        if levels is not None and width != levels:
             raise InputError(f"code length changes from {levels} to {width}", sample_ids=batch_ids, path=file)
-        stop = row + batch.num_rows
-        ids[row:stop] = batch_ids
-        codes[row:stop] = batch_codes.flatten().to_numpy().reshape(-1, width)
-        dedup[row:stop] = batch.column(2).to_numpy()
-        row = stop
-    return ids, codes if codes is not None else np.empty((0, 0), dtype=np.int32), dedup
+        levels = width
+        yield (np.asarray(batch_ids, np.int64), batch_codes.flatten().to_numpy().reshape(-1, width).astype(np.int32),
+               batch.column(2).to_numpy().astype(np.int32))
 
 
 def _semantic_id_file(file: Path, expected: list[str]) -> pq.ParquetFile:

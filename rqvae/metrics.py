@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +25,53 @@ def pack_codes(codes: np.ndarray, codebook_sizes: Sequence[int]) -> np.ndarray:
     return inverse.astype(np.int64).ravel()
 
 
+@dataclass(frozen=True)
+class CodeCounts:
+    """The counts behind :func:`code_metrics`, which add up over item sets that share no code tuple.
+
+    Sets split by their level-1 code never share a tuple, so a partitioned merge sums its partitions' counts
+    and reports exactly what one pass over all items would.
+    """
+
+    n_items: int
+    unique: int  # distinct code tuples
+    collided: int  # items on a tuple shared with another item
+    max_bucket: int
+    per_level: tuple[np.ndarray, ...]  # each level's code histogram [K]
+
+    @classmethod
+    def of(cls, codes: np.ndarray, codebook_sizes: Sequence[int]) -> CodeCounts:
+        codes = np.asarray(codes)
+        _, counts = np.unique(pack_codes(codes, codebook_sizes), return_counts=True)
+        hists = tuple(np.bincount(codes[:, level].astype(np.int64), minlength=int(k))
+                      for level, k in enumerate(codebook_sizes))
+        return cls(int(codes.shape[0]), len(counts), int(counts[counts > 1].sum()),
+                   int(counts.max()) if len(counts) else 0, hists)
+
+    def __add__(self, other: CodeCounts) -> CodeCounts:
+        return CodeCounts(self.n_items + other.n_items, self.unique + other.unique, self.collided + other.collided,
+                          max(self.max_bucket, other.max_bucket),
+                          tuple(a + b for a, b in zip(self.per_level, other.per_level, strict=True)))
+
+    def metrics(self) -> dict:
+        n = self.n_items
+        if n == 0:
+            raise ValueError("code_metrics needs at least one item")
+        usage, perplexity = [], []
+        for hist in self.per_level:
+            p = hist[hist > 0].astype(np.float64) / n
+            usage.append(round(float((hist > 0).sum()) / len(hist), 6))
+            perplexity.append(round(float(np.exp(-(p * np.log(p)).sum())), 4))
+        return {
+            "n_items": n,
+            "unique_ratio": round(self.unique / n, 6),
+            "collision_rate": round(self.collided / n, 6),
+            "max_bucket": self.max_bucket,
+            "usage": usage,
+            "perplexity": perplexity,
+        }
+
+
 def code_metrics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
     """Unique-ID ratio, collisions, per-level usage and perplexity, largest bucket of raw code tuples.
 
@@ -32,24 +80,9 @@ def code_metrics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
     level's code distribution (K when perfectly even, 1 when collapsed).
     """
     codes = np.asarray(codes)
-    n = int(codes.shape[0])
-    if n == 0:
+    if int(codes.shape[0]) == 0:
         raise ValueError("code_metrics needs at least one item")
-    _, counts = np.unique(pack_codes(codes, codebook_sizes), return_counts=True)
-    usage, perplexity = [], []
-    for level, k in enumerate(codebook_sizes):
-        hist = np.bincount(codes[:, level].astype(np.int64), minlength=int(k)).astype(np.float64)
-        p = hist[hist > 0] / n
-        usage.append(round(float((hist > 0).sum()) / int(k), 6))
-        perplexity.append(round(float(np.exp(-(p * np.log(p)).sum())), 4))
-    return {
-        "n_items": n,
-        "unique_ratio": round(len(counts) / n, 6),
-        "collision_rate": round(float(counts[counts > 1].sum()) / n, 6),
-        "max_bucket": int(counts.max()),
-        "usage": usage,
-        "perplexity": perplexity,
-    }
+    return CodeCounts.of(codes, codebook_sizes).metrics()
 
 
 def assign_dedup(ids: np.ndarray, codes: np.ndarray, codebook_sizes: Sequence[int]) -> np.ndarray:

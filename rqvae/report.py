@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .idfile import read_semantic_ids
+from .idfile import iter_semantic_ids, read_semantic_ids
 from .metrics import pack_codes
+from .packed import CHUNK_ROWS, count_rows, fits, pack, small_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +49,13 @@ def write_report(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids, codes, _ = read_semantic_ids(semantic_ids)
     sizes = [int(k) for k in codebook_sizes]
+    tally = _tally(semantic_ids, sizes)
     written = []
     try:
-        _usage_plot(plt, codes, sizes, out / USAGE_PNG)
+        _usage_plot(plt, tally, sizes, out / USAGE_PNG)
         written.append(USAGE_PNG)
-        _bucket_plot(plt, codes, sizes, out / BUCKETS_PNG)
+        _bucket_plot(plt, tally, out / BUCKETS_PNG)
         written.append(BUCKETS_PNG)
         if recon_errors is not None and len(recon_errors):
             _recon_plot(plt, np.asarray(recon_errors, np.float64), out / RECON_PNG)
@@ -77,14 +80,73 @@ def training_signal(collaborative: dict[str, Any] | None) -> str:
             f"interactions on {int(collaborative.get('n_items_with_interactions', 0)):,} items)")
 
 
-def _usage_plot(plt, codes: np.ndarray, sizes: list[int], path: Path) -> None:
+@dataclass(frozen=True)
+class _Tally:
+    """What the code plots show: items, items per code of each level, and buckets[s] = code tuples of s items."""
+
+    n_items: int
+    usage: list[np.ndarray]
+    buckets: np.ndarray
+
+
+def _tally(semantic_ids: str | Path, sizes: list[int]) -> _Tally:
+    """Count codes and code tuples batch by batch: one packed tuple key per item (4 bytes at 4 x 256 codes) is all
+    that is held. Codes outside the sizes, or tuples too wide to pack, are counted from the whole table instead."""
+    n = count_rows(semantic_ids)
+    key_dtype = small_dtype(math.prod(sizes) - 1) if fits(sizes) else None
+    if n == 0 or key_dtype is None:
+        return _tally_in_memory(semantic_ids, sizes)
+    usage = [np.zeros(k, np.int64) for k in sizes]
+    keys = np.empty(n, key_dtype)
+    row = 0
+    for _, codes, _ in iter_semantic_ids(semantic_ids):
+        if codes.shape[1] != len(sizes) or codes.min() < 0 or (codes.max(0) >= np.asarray(sizes)).any():
+            return _tally_in_memory(semantic_ids, sizes)
+        for level, k in enumerate(sizes):
+            usage[level] += np.bincount(codes[:, level], minlength=k)
+        keys[row : row + len(codes)] = pack(codes, None, sizes)
+        row += len(codes)
+    keys.sort()
+    return _Tally(n, usage, _run_lengths(keys))
+
+
+def _tally_in_memory(semantic_ids: str | Path, sizes: list[int]) -> _Tally:
+    _, codes, _ = read_semantic_ids(semantic_ids)
+    usage = [np.bincount(codes[:, level].astype(np.int64), minlength=k) for level, k in enumerate(sizes)]
+    _, counts = np.unique(pack_codes(codes, sizes), return_counts=True)
+    return _Tally(len(codes), usage, np.bincount(counts))
+
+
+def _run_lengths(sorted_keys: np.ndarray) -> np.ndarray:
+    """hist[s]: how many distinct values occur s times in a sorted array, slice by slice (no [N] temporaries)."""
+    hist = np.zeros(1, np.int64)
+    run, last = 0, None  # the run still open at the end of the previous slice, and its value
+    for start in range(0, len(sorted_keys), CHUNK_ROWS):
+        chunk = sorted_keys[start : start + CHUNK_ROWS]
+        runs = np.diff(np.r_[0, np.flatnonzero(chunk[1:] != chunk[:-1]) + 1, len(chunk)])
+        if last is not None and chunk[0] == last:
+            runs[0] += run
+        elif last is not None:
+            runs = np.r_[run, runs]
+        hist = _add_counts(hist, runs[:-1])
+        run, last = int(runs[-1]), chunk[-1]
+    return _add_counts(hist, np.array([run])) if last is not None else hist
+
+
+def _add_counts(hist: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    more = np.bincount(lengths, minlength=len(hist))
+    more[: len(hist)] += hist
+    return more
+
+
+def _usage_plot(plt, tally: _Tally, sizes: list[int], path: Path) -> None:
     """Items per code, one panel per level, codes sorted by count: a flat profile means even usage."""
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.2), squeeze=False)
     for level, (ax, k) in enumerate(zip(axes[0], sizes, strict=True)):
-        counts = np.sort(np.bincount(codes[:, level].astype(np.int64), minlength=k))[::-1]
+        counts = np.sort(tally.usage[level])[::-1]
         used = int((counts > 0).sum())
         ax.bar(np.arange(k), counts, width=1.0, color="#4c72b0")
-        ax.axhline(len(codes) / k, color="#c44e52", lw=1, ls="--", label="even")
+        ax.axhline(tally.n_items / k, color="#c44e52", lw=1, ls="--", label="even")
         ax.set_title(f"level {level}: {used}/{k} codes used")
         ax.set_xlabel("code (sorted by items)")
         ax.set_ylabel("items")
@@ -93,10 +155,10 @@ def _usage_plot(plt, codes: np.ndarray, sizes: list[int], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def _bucket_plot(plt, codes: np.ndarray, sizes: list[int], path: Path) -> None:
+def _bucket_plot(plt, tally: _Tally, path: Path) -> None:
     """How many code tuples hold 1, 2, 3, ... items (before dedup / after reassignment)."""
-    _, counts = np.unique(pack_codes(codes, sizes), return_counts=True)
-    size, n_buckets = np.unique(counts, return_counts=True)
+    size = np.flatnonzero(tally.buckets)
+    n_buckets = tally.buckets[size]
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.bar(size, n_buckets, width=0.8, color="#55a868")
     ax.set_yscale("log")
@@ -104,8 +166,8 @@ def _bucket_plot(plt, codes: np.ndarray, sizes: list[int], path: Path) -> None:
         ax.set_xscale("log")
     ax.set_xlabel("items per code tuple")
     ax.set_ylabel("code tuples")
-    shared = float(counts[counts > 1].sum()) / len(codes)
-    ax.set_title(f"bucket sizes: {len(counts)} tuples, largest {int(counts.max())}, {shared:.1%} items share")
+    shared = float((size[size > 1] * n_buckets[size > 1]).sum()) / tally.n_items
+    ax.set_title(f"bucket sizes: {int(n_buckets.sum())} tuples, largest {int(size.max())}, {shared:.1%} items share")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

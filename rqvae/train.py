@@ -27,6 +27,7 @@ from .fsutil import remove_leftovers, replace_dir, temp_path
 from .metrics import code_metrics
 from .model import ENCODE_BATCH_ROWS, RQVAE, resolve_device
 from .progress import Progress, format_seconds
+from .readers import EmbeddingRows
 
 if TYPE_CHECKING:
     from .collaborative import CollaborativeEmbeddings, CollaborativeLoss, ItemSequences
@@ -138,7 +139,7 @@ def _try_resume(ckpt: Path, model: RQVAE, opt, sched, meta: dict[str, Any]) -> d
 
 
 def train(
-    vectors: np.ndarray,
+    vectors: np.ndarray | EmbeddingRows,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig | None = None,
     out_dir: str | Path | None = None,
@@ -149,6 +150,9 @@ def train(
 ) -> TrainResult:
     """Train an RQVAE on vectors [N, D]; write the model directory to out_dir when given.
 
+    ``vectors`` may be an :class:`rqvae.readers.EmbeddingRows`: then only the rows training uses are read (the
+    sample of ``max_train_items`` and the held-out rows), with the same draws, so the model is the same.
+
     ``interactions`` (with ``item_ids``, the item of each row of vectors) adds the collaborative signal of
     :mod:`rqvae.collaborative` with ``train_cfg.collaborative_weight`` (behaviour's weight against content in the
     latent the codebooks cut); without them, or with weight 0,
@@ -156,18 +160,24 @@ def train(
     evaluated on users' last items, the training part of the split (``LeaveOneOut.train_interactions()``).
     """
     cfg = train_cfg or TrainConfig()
-    x_np = np.ascontiguousarray(vectors, dtype=np.float32)
-    if x_np.ndim != 2 or x_np.shape[1] != model_cfg.input_dim:
-        raise ValueError(f"vectors must be [N, {model_cfg.input_dim}], got {x_np.shape}")
-    signal = _collaborative(x_np, model_cfg, cfg, interactions, item_ids)
+    if isinstance(vectors, EmbeddingRows) and interactions is not None and cfg.collaborative_weight > 0:
+        vectors = vectors.take()  # the collaborative signal covers every item
+    if isinstance(vectors, EmbeddingRows):
+        source, shape = vectors, vectors.shape
+    else:
+        source = np.ascontiguousarray(vectors, dtype=np.float32)
+        shape = source.shape
+    if len(shape) != 2 or shape[1] != model_cfg.input_dim:
+        raise ValueError(f"vectors must be [N, {model_cfg.input_dim}], got {shape}")
+    signal = _collaborative(source, model_cfg, cfg, interactions, item_ids) if interactions is not None else None
     rng = np.random.default_rng(cfg.seed)
     pick = held = None
     if cfg.early_stop_patience:
-        pick, held = heldout_split(x_np.shape[0], cfg, rng)
-        x_held, x_np = x_np[held], x_np[pick]
-    elif x_np.shape[0] > cfg.max_train_items:
-        pick = np.sort(rng.choice(x_np.shape[0], cfg.max_train_items, replace=False))
-        x_np = x_np[pick]
+        pick, held = heldout_split(shape[0], cfg, rng)
+    elif shape[0] > cfg.max_train_items:
+        pick = np.sort(rng.choice(shape[0], cfg.max_train_items, replace=False))
+    x_held = _rows(source, held) if held is not None else None
+    x_np = _rows(source, pick)
     n = x_np.shape[0]
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -354,6 +364,13 @@ def train(
 
 def _weights(model: RQVAE) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def _rows(source: np.ndarray | EmbeddingRows, rows: np.ndarray | None) -> np.ndarray:
+    """The given sorted rows of the vectors (all of them for None)."""
+    if isinstance(source, EmbeddingRows):
+        return source.take(rows)
+    return source if rows is None else source[rows]
 
 
 def heldout_split(total: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

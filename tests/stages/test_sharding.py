@@ -21,10 +21,12 @@ from include.resolve_collisions import check_shards
 from rqvae.checkpoint import save_model
 from rqvae.cli import main
 from rqvae.config import ModelConfig, TrainConfig
-from rqvae.encode import PinnedIds, encode_file, encode_shard, merge_shards
+from rqvae.encode import PinnedIds, encode_file
 from rqvae.errors import InputError
 from rqvae.idfile import merge_semantic_ids, read_semantic_ids, semantic_id_parts
+from rqvae.partitions import plan_partitions
 from rqvae.readers import embeddings_table, iter_embeddings, read_embeddings
+from rqvae.shards import encode_shard, merge_shards
 from rqvae.synth import synth
 from rqvae.train import train
 from tests.helpers import DIM, encode_all, make_snapshot, run, states, xcoms
@@ -202,24 +204,104 @@ def test_parts_read_and_merge_as_one_dataset(setup, tmp_path):
         read_semantic_ids(bad)
 
 
+def _by_id(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids, codes, dedup = read_semantic_ids(path)
+    order = np.argsort(ids)
+    return ids[order], codes[order], dedup[order]
+
+
+def test_groups_pack_whole_level1_codes_within_the_bound():
+    level1 = np.array([300, 300, 300, 2500, 0, 100, 900, 50])
+    group = plan_partitions(level1, 1000)
+    assert group.tolist() == [0, 0, 0, 1, 2, 2, 2, 3]
+    sizes = np.bincount(group, weights=level1)
+    assert all(size <= 1000 or np.sum(group == g) == 1 for g, size in enumerate(sizes)), "only a lone code may overflow"
+    assert np.all(np.diff(group) >= 0) and plan_partitions(level1, 10**9).tolist() == [0] * 8
+
+
+@pytest.mark.parametrize("collision_mode", ["dedup", "reassign"])
+def test_resolving_groups_of_level1_codes_gives_the_single_pass_ids(setup, tmp_path, collision_mode):
+    """Out of core: at most ~1000 items in memory at once, the same IDs, figures, hash file and audit as one piece."""
+    model, artifact, _ = setup
+    whole = sharded(model, artifact, tmp_path / "whole", 1700, collision_mode=collision_mode,
+                    hashes_path=tmp_path / "whole" / "hashes.parquet", errors_path=tmp_path / "whole" / "errors.npy",
+                    audit_path=tmp_path / "whole" / "audit.parquet")
+    groups = sharded(model, artifact, tmp_path / "groups", 1700, collision_mode=collision_mode, partition_rows=1000,
+                     hashes_path=tmp_path / "groups" / "hashes.parquet",
+                     errors_path=tmp_path / "groups" / "errors.npy", audit_path=tmp_path / "groups" / "audit.parquet")
+    assert whole["n_parts"] == whole["n_shards"] == 4
+    parts = semantic_id_parts(tmp_path / "groups" / "semantic_ids")
+    assert groups["n_parts"] == len(parts) > 4
+    level1 = [set(read_semantic_ids(part)[1][:, 0].tolist()) for part in parts]
+    assert all(not (a & b) for i, a in enumerate(level1) for b in level1[i + 1:]), "a level-1 code in one group only"
+    assert max(pq.read_metadata(part).num_rows for part in parts) <= 1000 or len(level1[0]) == 1
+    for a, b in zip(_by_id(tmp_path / "whole" / "semantic_ids"), _by_id(tmp_path / "groups" / "semantic_ids"),
+                    strict=True):
+        assert np.array_equal(a, b)
+    assert whole["collision_rate_pre"] > 0 and (collision_mode == "dedup" or whole["moved"] > 0)
+    for key in ("n_items", "n_shards", "unique_ratio", "collision_rate", "collision_rate_pre", "collision_rate_post",
+                "max_bucket", "usage", "perplexity", "moved", "stuck", "max_dedup", "n_encoded", "n_pinned",
+                "recon_error_quantiles", "collision_mode"):
+        assert groups[key] == whole[key], key
+    for key in ("recon_mse", "recon_mse_model"):
+        assert groups[key] == pytest.approx(whole[key], rel=1e-9), key
+    hashes = [pq.read_table(tmp_path / f / "hashes.parquet") for f in ("whole", "groups")]
+    assert hashes[0].equals(hashes[1])
+    assert np.array_equal(np.load(tmp_path / "groups" / "errors.npy"), np.load(tmp_path / "whole" / "errors.npy"))
+    audit_whole, audit_groups = (pq.read_table(tmp_path / f / "audit.parquet") for f in ("whole", "groups"))
+    assert audit_groups.num_rows == audit_whole.num_rows == (whole["moved"] + whole["stuck"])
+    for name in audit_whole.column_names:
+        a, b = audit_whole.column(name).to_pylist(), audit_groups.column(name).to_pylist()
+        assert a == (pytest.approx(b, rel=1e-5) if "extra" in name else b), name
+    assert groups["collision_audit"].keys() == whole["collision_audit"].keys()
+    for key, value in whole["collision_audit"].items():
+        assert groups["collision_audit"][key] == (pytest.approx(value, rel=1e-5) if isinstance(value, float) else value)
+    assert not [p.name for p in (tmp_path / "groups").iterdir() if p.name.startswith(".")], "no spill left behind"
+
+
+def test_a_duplicate_id_in_two_groups_fails_and_keeps_the_previous_ids(setup, tmp_path):
+    """The duplicate check covers all shards, not one group: the item's two rows differ, so their codes may too."""
+    model, artifact, _ = setup
+    sharded(model, artifact, tmp_path, 3000, partition_rows=1000)
+    before = read_semantic_ids(tmp_path / "semantic_ids")
+    paths = sorted((tmp_path / "shards").glob("*.parquet"))
+    first, second = pq.read_table(paths[0]), pq.read_table(paths[1])
+    codes = second.column("codes").combine_chunks().flatten().to_numpy().reshape(-1, 2)
+    row = int(np.flatnonzero(codes[:, 0] != first.column("codes")[0].as_py()[0])[0])
+    victim = first.column("item_id")[0].as_py()
+    ids = second.column("item_id").to_numpy().copy()
+    ids[row] = victim
+    pq.write_table(second.set_column(0, "item_id", pa.array(ids)), paths[1])
+    with pytest.raises(InputError, match="duplicate item ids") as err:
+        merge_shards(model, paths, artifact, tmp_path / "semantic_ids", partition_rows=1000)
+    assert str(victim) in str(err.value)
+    for a, b in zip(before, read_semantic_ids(tmp_path / "semantic_ids"), strict=True):
+        assert np.array_equal(a, b)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging or spill left behind"
+
+
 def test_dag_with_three_shards_publishes_the_single_pass_ids(pipeline_dag, airflow_db, roots):
-    """The real DAG: encode_items runs as three mapped instances; the published IDs equal encode_file's."""
+    """The real DAG: encode_items runs as three mapped instances and resolve_collisions holds at most ~1000 items
+    at once (groups of level-1 codes); the published IDs equal encode_file's."""
     make_snapshot(roots, "2026-08-01", n=3000, seed=9)
-    dag_run = run(pipeline_dag, "2026-08-01", shard_size=1000, collision_mode="reassign")
+    dag_run = run(pipeline_dag, "2026-08-01", shard_size=1000, collision_mode="reassign", resolve_rows=1000)
     assert set(states(dag_run).values()) == {"success"}, states(dag_run)
     mapped = [ti for ti in dag_run.get_task_instances() if ti.task_id == "encode_items"]
     assert sorted(ti.map_index for ti in mapped) == [0, 1, 2]
     work = roots["work"] / "2026-08-01" / run_key(dag_run.run_id)
-    assert len(semantic_id_parts(work / "semantic_ids")) == 3
     version = roots["publish"] / "2026-08-01"
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["counts"]["encode_shards"] == 3
     assert manifest["metrics"]["encode"]["n_shards"] == 3
+    n_parts = manifest["metrics"]["encode"]["n_parts"]
+    parts = semantic_id_parts(work / "semantic_ids")
+    assert len(parts) == manifest["counts"]["id_parts"] == n_parts >= 3
+    level1 = [set(read_semantic_ids(part)[1][:, 0].tolist()) for part in parts]
+    assert sum(len(codes) for codes in level1) == len(set().union(*level1)), "parts are groups of level-1 codes"
     single = encode_file(work / "model", work / "embeddings.parquet", work / "single.parquet",
                          collision_mode="reassign", show_progress=False)
     assert single["moved"] > 0
-    for a, b in zip(read_semantic_ids(work / "single.parquet"), read_semantic_ids(version / "semantic_ids.parquet"),
-                    strict=True):
+    for a, b in zip(_by_id(work / "single.parquet"), _by_id(version / "semantic_ids.parquet"), strict=True):
         assert np.array_equal(a, b)
     values = xcoms(dag_run)
     assert isinstance(values["plan_shards"], list) and len(values["plan_shards"]) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,18 @@ from include.gx_suites import (
     ID_COLUMN,
     ROW_COLUMN,
     Batch,
+    ValidationFailed,
     codes_expectations,
     input_expectations,
     run_suite,
     split_batches,
     suspect_rows,
 )
-from include.validate_codes import _distinct_codes, _tuple_keys, coverage_frame, joined_frame
-from include.validate_dims import row_stats
+from include.validate_codes import _distinct_codes, _tuple_keys, coverage_frame, joined_frame, validate_codes
+from include.validate_dims import row_stats, suspect_stats
+from rqvae.config import CodeChecks
+from rqvae.idfile import SemanticIdWriter
+from rqvae.metrics import assign_dedup, code_metrics
 
 KEYS = ("success", "element_count", "unexpected_count", "observed_value", "unexpected_values", "sample_ids",
         "sample_rows")
@@ -66,6 +71,39 @@ def test_input_suite_split_matches_the_full_frame(tmp_path: Path, edit: str) -> 
     if edit == "bad":
         assert not fast.success and len(fast.failures) == 7  # every rule, the row count included
         assert 0 < int(suspect_rows(stats, rules()).sum()) < len(stats)
+
+
+@pytest.mark.parametrize("edit", ["clean", "bad"])
+@pytest.mark.parametrize("expected_dim", [0, 8])
+def test_streamed_suspects_give_the_full_frame_verdict(tmp_path: Path, edit: str, expected_dim: int) -> None:
+    """validate_dims keeps only suspect rows while streaming (plus ids and lengths): GX says the same."""
+    path = _artifact(tmp_path, edit)
+    if edit == "bad":  # a duplicate id in another row group and a short vector only the length rule catches
+        table = pq.read_table(path)
+        ids = table.column(ID_COLUMN).to_pylist()
+        vectors = table.column("embedding").to_pylist()
+        ids[310] = ids[40]
+        vectors[200] = vectors[200][:4]
+        table = pa.table({ID_COLUMN: pa.array(ids, pa.int64()), "embedding": pa.array(vectors, pa.list_(pa.float32()))})
+        pq.write_table(table, path, row_group_size=150)
+    stats = row_stats(path)
+
+    def rules(dim: int = 8) -> list:
+        return input_expectations(dim, 100, 0.5, 2.0, 1e3)
+
+    full = run_suite("full", [Batch("rows", stats, rules(), index_columns=[ID_COLUMN, ROW_COLUMN])])
+    suspects, n, dim = suspect_stats(path, rules(), expected_dim)
+    assert (n, dim) == (len(stats), 8)
+    table = pd.DataFrame(index=pd.RangeIndex(n))
+    streamed = run_suite("streamed", split_batches("rows", suspects, rules(dim), [ID_COLUMN, ROW_COLUMN], [table],
+                                                   element_count=n))
+    assert _by_rule(streamed.checks) == _by_rule(full.checks)
+    assert sorted(streamed.failures) == sorted(full.failures)
+    if edit == "bad":
+        assert 0 < len(suspects) < 30 and {40, 200, 310} <= set(suspects[ROW_COLUMN])
+        assert len(streamed.failures) == 6  # every row rule
+    else:
+        assert len(suspects) == 0 and full.success
 
 
 def _outputs(edit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -138,3 +176,38 @@ def test_gx_preload_imports_in_the_background_and_leaves_errors_to_the_stage(mon
     gx_suites.preload().join(30)  # logs at debug, raises nothing in the thread
     with pytest.raises(ImportError, match="simulated"):
         gx_suites.input_expectations(4, 1, 0.0, 10.0, 10.0)
+
+
+@pytest.mark.parametrize("edit", ["clean", "bad"])
+def test_streamed_codes_stage_gives_the_joined_frame_verdict(tmp_path: Path, edit: str) -> None:
+    """validate_codes reads the IDs pass by pass and keeps only suspect rows: the same checks, figures, failures."""
+    input_ids, ids, codes, _ = _outputs(edit)
+    sizes = [6, 6, 6]
+    dedup = assign_dedup(ids, codes, sizes)
+    if edit == "bad":
+        codes[30:33] = codes[40]  # one tuple shared by four items, two of them with the same dedup
+        dedup[30:32] = dedup[40] + 1000
+    artifact = tmp_path / "embeddings.parquet"
+    pq.write_table(pa.table({ID_COLUMN: input_ids, "embedding": [[0.0]] * len(input_ids)}), artifact)
+    parts = tmp_path / "semantic_ids"
+    half = len(ids) // 2
+    parts.mkdir()
+    for index, rows in enumerate((slice(0, half), slice(half, None))):
+        with SemanticIdWriter(parts / f"part-{index:05d}.parquet", 3) as writer:
+            writer.write(ids[rows], codes[rows], dedup[rows])
+    checks = CodeChecks(min_unique_ratio=0.3, min_usage=1.0, max_recon_mse=0.5)
+    try:
+        validate_codes(parts, artifact, tmp_path / "codes.json", checks, codebook_sizes=sizes, recon_mse=0.01)
+    except ValidationFailed:  # the report is written first
+        assert edit == "bad"
+    report = json.loads((tmp_path / "codes.json").read_text())
+
+    full_rules = codes_expectations(sizes, 0.3, 1.0)
+    full = run_suite("full", [Batch("rows", joined_frame(input_ids, ids, codes, dedup), full_rules,
+                                    index_columns=[ID_COLUMN])])
+    rows_checks = [c for c in report["checks"] if not c["batch"].startswith("quality")]
+    assert _by_rule(rows_checks) == _by_rule(full.checks)
+    assert report["success"] == (edit == "clean") == full.success
+    if edit == "clean":
+        assert report["metrics"] == {**code_metrics(codes, sizes), "recon_mse": 0.01}
+    assert report["n_items"] == len(ids) and report["n_input_items"] == len(input_ids)
