@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 
 .PHONY: venv test lint demo airflow bench bench-quality-seed bench-scale bench-downstream bench-serving clean reliability \
-	bench-cotenancy bench-encode bench-validation chaos
+	bench-cotenancy bench-encode bench-validation bench-stack-scale chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ clean:
 
 bench-scale: venv
 	$(BIN)/python bench/scale.py
+
+# The whole DAG on the native Celery stack (two gpu workers) at N items (default 50M): per-task time and peak RSS.
+N ?= 50000000
+bench-stack-scale: venv
+	$(BIN)/python bench/stack_scale.py --n $(N)
 
 # Serving index at 5.7M items (load time, memory, lookups/s) and ID churn of aligned retrains (200k items).
 bench-serving: venv

@@ -47,6 +47,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airflow_env import STACK_SHORT_WAITS  # noqa: E402
+from stack_api import Api  # noqa: E402
+from stack_api import log as stack_log  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "scripts" / "stack.sh"
@@ -86,7 +88,7 @@ OUTAGE_S = 10.0
 
 
 def log(message: str) -> None:
-    print(f"[chaos {datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
+    stack_log(message, "chaos")
 
 
 # --- the stack ---------------------------------------------------------------------------------------------------
@@ -138,45 +140,6 @@ def sigkill_tree(name: str) -> list[int]:
             proc.send_signal(signal.SIGKILL)
     psutil.wait_procs(procs, timeout=10)
     return [p.pid for p in procs]
-
-
-class Api:
-    """The REST API with the admin JWT; errors (a restarting database) come back as None, never raise."""
-
-    def __init__(self) -> None:
-        import httpx
-
-        self.url = f"http://127.0.0.1:{PORTS['STACK_API_PORT']}"
-        self.client = httpx.Client(timeout=20)
-        self.token = ""
-
-    def login(self) -> None:
-        password = json.loads((STACK_DIR / "airflow" / "passwords.json").read_text())["admin"]
-        response = self.client.post(f"{self.url}/auth/token", json={"username": "admin", "password": password})
-        response.raise_for_status()
-        self.token = response.json()["access_token"]
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            response = self.client.request(method, f"{self.url}/api/v2{path}", json=body,
-                                           headers={"Authorization": f"Bearer {self.token}"})
-        except Exception as exc:  # noqa: BLE001 - connection refused while a component restarts
-            log(f"api {method} {path}: {type(exc).__name__}")
-            return None
-        if response.status_code == 401:
-            self.login()
-            return self.call(method, path, body)
-        if response.status_code >= 300:
-            log(f"api {method} {path}: {response.status_code} {response.text[:200]}")
-            return None
-        return response.json()
-
-    def run(self, run_id: str) -> dict[str, Any] | None:
-        return self.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
-
-    def tis(self, run_id: str) -> list[dict[str, Any]] | None:
-        found = self.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
-        return None if found is None else found["task_instances"]
 
 
 def hostnames() -> dict[str, str]:
@@ -572,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         if up.returncode != 0:
             raise SystemExit(f"stack.sh up failed:\n{up.stderr[-3000:]}")
         log(f"stack up in {time.monotonic() - t0:.0f}s")
-        api = Api()
+        api = Api(PORTS["STACK_API_PORT"], STACK_DIR, DAG_ID)
         api.login()
         while api.call("GET", f"/dags/{DAG_ID}") is None:
             time.sleep(2)
