@@ -121,6 +121,16 @@ def _distinct_codes(codes: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def _radix_keys(codes: np.ndarray, low: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """One int64 per row: the codes minus each level's lowest, read as digits of radix ``spans``."""
+    import numpy as np
+
+    key = np.zeros(len(codes), np.int64)
+    for level in range(codes.shape[1]):
+        key = key * int(spans[level]) + (codes[:, level].astype(np.int64) - low[level])
+    return key
+
+
 def _tuple_keys(codes: np.ndarray) -> np.ndarray:
     """Exact integer key per code tuple: mixed radix over each level's observed range, else np.unique rows."""
     import numpy as np
@@ -131,10 +141,7 @@ def _tuple_keys(codes: np.ndarray) -> np.ndarray:
     low = matrix.min(axis=0)
     spans = matrix.max(axis=0) - low + 1
     if float(np.prod(spans.astype(np.float64))) < 2.0**62:
-        key = np.zeros(matrix.shape[0], dtype=np.int64)
-        for level in range(matrix.shape[1]):
-            key = key * int(spans[level]) + (matrix[:, level] - low[level])
-        return key
+        return _radix_keys(matrix, low, spans)
     _, inverse = np.unique(matrix, axis=0, return_inverse=True)
     return inverse.ravel().astype(np.int64)
 
@@ -204,12 +211,7 @@ class _Scan:
         return spans if float(np.prod(spans.astype(np.float64))) < 2.0**62 else None
 
     def keys(self, codes: np.ndarray, spans: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        key = np.zeros(len(codes), np.int64)
-        for level in range(self.levels):
-            key = key * int(spans[level]) + (codes[:, level].astype(np.int64) - self.low[level])
-        return key
+        return _radix_keys(codes, self.low, spans)
 
 
 def _coverage_suspects(scan: _Scan, artifact: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
