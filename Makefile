@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 
 .PHONY: venv test lint demo airflow bench bench-quality-seed bench-scale bench-downstream bench-serving clean reliability \
-	bench-cotenancy bench-encode bench-validation bench-stack-scale chaos
+	bench-cotenancy bench-encode bench-validation bench-stack-scale bench-gpu chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ bench-scale: venv
 N ?= 50000000
 bench-stack-scale: venv
 	$(BIN)/python bench/stack_scale.py --n $(N)
+
+# Train + encode at seed scale on a CUDA GPU against the same machine's CPU (needs a CUDA build of torch; where
+# the GPU is on another machine, run `python3 bench/gpu.py run --json ...` there and `render` here).
+bench-gpu: venv
+	$(BIN)/python bench/gpu.py run --json var/bench/gpu.json
+	$(BIN)/python bench/gpu.py render var/bench/gpu.json
 
 # Serving index at 5.7M items (load time, memory, lookups/s) and ID churn of aligned retrains (200k items).
 bench-serving: venv

@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-dict", help="also write {item_id: [codes]} JSON for existing inference code")
     p.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS)
     p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, as the pipeline's encode task), "
+                   "cpu, cuda, cuda:1 ...")
     _add_config_flags(p, EncodeOptions)
 
     p = add("evaluate", "Print quality metrics of a model on embeddings.")
@@ -227,12 +229,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
     from .encode import encode_file
+    from .model import resolve_device
     from .readers import row_count
 
     # Parquet footers / .npy headers give the item count for free: progress then shows %, rate and ETA.
     total = None if args.quiet else row_count(args.embeddings)
-    result = encode_file(args.model, args.embeddings, args.out, json_dict=args.json_dict,
+    model = load_model(args.model, device=resolve_device(args.device))
+    result = encode_file(model, args.embeddings, args.out, json_dict=args.json_dict,
                          batch_rows=args.batch_rows, allow_pickle=args.allow_pickle, show_progress=not args.quiet,
                          total=total, collision_mode=args.collision_mode)
     print(json.dumps(_round(result)))

@@ -51,6 +51,7 @@ KMEANS_METHODS = ("progressive", "kmeans", "bkmeans", "none")  # rqvae.kmeans.fi
 DISTANCES = ("l2", "euclidean", "cosine")  # euclidean is l2 (rqvae.search.Distance.parse)
 GRADIENTS = ("ste", "rotation")
 COLLISION_MODES = ("dedup", "reassign")  # rqvae.collisions.CollisionMode
+PRECISIONS = ("bf16", "fp32")  # TrainConfig.precision on CUDA
 RUN_MODES = ("retrain", "incremental", "auto")  # include.incremental.plan
 ALIGN_MODES = ("anchor", "permute", "off")  # include.lineage.align_retrain
 DEFAULT_SHARD_SIZE = 2_000_000
@@ -237,6 +238,11 @@ class TrainConfig(_Strict):
         "auto", title="Device", description="auto (CUDA when present), cpu, cuda, cuda:1 ...",
         section="Training", form=False,  # the pipeline's gpu queue decides where training runs
     )
+    precision: str = option(
+        "bf16", title="CUDA precision", section="Training", form=False, enum=PRECISIONS,
+        description="On CUDA, bf16 runs the encoder and decoder under bf16 autocast (the code search stays "
+        "fp32); fp32 turns autocast off. CPU training is always fp32.",
+    )
     collaborative_weight: float = option(
         0.0,  # opt-in: NLL gain on MovieLens, Recall@10 gain not yet shown, +26% recon MSE (docs/collaborative.md)
         title="Collaborative weight", section="Training", minimum=0, maximum=100,
@@ -262,6 +268,8 @@ class TrainConfig(_Strict):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.collaborative_weight < 0 or self.collaborative_hidden < 0:
             raise ConfigError("collaborative_weight and collaborative_hidden must be >= 0, got "
                               f"{self.collaborative_weight} and {self.collaborative_hidden}")

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 GRADIENTS = ("ste", "rotation")
 SEARCH_CHUNK = 1024  # rows per distance block in the fast path: [1024, K] stays in cache
+GPU_SEARCH_CHUNK = 1 << 17  # on a GPU, blocks large enough that kernel launches do not dominate ([K, 128k] fp32)
 
 
 class QuantizerOutput(NamedTuple):
@@ -110,8 +111,9 @@ class ResidualQuantizer(nn.Module):
         return QuantizerOutput(quantized, torch.stack(codes, 1), loss, residuals)
 
     @torch.no_grad()
-    def assign(self, z: torch.Tensor, chunk: int = SEARCH_CHUNK) -> torch.Tensor:
+    def assign(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Codes [B, L] for z, in cache-sized row blocks: the inference fast path (no graph, no loss)."""
+        chunk = chunk or (SEARCH_CHUNK if z.device.type == "cpu" else GPU_SEARCH_CHUNK)
         out = torch.empty(z.shape[0], self.num_levels, dtype=torch.long, device=z.device)
         books = [self.codebook(level).detach().to(z.dtype) for level in range(self.num_levels)]
         tables = [self._table(b, level) for level, b in enumerate(books)]

@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from .metrics import code_metrics
 from .model import ENCODE_BATCH_ROWS, RQVAE, resolve_device
 from .progress import Progress, format_seconds
 from .readers import EmbeddingRows
+from .threads import SERIAL_STEP_MACS, step_threads
 
 if TYPE_CHECKING:
     from .collaborative import CollaborativeEmbeddings, CollaborativeLoss, ItemSequences
@@ -93,8 +95,9 @@ def _optimizer(model: RQVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     books = list(model.quantizer.parameters())
     book_ids = {id(p) for p in books}
     nets = [p for p in model.parameters() if id(p) not in book_ids]
-    return torch.optim.AdamW(
-        [{"params": nets, "weight_decay": cfg.weight_decay}, {"params": books, "weight_decay": 0.0}], lr=cfg.lr
+    return torch.optim.AdamW(  # fused: one kernel for all parameters on a GPU, where launches dominate
+        [{"params": nets, "weight_decay": cfg.weight_decay}, {"params": books, "weight_decay": 0.0}], lr=cfg.lr,
+        **({"fused": True} if model.device.type == "cuda" else {"foreach": True}),
     )
 
 
@@ -243,7 +246,9 @@ def train(
             init_metrics["recon_mse"], init_metrics["unique_ratio"], init_metrics["usage"],
         )
 
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda" and cfg.precision == "bf16"
+    # multiply-adds of one step's forward pass: the MLP's weight matrices and the code search over every level
+    step_macs = cfg.batch_size * sum(p.numel() for p in model.parameters() if p.dim() == 2)
     step = (start_epoch - 1) * steps_per_epoch
     t_start = time.perf_counter()
     kmax = max(model.codebook_size)
@@ -260,11 +265,15 @@ def train(
         model.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         reseed_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        collab_sum = 0.0
+        # running sums stay on the device: reading them every step would make a GPU wait for each batch
+        collab_sum = torch.zeros((), dtype=torch.float64, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         counts = torch.zeros(model.num_codebooks, kmax, dtype=torch.long, device=device)
-        loss_sum, loss_n, reseeded = 0.0, 0, 0
+        level_offset = torch.arange(model.num_codebooks, device=device) * kmax
+        loss_n, reseeded = 0, 0
         t_epoch = time.perf_counter()
-        with Progress(steps_per_epoch, f"epoch {epoch}/{epochs}", "batches", enabled=show_progress) as bar:
+        with (Progress(steps_per_epoch, f"epoch {epoch}/{epochs}", "batches", enabled=show_progress) as bar,
+              step_threads(step_macs) if device.type == "cpu" else nullcontext()):
             for b in range(steps_per_epoch):
                 if step >= total_steps:
                     break
@@ -279,16 +288,16 @@ def train(
                             out = model(xb)
                         c_loss = collab(latent[0], index)
                         loss = out.total_loss + c_loss
-                        collab_sum += float(c_loss.detach())
+                        collab_sum += c_loss.detach()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 step += 1
-                loss_sum += float(out.total_loss.detach())
+                loss_sum += out.total_loss.detach()
                 loss_n += 1
-                for level in range(model.num_codebooks):
-                    counts[level] += torch.bincount(out.semantic_ids[:, level], minlength=kmax)[:kmax]
+                ids = (out.semantic_ids + level_offset).view(-1)
+                counts.view(-1).index_add_(0, ids, torch.ones_like(ids))
                 if cfg.reseed_every and step % cfg.reseed_every == 0 and step < 0.9 * total_steps:
                     with torch.no_grad():
                         residuals = model.quantizer.residuals_of(model.encode_latent(xb))
@@ -301,7 +310,7 @@ def train(
         eta = elapsed / done * (epochs - epoch)
         record = {
             "epoch": epoch,
-            "loss": loss_sum / max(1, loss_n),
+            "loss": float(loss_sum) / max(1, loss_n),
             "recon_mse": ev["recon_mse"],
             "unique_ratio": ev["unique_ratio"],
             "usage": ev["usage"],
@@ -310,7 +319,7 @@ def train(
             "seconds": round(time.perf_counter() - t_epoch, 3),
         }
         if collab is not None:
-            record["collaborative_loss"] = collab_sum / max(1, loss_n)
+            record["collaborative_loss"] = float(collab_sum) / max(1, loss_n)
         history.append(record)
         if best is not None and ev["recon_mse"] < min(r["recon_mse"] for r in [init_metrics, *history[:-1]]):
             best = _weights(model)
@@ -348,6 +357,9 @@ def train(
         "method": model_cfg.method,
         "steps": step,
         "device": device.type,
+        "autocast_bf16": use_amp,
+        "step_threads": 1 if device.type == "cpu" and step_macs < SERIAL_STEP_MACS else torch.get_num_threads(),
+        "init_seconds": init_metrics.get("seconds"),
         "train_seconds": round(time.perf_counter() - t_start, 3),
         "init_recon_mse": init_metrics["recon_mse"],
         "init_unique_ratio": init_metrics["unique_ratio"],

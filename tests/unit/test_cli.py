@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rqvae.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from rqvae.config import TrainConfig
+from rqvae.errors import ConfigError
 from rqvae.readers import write_embeddings
 
 
@@ -83,3 +85,27 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture) -> None:
         main([command, "--help"])
     assert exc.value.code == 0
     assert f"rqvae {command}" in capsys.readouterr().out
+
+
+def test_precision_and_encode_device_flags(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """--precision reaches training (bf16 autocast is CUDA-only: CPU training reports it off), a bad value is
+    refused naming the choices, and `encode --device cpu` gives the IDs the default device gives here."""
+    data = workdir / "prec.parquet"
+    assert run(capsys, "synth", "--n", "1500", "--dim", "8", "--out", str(data))[0] == EXIT_OK
+    model = workdir / "prec-model"
+    code, out, _ = run(capsys, "train", "--embeddings", str(data), "--out", str(model), "--num-codebooks", "2",
+                       "--codebook-size", "16", "--epochs", "1", "--device", "cpu", "--precision", "fp32")
+    assert code == EXIT_OK and json.loads(out)["autocast_bf16"] is False
+    with pytest.raises(SystemExit) as refused:
+        run(capsys, "train", "--embeddings", str(data), "--out", str(workdir / "bad"), "--precision", "fp16")
+    err = capsys.readouterr().err
+    assert refused.value.code == EXIT_BAD_INPUT and "'bf16', 'fp32'" in err and "fp16" in err
+    with pytest.raises(ConfigError, match=r"precision must be one of \['bf16', 'fp32'\], got 'fp16'"):
+        TrainConfig(precision="fp16")  # a --config file or the library is checked the same way
+    tables = []
+    for device in ("cpu", "auto"):
+        ids = workdir / f"prec-{device}.parquet"
+        assert run(capsys, "encode", "--model", str(model), "--embeddings", str(data), "--out", str(ids),
+                   "--device", device)[0] == EXIT_OK
+        tables.append(pq.read_table(ids))
+    assert tables[0].equals(tables[1])

@@ -212,6 +212,29 @@ def test_parallel_encode_equals_single_block_encode(trained: RQVAE) -> None:
     assert torch.equal(whole, blocks)
 
 
+def test_gpu_sized_search_blocks_give_the_cpu_blocks_codes(trained: RQVAE) -> None:
+    """A GPU searches in blocks of GPU_SEARCH_CHUNK rows: the block size must not change a single code."""
+    from rqvae.quantizer import GPU_SEARCH_CHUNK, SEARCH_CHUNK
+
+    z = trained.encode_latent(torch.from_numpy(clustered(GPU_SEARCH_CHUNK + 3001, 16, seed=5)))
+    small = trained.quantizer.assign(z, chunk=SEARCH_CHUNK)
+    assert torch.equal(trained.quantizer.assign(z, chunk=GPU_SEARCH_CHUNK), small)
+    assert torch.equal(trained.quantizer.assign(z), small)  # a CPU tensor gets the CPU block size
+
+
+def test_initialized_is_remembered_until_a_state_dict_is_loaded(data: torch.Tensor) -> None:
+    """The flag is read off the device once (a GPU read waits for the queue); loading weights forgets it."""
+    model = RQVAE(16, [16], 16, 2, 8, device="cpu")
+    blank = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not model.initialized
+    model.initialize(data[:500])
+    assert model.initialized
+    model.load_state_dict(blank)
+    assert not model.initialized
+    with pytest.raises(RuntimeError, match="not initialised"):
+        model.eval().encode(data[:10])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_encode_with_errors_matches_encode_and_decode(trained: RQVAE, threads: int) -> None:
     """The fused pass (block by block, on the pool when there are threads) gives encode()'s codes and the

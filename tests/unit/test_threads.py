@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from rqvae.threads import CONCURRENCY_ENV, cgroup_cpu_limit, configure, usable_cpus, worker_concurrency
+from rqvae.threads import (
+    CONCURRENCY_ENV,
+    SERIAL_STEP_MACS,
+    cgroup_cpu_limit,
+    configure,
+    step_threads,
+    usable_cpus,
+    worker_concurrency,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +126,35 @@ def test_torch_threads_follow_the_usable_cpus() -> None:
 def test_arrow_pool_follows_the_usable_cpus() -> None:
     pool = _printed_by_a_worker_task("import rqvae.readers, pyarrow; print(pyarrow.cpu_count())")
     assert pool == usable_cpus({CONCURRENCY_ENV: "2"})
+
+
+def test_small_training_steps_run_on_one_thread_and_restore_the_count() -> None:
+    """Steps below SERIAL_STEP_MACS take one thread (waking a second costs more than it saves); bigger steps
+    keep the count; either way the caller's count comes back, also after an error."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with step_threads(SERIAL_STEP_MACS - 1) as used:
+            assert used == 1 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with step_threads(SERIAL_STEP_MACS) as used:
+            assert used == 2 and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), step_threads(0):
+            raise RuntimeError("a failing step")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_reports_the_step_threads_it_used() -> None:
+    import numpy as np
+
+    from rqvae.config import ModelConfig, TrainConfig
+    from rqvae.train import train
+
+    x = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
+    small = train(x, ModelConfig(input_dim=8, num_codebooks=2, codebook_size=16),
+                  TrainConfig(epochs=1, batch_size=256, device="cpu"), show_progress=False)
+    assert small.metrics["step_threads"] == 1
