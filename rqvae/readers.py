@@ -156,8 +156,11 @@ def _to_numpy(raw: RawBatch) -> tuple[np.ndarray, np.ndarray]:
     if pa.types.is_null(vectors.type) or vectors.null_count:
         mask = vectors.is_null().to_numpy(zero_copy_only=False)
         raise InputError("null embeddings", sample_ids=ids[mask], count=int(mask.sum()), path=raw.file)
-    lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False).astype(np.int64)
-    dim = common_length(lengths, ids, raw.file)
+    if pa.types.is_fixed_size_list(vectors.type):  # one length by type: nothing to count (no null rows here)
+        dim = vectors.type.list_size
+    else:
+        lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False).astype(np.int64)
+        dim = common_length(lengths, ids, raw.file)
     values = vectors.flatten()
     if values.null_count:
         row_has_null = values.is_null().to_numpy(zero_copy_only=False).reshape(len(ids), dim).any(axis=1)

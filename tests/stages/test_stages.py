@@ -139,9 +139,26 @@ def test_load_embeddings_writes_the_artifact_and_resets_the_work_folder(tmp_path
     assert not stale.exists()
     table = pq.read_table(result["path"])
     assert table.schema.field("item_id").type == pa.int64()
-    assert table.schema.field("embedding").type == pa.list_(pa.float32())
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)  # fixed size: faster to read
     assert len(set(table.column("item_id").to_pylist())) == N
     json.dumps(result)
+
+
+@pytest.mark.parametrize("bad_row", [None, 3, 45])
+def test_load_embeddings_writes_fixed_size_lists_only_when_every_row_fits(tmp_path, bad_row):
+    """One short row anywhere (also in a later batch, after fixed-size batches were written) gives a
+    variable-length artifact that keeps it; either way the artifact holds the snapshot's values exactly."""
+    vectors = rows(unit_vectors(50))
+    if bad_row is not None:
+        vectors[bad_row] = vectors[bad_row][:-1]
+    vectors[7] = None  # a null vector is allowed in both layouts; validate_dims names it
+    snapshot = write_snapshot(tmp_path / "emb" / "2026-01-01", IDS[:50].tolist(), vectors)
+    result = load_embeddings(snapshot, tmp_path / "work", batch_rows=20)
+    column = pq.read_table(result["path"]).column("embedding")
+    fixed = pa.list_(pa.float32(), DIM)
+    assert column.type == (fixed if bad_row is None else pa.list_(pa.float32()))
+    assert column.to_pylist() == pa.array(vectors, pa.list_(pa.float32())).to_pylist()
+    assert result["dims"] == ({"0": 1, str(DIM): 49} if bad_row is None else {"0": 1, str(DIM - 1): 1, str(DIM): 48})
 
 
 def test_load_embeddings_keeps_wrong_length_rows_for_validation(tmp_path):
