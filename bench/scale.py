@@ -312,7 +312,8 @@ def to_markdown(n: int, dim: int, levels: int, pipeline: dict, encode: dict, sca
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {cores} CPU cores, no GPU; {n:,} x {dim} "
         f"synthetic items (`rqvae synth`), {levels} x 256 codes. Each stage ran in its own process (peak RSS is "
-        "that process's). Command: `make bench-scale`.",
+        "that process's). Command: `make bench-scale` (this section alone: `python bench/scale.py --interactions "
+        "0`).",
         "",
         "| stage | seconds | peak RSS (MiB) |",
         "|---|---|---|",
