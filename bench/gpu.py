@@ -148,6 +148,9 @@ def to_markdown(res: dict, before: dict | None = None) -> str:
         if "error" in t or "error" in e:
             lines.append(f"| {name} | failed: {(t.get('error') or e.get('error'))[:200]!r} | | | | | | | |")
             continue
+        if "wall" not in e:  # a run cut short before this variant's encode
+            lines.append(f"| {name} | {t.get('wall', '-')} | cut short before encoding | | | | | | |")
+            continue
         step = f"{1000 * t['train_seconds'] / t['steps']:.2f}" if t.get("steps") else "-"
         lines.append(
             f"| {name} | {t.get('wall', '-')} | {t.get('init_seconds', '-')} | {t.get('train_seconds', '-')} "
@@ -158,14 +161,14 @@ def to_markdown(res: dict, before: dict | None = None) -> str:
     peer = res["variants"].get("cpu", {})
     for name in ("cuda-bf16", "cuda-fp32"):
         v = res["variants"].get(name, {})
-        if "wall" in v.get("train", {}) and "wall" in peer.get("train", {}) and "wall" in v.get("encode", {}):
+        if all("wall" in x.get(step, {}) for x in (v, peer) for step in ("train", "encode")):
             total, peer_total = v["train"]["wall"] + v["encode"]["wall"], peer["train"]["wall"] + peer["encode"]["wall"]
             lines.append(f"- **{name}**: train + encode {total:.1f} s against the CPU's {peer_total:.1f} s "
                          f"(CPU / GPU = {peer_total / total:.2f}).")
     bf16, fp32 = (res["variants"].get(k, {}).get("train", {}) for k in ("cuda-bf16", "cuda-fp32"))
     if "train_seconds" in bf16 and "train_seconds" in fp32:
         gain = fp32["train_seconds"] / bf16["train_seconds"]
-        mse = {k: res["variants"][k]["encode"].get("recon_mse") for k in ("cuda-bf16", "cuda-fp32")}
+        mse = {k: res["variants"][k].get("encode", {}).get("recon_mse", "-") for k in ("cuda-bf16", "cuda-fp32")}
         lines.append(f"- **bf16 autocast** {'gains little' if gain < 1.2 else 'helps'} here: epochs {gain:.2f}x "
                      "as fast as fp32. At 32-d the model is small (one hidden layer of 64 by default), so a step of "
                      "1,024 items is bound by kernel launches and the host, not by arithmetic. Recon MSE "
@@ -175,7 +178,8 @@ def to_markdown(res: dict, before: dict | None = None) -> str:
             lines.append(f"- **Same model, CPU vs GPU search** ({other}'s model): {same['codes_equal']:.6f} of "
                          f"items get the same codes, {same['ids_equal']:.6f} the same whole ID (with dedup), "
                          f"{same['level1_equal']:.6f} the same level-1 code.")
-    if before is not None and "train" in before["variants"].get("cuda-bf16", {}):
+    if before is not None and all("wall" in x.get("cuda-bf16", {}).get(step, {})
+                                  for x in (before["variants"], res["variants"]) for step in ("train", "encode")):
         b, v = before["variants"]["cuda-bf16"], res["variants"].get("cuda-bf16", {})
         lines.append(f"- **Before** ({before.get('label', 'an earlier run')}, same machine kind): cuda-bf16 epochs "
                      f"{b['train']['train_seconds']} s, search {b['encode']['items_per_second']:,.0f} items/s, "

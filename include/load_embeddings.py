@@ -80,6 +80,7 @@ def _write_artifact(
     lengths: Counter[int] = Counter()
     n_items = 0
     writer: pq.ParquetWriter | None = None
+    pending: list[pa.Table] = []  # leading batches of null vectors only: their width is not known yet
     try:
         for table in iter_tables(snapshot_dir, batch_rows=batch_rows, allow_pickle=allow_pickle):
             table = table.select(["item_id", "embedding"]).cast(TABLE_SCHEMA)
@@ -87,10 +88,14 @@ def _write_artifact(
             row_lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
             values, counts = np.unique(row_lengths, return_counts=True)
             lengths.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+            n_items += table.num_rows
             schema = TABLE_SCHEMA
             if fixed:
                 valid = row_lengths[column.is_valid().to_numpy(zero_copy_only=False)]
-                dim = int(valid[0]) if valid.size else (writer.schema.field(1).type.list_size if writer else 0)
+                if writer is None and not valid.size:
+                    pending.append(table)
+                    continue
+                dim = int(valid[0]) if valid.size else writer.schema.field(1).type.list_size
                 if dim < 1 or (valid != dim).any():
                     return None
                 schema = embeddings_schema(dim)
@@ -100,9 +105,12 @@ def _write_artifact(
                     return None
             if writer is None:
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-            writer.write_table(table, row_group_size=batch_rows)
-            n_items += table.num_rows
+            for part in (*(t.cast(schema) for t in pending), table):
+                writer.write_table(part, row_group_size=batch_rows)
+            pending = []
     finally:
         if writer is not None:
             writer.close()
+    if pending:  # no vector at all: nothing to take a width from (validate_dims refuses such a snapshot)
+        return None
     return n_items, lengths

@@ -123,8 +123,6 @@ class RQVAE(nn.Module):
         # model directories store them, so a saved model's config is the whole ModelConfig
         self.method = "rqvae"
         self.last_level_balance = 0.0
-        self._initialized_seen = False  # see initialized; a loaded state dict may say otherwise
-        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_initialized_seen", False))
         logger.info(
             "RQVAE: input %d -> hidden %s -> latent %d; %d levels x %s codes (%s, %s%s)",
             self.input_dim, self.hidden_channels, self.latent_dim, len(sizes), sizes, distances_method,
@@ -156,11 +154,8 @@ class RQVAE(nn.Module):
 
     @property
     def initialized(self) -> bool:
-        # reading the flag off a GPU waits for every queued kernel (each training step asks), and once set it
-        # stays set until a state dict is loaded, so a True is remembered
-        if not self._initialized_seen:
-            self._initialized_seen = bool(self.quantizer.initialized)
-        return self._initialized_seen
+        ready = getattr(self.quantizer, "ready", None)  # the buffer's value without a device read
+        return bool(self.quantizer.initialized) if ready is None else ready  # None: pickled by an older version
 
     def config(self) -> dict:
         """Constructor arguments that rebuild this architecture (what model directories store)."""

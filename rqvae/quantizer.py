@@ -8,7 +8,7 @@ gradient also reaching the codebooks); codes depend on the item alone, never on 
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 GRADIENTS = ("ste", "rotation")
 SEARCH_CHUNK = 1024  # rows per distance block in the fast path: [1024, K] stays in cache
 GPU_SEARCH_CHUNK = 1 << 17  # on a GPU, blocks large enough that kernel launches do not dominate ([K, 128k] fp32)
+GPU_SEARCH_BYTES = 256 << 20  # ... but a distance block of at most this many bytes, for large codebooks
 
 
 class QuantizerOutput(NamedTuple):
@@ -61,6 +62,9 @@ class ResidualQuantizer(nn.Module):
         )
         # a buffer, not an attribute: whether k-means ran must survive save/load
         self.register_buffer("initialized", torch.tensor(False))
+        # the flag as a Python bool: reading the buffer off a GPU waits for every queued kernel, and each training
+        # step asks; kept in step with the buffer where it changes (init_from_data_, loading a state dict)
+        self.ready = False
         # fixed per-code penalty on the last level's distances (see fit_last_level_balance_); zeros = plain search
         self.register_buffer("last_level_bias", torch.zeros(codebook_sizes[-1]))
 
@@ -113,7 +117,7 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def assign(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Codes [B, L] for z, in cache-sized row blocks: the inference fast path (no graph, no loss)."""
-        chunk = chunk or (SEARCH_CHUNK if z.device.type == "cpu" else GPU_SEARCH_CHUNK)
+        chunk = chunk or search_chunk(z.device, max(self.codebook_sizes))
         out = torch.empty(z.shape[0], self.num_levels, dtype=torch.long, device=z.device)
         books = [self.codebook(level).detach().to(z.dtype) for level in range(self.num_levels)]
         tables = [self._table(b, level) for level, b in enumerate(books)]
@@ -138,6 +142,10 @@ class ResidualQuantizer(nn.Module):
             out.append(r.clone())
             r -= self.codebook(level)[codes[:, level]]
         return out
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.ready = bool(self.initialized)
 
     @torch.no_grad()
     def init_from_data_(
@@ -164,6 +172,7 @@ class ResidualQuantizer(nn.Module):
                 self.codebooks[level].data.copy_(book)
                 residual = residual - book[self.search(residual, level)]
         self.initialized.fill_(True)
+        self.ready = True
         logger.info("codebooks initialised on %d vectors (%s, %d iterations)", z.shape[0], _name(method), iters)
 
     @torch.no_grad()
@@ -210,6 +219,14 @@ class ResidualQuantizer(nn.Module):
             )
             total += dead.numel()
         return total
+
+
+def search_chunk(device: torch.device, k: int) -> int:
+    """Rows per distance block: cache-sized on a CPU; on a GPU as many as keep [k, rows] fp32 within
+    GPU_SEARCH_BYTES (131,072 rows for k = 256), and never fewer than the CPU's."""
+    if device.type == "cpu":
+        return SEARCH_CHUNK
+    return max(SEARCH_CHUNK, min(GPU_SEARCH_CHUNK, GPU_SEARCH_BYTES // (4 * k)))
 
 
 def _name(method: KMeansMethod) -> str:

@@ -29,7 +29,7 @@ from .metrics import code_metrics
 from .model import ENCODE_BATCH_ROWS, RQVAE, resolve_device
 from .progress import Progress, format_seconds
 from .readers import EmbeddingRows
-from .threads import SERIAL_STEP_MACS, step_threads
+from .threads import step_threads
 
 if TYPE_CHECKING:
     from .collaborative import CollaborativeEmbeddings, CollaborativeLoss, ItemSequences
@@ -249,6 +249,7 @@ def train(
     use_amp = device.type == "cuda" and cfg.precision == "bf16"
     # multiply-adds of one step's forward pass: the MLP's weight matrices and the code search over every level
     step_macs = cfg.batch_size * sum(p.numel() for p in model.parameters() if p.dim() == 2)
+    used_threads = None
     step = (start_epoch - 1) * steps_per_epoch
     t_start = time.perf_counter()
     kmax = max(model.codebook_size)
@@ -272,8 +273,12 @@ def train(
         level_offset = torch.arange(model.num_codebooks, device=device) * kmax
         loss_n, reseeded = 0, 0
         t_epoch = time.perf_counter()
-        with (Progress(steps_per_epoch, f"epoch {epoch}/{epochs}", "batches", enabled=show_progress) as bar,
-              step_threads(step_macs) if device.type == "cpu" else nullcontext()):
+        on_cpu = step_threads(step_macs) if device.type == "cpu" else nullcontext(torch.get_num_threads())
+        with (
+            Progress(steps_per_epoch, f"epoch {epoch}/{epochs}", "batches", enabled=show_progress) as bar,
+            on_cpu as threads,
+        ):
+            used_threads = threads
             for b in range(steps_per_epoch):
                 if step >= total_steps:
                     break
@@ -358,7 +363,7 @@ def train(
         "steps": step,
         "device": device.type,
         "autocast_bf16": use_amp,
-        "step_threads": 1 if device.type == "cpu" and step_macs < SERIAL_STEP_MACS else torch.get_num_threads(),
+        "step_threads": used_threads,  # torch threads of the optimisation steps (None: no step was taken)
         "init_seconds": init_metrics.get("seconds"),
         "train_seconds": round(time.perf_counter() - t_start, 3),
         "init_recon_mse": init_metrics["recon_mse"],

@@ -144,21 +144,23 @@ def test_load_embeddings_writes_the_artifact_and_resets_the_work_folder(tmp_path
     json.dumps(result)
 
 
-@pytest.mark.parametrize("bad_row", [None, 3, 45])
+@pytest.mark.parametrize("bad_row", [None, 20, 45])
 def test_load_embeddings_writes_fixed_size_lists_only_when_every_row_fits(tmp_path, bad_row):
     """One short row anywhere (also in a later batch, after fixed-size batches were written) gives a
-    variable-length artifact that keeps it; either way the artifact holds the snapshot's values exactly."""
+    variable-length artifact that keeps it; either way the artifact holds the snapshot's values exactly. A
+    first batch of null vectors only (no width to read yet) does not stop the fixed-size layout."""
     vectors = rows(unit_vectors(50))
     if bad_row is not None:
         vectors[bad_row] = vectors[bad_row][:-1]
-    vectors[7] = None  # a null vector is allowed in both layouts; validate_dims names it
+    for row in range(20):  # the whole first batch: null vectors, allowed in both layouts; validate_dims names them
+        vectors[row] = None
     snapshot = write_snapshot(tmp_path / "emb" / "2026-01-01", IDS[:50].tolist(), vectors)
     result = load_embeddings(snapshot, tmp_path / "work", batch_rows=20)
     column = pq.read_table(result["path"]).column("embedding")
     fixed = pa.list_(pa.float32(), DIM)
     assert column.type == (fixed if bad_row is None else pa.list_(pa.float32()))
     assert column.to_pylist() == pa.array(vectors, pa.list_(pa.float32())).to_pylist()
-    assert result["dims"] == ({"0": 1, str(DIM): 49} if bad_row is None else {"0": 1, str(DIM - 1): 1, str(DIM): 48})
+    assert result["dims"] == ({"0": 20, str(DIM): 30} if bad_row is None else {"0": 20, str(DIM - 1): 1, str(DIM): 29})
 
 
 def test_load_embeddings_keeps_wrong_length_rows_for_validation(tmp_path):

@@ -96,6 +96,7 @@ def test_precision_and_encode_device_flags(workdir: Path, capsys: pytest.Capture
     code, out, _ = run(capsys, "train", "--embeddings", str(data), "--out", str(model), "--num-codebooks", "2",
                        "--codebook-size", "16", "--epochs", "1", "--device", "cpu", "--precision", "fp32")
     assert code == EXIT_OK and json.loads(out)["autocast_bf16"] is False
+    assert json.loads((model / "config.json").read_text())["extra"]["train"]["precision"] == "fp32"
     with pytest.raises(SystemExit) as refused:
         run(capsys, "train", "--embeddings", str(data), "--out", str(workdir / "bad"), "--precision", "fp16")
     err = capsys.readouterr().err

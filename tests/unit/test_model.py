@@ -222,17 +222,45 @@ def test_gpu_sized_search_blocks_give_the_cpu_blocks_codes(trained: RQVAE) -> No
     assert torch.equal(trained.quantizer.assign(z), small)  # a CPU tensor gets the CPU block size
 
 
-def test_initialized_is_remembered_until_a_state_dict_is_loaded(data: torch.Tensor) -> None:
-    """The flag is read off the device once (a GPU read waits for the queue); loading weights forgets it."""
+def test_initialized_follows_the_buffer_without_reading_it(data: torch.Tensor) -> None:
+    """`initialized` is a Python bool kept in step with the saved buffer (a GPU read would wait for the queue):
+    set by initialize, replaced by any state dict loaded, through the model or the quantizer alone; and the
+    model still pickles (torch.save of a whole model)."""
+    import io
+    import pickle
+
     model = RQVAE(16, [16], 16, 2, 8, device="cpu")
     blank = {k: v.clone() for k, v in model.state_dict().items()}
+    blank_quantizer = {k: v.clone() for k, v in model.quantizer.state_dict().items()}
     assert not model.initialized
     model.initialize(data[:500])
-    assert model.initialized
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.initialized and bool(model.quantizer.initialized)
     model.load_state_dict(blank)
     assert not model.initialized
     with pytest.raises(RuntimeError, match="not initialised"):
         model.eval().encode(data[:10])
+    model.load_state_dict(trained)
+    assert model.initialized
+    model.quantizer.load_state_dict(blank_quantizer)
+    assert not model.initialized
+    model.load_state_dict(trained)
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.initialized and torch.equal(copy.encode(data[:50]), model.encode(data[:50]))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    assert buffer.tell() > 0
+
+
+def test_gpu_search_blocks_stay_within_their_memory_budget() -> None:
+    from rqvae.quantizer import GPU_SEARCH_BYTES, GPU_SEARCH_CHUNK, SEARCH_CHUNK, search_chunk
+
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert search_chunk(torch.device("cpu"), 256) == SEARCH_CHUNK
+    assert search_chunk(cuda, 256) == GPU_SEARCH_CHUNK
+    for k in (4096, 65_536):
+        rows = search_chunk(cuda, k)
+        assert SEARCH_CHUNK <= rows < GPU_SEARCH_CHUNK and rows * k * 4 <= max(GPU_SEARCH_BYTES, SEARCH_CHUNK * k * 4)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -150,11 +150,31 @@ def test_small_training_steps_run_on_one_thread_and_restore_the_count() -> None:
 
 def test_training_reports_the_step_threads_it_used() -> None:
     import numpy as np
+    import torch
 
+    import rqvae.train
     from rqvae.config import ModelConfig, TrainConfig
     from rqvae.train import train
 
     x = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
-    small = train(x, ModelConfig(input_dim=8, num_codebooks=2, codebook_size=16),
-                  TrainConfig(epochs=1, batch_size=256, device="cpu"), show_progress=False)
-    assert small.metrics["step_threads"] == 1
+    seen: list[int] = []
+    real_forward = rqvae.train.RQVAE.forward
+
+    def forward(self, xb):  # the thread count the optimisation steps really run with
+        seen.append(torch.get_num_threads())
+        return real_forward(self, xb)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rqvae.train.RQVAE, "forward", forward)
+            small = train(x, ModelConfig(input_dim=8, num_codebooks=2, codebook_size=16),
+                          TrainConfig(epochs=1, batch_size=256, device="cpu"), show_progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1} and small.metrics["step_threads"] == 1
+    rqkmeans = train(x, ModelConfig(input_dim=8, num_codebooks=2, codebook_size=16, method="rqkmeans"),
+                     TrainConfig(epochs=1, device="cpu"), show_progress=False)
+    assert rqkmeans.metrics["step_threads"] is None  # no optimisation step, so no step threads to report
