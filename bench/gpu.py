@@ -74,15 +74,13 @@ def _machine() -> dict:
 
 def _same_ids(a: Path, b: Path) -> dict:
     """Share of items whose codes (and, separately, whole ID with dedup) agree between two ID files."""
-    import numpy as np
-    import pyarrow.parquet as pq
+    from rqvae.idfile import read_semantic_ids
 
-    ta, tb = (pq.read_table(p).sort_by("item_id") for p in (a, b))
-    ca = np.stack(ta.column("codes").to_numpy(zero_copy_only=False))
-    cb = np.stack(tb.column("codes").to_numpy(zero_copy_only=False))
+    (ia, ca, da), (ib, cb, db) = (read_semantic_ids(p) for p in (a, b))
+    oa, ob = ia.argsort(kind="stable"), ib.argsort(kind="stable")
+    ca, da, cb, db = ca[oa], da[oa], cb[ob], db[ob]
     codes = (ca == cb).all(1)
-    dedup = ta.column("dedup").to_numpy() == tb.column("dedup").to_numpy()
-    return {"codes_equal": round(float(codes.mean()), 6), "ids_equal": round(float((codes & dedup).mean()), 6),
+    return {"codes_equal": round(float(codes.mean()), 6), "ids_equal": round(float((codes & (da == db)).mean()), 6),
             "level1_equal": round(float((ca[:, 0] == cb[:, 0]).mean()), 6)}
 
 
