@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import replace_section  # noqa: E402
-from rqvae.interactions import Interactions  # noqa: E402
+from rqvae.io.interactions import Interactions  # noqa: E402
 from rqvae.retrieval import IdTable, RetrievalConfig, RetrievalReport  # noqa: E402
 
 logger = logging.getLogger("bench.downstream")
@@ -78,16 +78,17 @@ def _ours(inputs: BenchInputs, method: str) -> Built:
 
 
 def _collaborative(inputs: BenchInputs) -> Built:
-    """The project's model trained with interactions (rqvae.collaborative, default weight): the split's training
-    part only, so no validation or test event reaches the IDs it is judged on."""
+    """The project's model trained with interactions (rqvae.training.collaborative, default weight): the split's
+    training part only, so no validation or test event reaches the IDs it is judged on."""
     import torch
 
-    from rqvae.collaborative import DEFAULT_WEIGHT
-    from rqvae.collisions import resolve_collisions
     from rqvae.config import ModelConfig, TrainConfig
-    from rqvae.encode import encode_array
-    from rqvae.metrics import code_metrics
-    from rqvae.train import train
+    from rqvae.encoding.encode import encode_array
+    from rqvae.ids.collisions import resolve_collisions
+    from rqvae.modes import CollisionMode
+    from rqvae.quantize.metrics import code_metrics
+    from rqvae.training.collaborative import DEFAULT_WEIGHT
+    from rqvae.training.loop import train
 
     cfg = ModelConfig(input_dim=inputs.vectors.shape[1], num_codebooks=inputs.levels,
                       codebook_size=inputs.codebook_size)
@@ -98,25 +99,27 @@ def _collaborative(inputs: BenchInputs) -> Built:
     with torch.no_grad():
         x_hat = model.decode_codes(torch.from_numpy(codes).long().to(model.device)).cpu().numpy()
     sizes = [inputs.codebook_size] * inputs.levels
-    table = IdTable(inputs.item_ids, codes, resolve_collisions(inputs.item_ids, codes, sizes).dedup, tuple(sizes))
+    dedup = resolve_collisions(inputs.item_ids, codes, sizes, CollisionMode.DEDUP).dedup
+    table = IdTable(inputs.item_ids, codes, dedup, tuple(sizes))
     return table, {"recon_mse": float(np.mean((inputs.vectors - x_hat) ** 2)),
                    "unique_ratio": code_metrics(codes, sizes)["unique_ratio"]}
 
 
 def _faiss(inputs: BenchInputs) -> Built:
     from bench.quality import run_faiss
-    from rqvae.collisions import resolve_collisions
+    from rqvae.ids.collisions import resolve_collisions
+    from rqvae.modes import CollisionMode
 
     row = run_faiss("movielens", inputs.vectors, inputs.levels, inputs.codebook_size, inputs.seed)
     sizes = [inputs.codebook_size] * inputs.levels
     codes = row.codes.astype(np.int32)
-    dedup = resolve_collisions(inputs.item_ids, codes, sizes).dedup
+    dedup = resolve_collisions(inputs.item_ids, codes, sizes, CollisionMode.DEDUP).dedup
     table = IdTable(inputs.item_ids, codes, dedup, tuple(sizes))
     return table, {"recon_mse": row.recon_mse, "unique_ratio": row.unique_ratio}
 
 
 def _random(inputs: BenchInputs) -> Built:
-    from rqvae.metrics import code_metrics
+    from rqvae.quantize.metrics import code_metrics
     from rqvae.retrieval import random_ids
 
     sizes = [inputs.codebook_size] * inputs.levels
@@ -234,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                         "run disjoint --sets in parallel processes, then all sets once to write the table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from rqvae.interactions import read_interactions
-    from rqvae.readers import read_embeddings
+    from rqvae.io.interactions import read_interactions
+    from rqvae.io.readers import read_embeddings
     from rqvae.retrieval import evaluate_id_sets, prepare_split
     from rqvae.retrieval.cache import RunCache
 

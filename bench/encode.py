@@ -29,9 +29,11 @@ from bench.report import replace_section  # noqa: E402
 
 MODEL_CODE = """
 import sys
+from rqvae import threads
+threads.configure()
 import numpy as np, torch
-from rqvae.checkpoint import save_model
-from rqvae.readers import read_embeddings
+from rqvae.io.checkpoint import save_model
+from rqvae.io.readers import read_embeddings
 from rqvae.model import RQVAE
 data, out, levels, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 x = read_embeddings(data).vectors[:50_000]
@@ -44,7 +46,7 @@ save_model(model, out)
 FAISS_CODE = """
 import json, sys, time
 import faiss, numpy as np
-from rqvae.readers import read_embeddings
+from rqvae.io.readers import read_embeddings
 data, levels, k, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 x = np.ascontiguousarray(read_embeddings(data).vectors)
 rq = faiss.ResidualQuantizer(x.shape[1], levels, int(np.log2(k)))
@@ -62,7 +64,9 @@ print(json.dumps({"n": len(x), "times": times, "threads": faiss.omp_get_max_thre
 PROFILED_CODE = """
 import json, sys, time
 t0 = time.perf_counter()
-import rqvae.checkpoint, rqvae.cli, rqvae.encode
+from rqvae import threads
+threads.configure()  # what rqvae.cli.main does first; here before the imports, which load torch
+import rqvae.io.checkpoint, rqvae.cli, rqvae.encoding.encode
 t1 = time.perf_counter()
 code = rqvae.cli.main(sys.argv[1:])
 print(json.dumps({"imports": t1 - t0, "main": time.perf_counter() - t1}))

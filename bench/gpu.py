@@ -74,7 +74,7 @@ def _machine() -> dict:
 
 def _same_ids(a: Path, b: Path) -> dict:
     """Share of items whose codes (and, separately, whole ID with dedup) agree between two ID files."""
-    from rqvae.idfile import read_semantic_ids
+    from rqvae.io.idfile import read_semantic_ids
 
     (ia, ca, da), (ib, cb, db) = (read_semantic_ids(p) for p in (a, b))
     oa, ob = ia.argsort(kind="stable"), ib.argsort(kind="stable")

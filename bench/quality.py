@@ -52,8 +52,8 @@ class Row:
 
 
 def load_dataset(name: str, cache: Path) -> np.ndarray | None:
-    from rqvae.readers import read_embeddings
-    from rqvae.synth import synth
+    from rqvae.io.readers import read_embeddings
+    from rqvae.io.synth import synth
 
     if name == "synth":
         path = cache / "synth_100k_32.parquet"
@@ -83,7 +83,7 @@ def load_dataset(name: str, cache: Path) -> np.ndarray | None:
 def run_faiss(name: str, x: np.ndarray, levels: int, k: int, seed: int, beam: int = 1) -> Row:
     import faiss
 
-    from rqvae.metrics import code_metrics
+    from rqvae.quantize.metrics import code_metrics
 
     bits = int(np.log2(k))
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def run_rvq(name: str, x: np.ndarray, levels: int, k: int, seed: int, epochs: in
     import torch
     from vector_quantize_pytorch import ResidualVQ
 
-    from rqvae.metrics import code_metrics
+    from rqvae.quantize.metrics import code_metrics
 
     torch.manual_seed(seed)
     xt = torch.from_numpy(x)
@@ -152,9 +152,9 @@ def run_ours(name: str, x: np.ndarray, levels: int, k: int, seed: int, epochs: i
     import torch
 
     from rqvae.config import ModelConfig, TrainConfig
-    from rqvae.encode import encode_array
-    from rqvae.metrics import code_metrics
-    from rqvae.train import train
+    from rqvae.encoding.encode import encode_array
+    from rqvae.quantize.metrics import code_metrics
+    from rqvae.training.loop import train
 
     t0 = time.perf_counter()
     model_changes, train_changes = VARIANTS[variant]

@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import replace_section  # noqa: E402
-from include.encode_items import plan_shards  # noqa: E402
+from include.stages.plan_shards import plan_shards  # noqa: E402
 from rqvae.config import (  # noqa: E402
     DEFAULT_SHARD_SIZE,
     CodeChecks,
+    EncodeOptions,
     InputChecks,
     ModelConfig,
     RetrainPolicy,
@@ -49,13 +50,15 @@ SNAPSHOT = "2026-01-01"
 STAGE_CODE = """
 import json, sys
 sys.path.insert(0, {root!r})
+from rqvae import threads
+threads.configure()  # what every pipeline task's on_execute_callback does, before torch loads
 args = json.loads(sys.argv[1])
 stage = args.pop("stage")
 if stage == "encode_array":
     import time, numpy as np
-    from rqvae.checkpoint import load_model
-    from rqvae.encode import encode_array
-    from rqvae.readers import read_embeddings
+    from rqvae.io.checkpoint import load_model
+    from rqvae.encoding.encode import encode_array
+    from rqvae.io.readers import read_embeddings
     x = read_embeddings(args["artifact"]).vectors
     model = load_model(args["model_dir"])
     times = []
@@ -64,8 +67,8 @@ if stage == "encode_array":
     print(json.dumps({{"times": times, "n": len(x)}}))
 elif stage == "collab_prep":
     import time
-    from rqvae.collaborative import collaborative_embeddings, read_sequences
-    from rqvae.readers import read_embeddings
+    from rqvae.training.collaborative import collaborative_embeddings, read_sequences
+    from rqvae.io.readers import read_embeddings
     ids = read_embeddings(args["artifact"]).ids
     t = time.perf_counter()
     seqs = read_sequences(args["interactions"], ids, holdout_last=2)
@@ -75,7 +78,7 @@ elif stage == "collab_prep":
     print(json.dumps({{**seqs.summary(), "read_s": read_s, "svd_s": time.perf_counter() - t}}))
 elif stage == "faiss_encode":
     import time, faiss, numpy as np
-    from rqvae.readers import read_embeddings
+    from rqvae.io.readers import read_embeddings
     x = read_embeddings(args["artifact"]).vectors
     rq = faiss.ResidualQuantizer(x.shape[1], args["levels"], 8)
     rq.max_beam_size = 1
@@ -87,13 +90,15 @@ elif stage == "faiss_encode":
     print(json.dumps({{"times": times, "n": len(x), "threads": faiss.omp_get_max_threads()}}))
 else:
     import importlib
-    import rqvae.config
+    import include.params, rqvae.config
     def revive(value):  # config objects travel as {{"__config__": class name, **fields}}
         if isinstance(value, dict) and "__config__" in value:
             value = dict(value)
-            return getattr(rqvae.config, value.pop("__config__")).from_dict(value)
+            name = value.pop("__config__")
+            cls = getattr(rqvae.config, name, None) or getattr(include.params, name)
+            return cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value)
         return value
-    fn = getattr(importlib.import_module("include." + stage), stage)
+    fn = getattr(importlib.import_module("include.stages." + stage), stage)
     positional = [revive(v) for v in args.pop("_args")]
     print(json.dumps(fn(*positional, **{{k: revive(v) for k, v in args.items()}}), default=str))
 """
@@ -125,7 +130,7 @@ def run_stage(stage: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def ensure_snapshot(root: Path, n: int, dim: int) -> Path:
-    from rqvae.synth import synth
+    from rqvae.io.synth import synth
 
     folder = root / "embeddings" / f"n{n}" / SNAPSHOT
     if not (folder / "_SUCCESS").exists():
@@ -152,21 +157,25 @@ def measure_pipeline(root: Path, snapshot_dir: Path, args: argparse.Namespace) -
          config_arg(InputChecks(min_items=1, min_norm=0.0, max_norm=1e6)))
     model = ModelConfig(input_dim=load["dim"], num_codebooks=args.levels, codebook_size=256)
     training = TrainConfig(epochs=args.epochs, max_train_items=args.max_train_items, device="cpu")
-    train = step("train_rqvae", load["path"], str(work), config_arg(model), config_arg(training))
+    run = {"snapshot": SNAPSHOT, "snapshot_dir": str(snapshot_dir), "work_dir": str(work),
+           "publish_root": str(publish_root), "interactions_dir": str(work / "no-interactions"),
+           "interactions_name": "none"}  # what wait_for_embeddings hands on (interactions: see the section below)
+    train = step("train_rqvae", run, load["path"], config_arg(model), config_arg(training),
+                 config_arg(RetrainPolicy()))
+    encode_options = EncodeOptions(shard_size=args.shard_size)
     # As the DAG maps it: one encode_items process per shard, then one resolve_collisions over all of them.
     shards = [
-        step("encode_items", train["model_path"], load["path"], str(work), shard, device="cpu",
-             label=f"encode_items[{shard['index']}]")
-        for shard in plan_shards(load["n_items"], args.shard_size)
+        step("encode_items", run, load["path"], train, shard, "cpu", label=f"encode_items[{shard['index']}]")
+        for shard in plan_shards(load["n_items"], encode_options, None)
     ]
     shard_figures = [figures.pop(f"encode_items[{s['index']}]") for s in shards]
     figures["encode_items"] = {"seconds": sum(f["seconds"] for f in shard_figures), "shards": len(shards),
                                "peak_rss_mib": max(f["peak_rss_mib"] for f in shard_figures)}
-    enc = step("resolve_collisions", train["model_path"], load["path"], str(work), shards)
+    enc = step("resolve_collisions", run, load["path"], train, shards, config_arg(encode_options))
     step("validate_codes", enc["path"], load["path"], str(work / "validation" / "codes.json"),
          config_arg(CodeChecks()), codebook_sizes=enc["codebook_size"], recon_mse=enc["recon_mse"])
-    step("publish", SNAPSHOT, str(work), str(publish_root), export_json=True,
-         loaded=load, trained=train, encoded=enc)
+    step("publish", run, {"__config__": "RunOptions", "export_json": True}, loaded=load, trained=train,
+         encoded=enc)
     figures["n_items"] = load["n_items"]
     figures["encode_items_per_s"] = enc.get("items_per_second")
     figures["unique_ratio"] = enc["unique_ratio"]
@@ -226,13 +235,16 @@ def measure_collaborative(root: Path, snapshot_dir: Path, args: argparse.Namespa
     model = config_arg(ModelConfig(input_dim=load["dim"], num_codebooks=args.levels, codebook_size=256))
     training = TrainConfig(epochs=args.epochs, max_train_items=args.max_train_items, device="cpu")
     policy = config_arg(RetrainPolicy(align_retrain="off"))
-    plain = step("train_rqvae (content only)", "train_rqvae", load["path"], str(work / "plain"), model,
+    def run_of(folder: Path) -> dict[str, Any]:  # the RunInfo of a run whose day has the logs written above
+        return {"snapshot": SNAPSHOT, "snapshot_dir": str(snapshot_dir), "work_dir": str(folder), "publish_root": None,
+                "interactions_dir": str(logs), "interactions_name": logs.name}
+
+    plain = step("train_rqvae (content only)", "train_rqvae", run_of(work / "plain"), load["path"], model,
                  config_arg(training), policy)
     out["prep"] = step("read + hold-out + SVD (alone)", "collab_prep", artifact=load["path"],
                        interactions=str(logs), dim=8)
-    collab = step("train_rqvae (with interactions)", "train_rqvae", load["path"], str(work / "collab"), model,
-                  config_arg(replace(training, collaborative_weight=1.0)), policy, interactions_dir=str(logs),
-                  interactions_root=str(logs.parent))
+    collab = step("train_rqvae (with interactions)", "train_rqvae", run_of(work / "collab"), load["path"], model,
+                  config_arg(replace(training, collaborative_weight=1.0)), policy)
     out.update(n_items=load["n_items"], n_events=args.interactions, collaborative=collab["collaborative"],
                plain_metrics=plain["metrics"], collab_metrics=collab["metrics"])
     return out

@@ -43,7 +43,7 @@ import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
 t0 = time.perf_counter()
-from rqvae.serving import ServingIndex
+from rqvae.ids.serving import ServingIndex
 imported = time.perf_counter() - t0
 folder, mmap = sys.argv[1], sys.argv[2] == "mmap"
 def rss():
@@ -98,10 +98,10 @@ def skewed_codes(n: int, levels: int, k: int, seed: int):
 
 
 def measure_index(work: Path, n: int, levels: int) -> dict[str, Any]:
-    from include.published import Version
-    from rqvae.encode import _write_ids
-    from rqvae.metrics import assign_dedup
-    from rqvae.serving import write_serving_index
+    from include.versions import Version
+    from rqvae.encoding.encode import _write_ids
+    from rqvae.ids.serving import write_serving_index
+    from rqvae.quantize.metrics import assign_dedup
 
     ids_path = Version(work).semantic_ids  # the bench folder is laid out as a published version
     if not ids_path.exists():
@@ -168,9 +168,9 @@ def measure_churn(work: Path, n: int, epochs: int) -> dict[str, Any]:
     """One first version, then per scenario and alignment method a second version published beside a copy of it."""
     import numpy as np
 
-    from include.published import version_for
-    from rqvae.readers import read_embeddings, write_embeddings
-    from rqvae.synth import synth
+    from include.versions import version_for
+    from rqvae.io.readers import read_embeddings, write_embeddings
+    from rqvae.io.synth import synth
 
     data = read_embeddings(synth(work / "pool.parquet", n + n // 10, dim=32, seed=0))
     ids, x = data.ids[:n], data.vectors[:n]
@@ -207,32 +207,36 @@ def _write_day(root: Path, day: str, ids, vectors, write_embeddings) -> None:
 
 
 def _stage_run(root: Path, day: str, seed: int, epochs: int, align: str) -> dict[str, Any]:
-    from include.encode_items import encode_items, plan_shards
     from include.files import read_json
     from include.layout import RunFolder
-    from include.load_embeddings import load_embeddings
-    from include.publish import publish
-    from include.resolve_collisions import resolve_collisions
-    from include.train_rqvae import train_rqvae
-    from include.validate_codes import validate_codes
-    from include.validate_dims import validate_dims
-    from rqvae.config import DEFAULT_SHARD_SIZE, CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
+    from include.params import RunOptions
+    from include.stages.encode_items import encode_items
+    from include.stages.load_embeddings import load_embeddings
+    from include.stages.plan_shards import plan_shards
+    from include.stages.publish import publish
+    from include.stages.resolve_collisions import resolve_collisions
+    from include.stages.train_rqvae import train_rqvae
+    from include.stages.validate_codes import validate_codes
+    from include.stages.validate_dims import validate_dims
+    from rqvae.config import CodeChecks, EncodeOptions, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
 
     work, publish_root = root / "work" / day, root / "published"
     folder = RunFolder(work)
     loaded = load_embeddings(root / "emb" / day, work)
     validate_dims(loaded["path"], folder.input_report, InputChecks(min_items=1, min_norm=0.0, max_norm=1e6))
     model = ModelConfig(input_dim=loaded["dim"], num_codebooks=3, codebook_size=256)
-    trained = train_rqvae(loaded["path"], work, model, TrainConfig(epochs=epochs, seed=seed, device="cpu"),
-                          RetrainPolicy(align_retrain=align), publish_root=publish_root, snapshot=day)
-    plan = trained["plan"]
-    shards = [encode_items(trained["model_path"], loaded["path"], work, shard, device="cpu", plan=plan)
-              for shard in plan_shards(loaded["n_items"], DEFAULT_SHARD_SIZE)]
-    encoded = resolve_collisions(trained["model_path"], loaded["path"], work, shards, plan=plan,
-                                 publish_root=publish_root, snapshot=day)
+    run = {"snapshot": day, "snapshot_dir": str(root / "emb" / day), "work_dir": str(work),
+           "publish_root": str(publish_root), "interactions_dir": str(root / "no-interactions"),
+           "interactions_name": "none"}
+    trained = train_rqvae(run, loaded["path"], model, TrainConfig(epochs=epochs, seed=seed, device="cpu"),
+                          RetrainPolicy(align_retrain=align))
+    options = EncodeOptions()
+    shards = [encode_items(run, loaded["path"], trained, shard, "cpu")
+              for shard in plan_shards(loaded["n_items"], options, None)]
+    encoded = resolve_collisions(run, loaded["path"], trained, shards, options)
     validate_codes(encoded["path"], loaded["path"], folder.codes_report, CodeChecks(),
                    codebook_sizes=encoded["codebook_size"], recon_mse=encoded["recon_mse"])
-    result = publish(day, work, publish_root, loaded=loaded, trained=trained, encoded=encoded)
+    result = publish(run, RunOptions(), loaded=loaded, trained=trained, encoded=encoded)
     return read_json(result["manifest"])
 
 

@@ -27,9 +27,9 @@ from bench.report import replace_section  # noqa: E402
 PREPARE = """
 import sys
 import numpy as np
-from rqvae.idfile import SemanticIdWriter
-from rqvae.readers import read_embeddings
-from rqvae.metrics import assign_dedup
+from rqvae.io.idfile import SemanticIdWriter
+from rqvae.io.readers import read_embeddings
+from rqvae.quantize.metrics import assign_dedup
 emb, out, levels, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ids = read_embeddings(emb).ids
 rng = np.random.default_rng(0)
@@ -45,8 +45,8 @@ sys.path.insert(0, {root!r})
 stage, way, emb, ids, levels, k, report = sys.argv[1:8]
 levels, k = int(levels), int(k)
 if way == "stage":
-    from include.validate_codes import validate_codes
-    from include.validate_dims import validate_dims
+    from include.stages.validate_codes import validate_codes
+    from include.stages.validate_dims import validate_dims
     from rqvae.config import CodeChecks, InputChecks
     if stage == "dims":
         out = validate_dims(emb, report, InputChecks(min_items=1, min_norm=0.0, max_norm=1e6))
@@ -55,10 +55,11 @@ if way == "stage":
                              recon_mse=0.01)
 else:  # the peer: the same rules on the whole per-row frame
     import pyarrow.parquet as pq
-    from include.gx_suites import ID_COLUMN, ROW_COLUMN, Batch, codes_expectations, input_expectations, run_suite
-    from include.validate_codes import joined_frame
-    from include.validate_dims import row_stats
-    from rqvae.idfile import read_semantic_ids
+from include.gx_suites import ID_COLUMN, ROW_COLUMN, Batch, run_suite
+    from include.gx_rules import codes_expectations, input_expectations
+    from include.stages.validate_codes import joined_frame
+    from include.stages.validate_dims import row_stats
+    from rqvae.io.idfile import read_semantic_ids
     if stage == "dims":
         stats = row_stats(emb)
         dim = int(stats["dim"].mode().iloc[0])

@@ -105,105 +105,73 @@ def rqvae_semantic_ids() -> None:
         from airflow.sdk import timezone
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
-        from include import settings, snapshot
-        from include.layout import RunFolder
+        from include.settings import configured_roots
+        from include.snapshot import SUCCESS_MARKER
+        from include.stages import wait_for_embeddings as stage
 
         context = get_current_context()
         options = _config().run
         dag_run = context["dag_run"]
-        configured = settings.load_roots(settings.airflow_variable_getter())
-        roots = settings.dataset_roots(configured, options.embeddings_root)
-        name = snapshot.resolve_snapshot(options.snapshot, dag_run.logical_date, dag_run.run_after)
-        snapshot_dir = roots.embeddings / name
-        run: RunInfo = {
-            "snapshot": name,
-            "snapshot_dir": str(snapshot_dir),
-            "work_dir": str(RunFolder.for_run(roots.work, name, dag_run.run_id).root),  # this run's own
-            "publish_root": str(roots.publish),
-        }
-        if snapshot.snapshot_ready(snapshot_dir):
+        ready, run = stage.wait_for_embeddings(configured_roots(), options.embeddings_root, options.snapshot,
+                                               dag_run.logical_date, dag_run.run_after, dag_run.run_id)
+        if ready:
             return PokeReturnValue(is_done=True, xcom_value=run)
         first_poke = context["ti"].get_first_reschedule_date(context) or timezone.utcnow()
         waited = (timezone.utcnow() - first_poke).total_seconds()
         if waited >= options.sensor_timeout:
             raise AirflowSensorTimeout(
-                f"snapshot {snapshot_dir} is not complete after {waited:.0f}s (sensor_timeout="
-                f"{options.sensor_timeout}s): expected data files plus a {snapshot.SUCCESS_MARKER} marker"
+                f"snapshot {run['snapshot_dir']} is not complete after {waited:.0f}s (sensor_timeout="
+                f"{options.sensor_timeout}s): expected data files plus a {SUCCESS_MARKER} marker"
             )
         return PokeReturnValue(is_done=False)
 
     @task(task_id="load_embeddings")
     def load_embeddings(run: RunInfo) -> Loaded:
-        from include import load_embeddings as stage
+        from include.stages import load_embeddings as stage
 
         return stage.load_embeddings(run["snapshot_dir"], run["work_dir"])
 
     @task(task_id="validate_dims")
     def validate_dims(run: RunInfo, loaded: Loaded) -> DimsChecked:
-        from include import validate_dims as stage
         from include.layout import RunFolder
+        from include.stages import validate_dims as stage
 
         checks = _config().input_checks
         return stage.validate_dims(loaded["path"], RunFolder.of(run["work_dir"]).input_report, checks)
 
     @task(task_id="train_rqvae", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
     def train_rqvae(run: RunInfo, loaded: Loaded) -> Trained:
-        from include import settings
-        from include import train_rqvae as stage
+        from include.stages import train_rqvae as stage
 
         config = _config()
-        # the day's interactions, in the data set's namespace; used only when complete, else content-only
-        roots = settings.dataset_roots(settings.load_roots(settings.airflow_variable_getter()),
-                                       config.run.embeddings_root)
-        return stage.train_rqvae(
-            loaded["path"],
-            run["work_dir"],
-            config.model(int(loaded["dim"])),  # validate_dims ran first: every row has this many values
-            config.train,
-            config.policy,
-            publish_root=run["publish_root"],
-            snapshot=run["snapshot"],
-            interactions_dir=str(roots.interactions / run["snapshot"]),
-            interactions_root=str(roots.interactions),
-        )
+        # validate_dims ran first: every row has `dim` values
+        return stage.train_rqvae(run, loaded["path"], config.model(int(loaded["dim"])), config.train, config.policy)
 
     @task(task_id="plan_shards")
     def plan_shards(loaded: Loaded) -> list[Shard]:
         from airflow.sdk import conf
 
-        from include import encode_items as stage
+        from include.stages import plan_shards as stage
 
         max_shards = conf.getint("core", "max_map_length", fallback=1024)
-        return stage.plan_shards(int(loaded["n_items"]), _config().encode.shard_size, max_shards=max_shards)
+        return stage.plan_shards(int(loaded["n_items"]), _config().encode, max_shards)
 
     @task(task_id="encode_items", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
     def encode_items(run: RunInfo, loaded: Loaded, trained: Trained, shard: Shard) -> ShardCodes:
-        from include import encode_items as stage
+        from include.stages import encode_items as stage
 
-        return stage.encode_items(trained["model_path"], loaded["path"], run["work_dir"], shard, plan=trained["plan"])
+        return stage.encode_items(run, loaded["path"], trained, shard, _config().train.device)
 
     @task(task_id="resolve_collisions")
     def resolve_collisions(run: RunInfo, loaded: Loaded, trained: Trained, shards: list[ShardCodes]) -> Encoded:
-        from include import resolve_collisions as stage
+        from include.stages import resolve_collisions as stage
 
-        options = _config().encode
-        return stage.resolve_collisions(
-            trained["model_path"],
-            loaded["path"],
-            run["work_dir"],
-            list(shards),
-            collision_mode=options.collision_mode,
-            plan=trained["plan"],
-            publish_root=run["publish_root"],
-            snapshot=run["snapshot"],
-            retire_after=options.retire_after,
-            resolve_rows=options.resolve_rows,
-        )
+        return stage.resolve_collisions(run, loaded["path"], trained, list(shards), _config().encode)
 
     @task(task_id="validate_codes")
     def validate_codes(run: RunInfo, loaded: Loaded, encoded: Encoded) -> CodesChecked:
-        from include import validate_codes as stage
         from include.layout import RunFolder
+        from include.stages import validate_codes as stage
 
         return stage.validate_codes(
             encoded["path"],
@@ -216,22 +184,20 @@ def rqvae_semantic_ids() -> None:
 
     @task(task_id="publish", outlets=[SEMANTIC_IDS])
     def publish(run: RunInfo, loaded: Loaded, trained: Trained, encoded: Encoded) -> Published:
-        from include import publish as stage
         from include.layout import prune_runs
+        from include.stages import publish as stage
 
         context = get_current_context()
         options = _config().run
         result = stage.publish(
-            run["snapshot"],
-            run["work_dir"],
-            run["publish_root"],
-            export_json=options.export_json,
-            run_id=context["run_id"],
-            dag_id=DAG_ID,
-            params=dict(context["params"]),
+            run,
+            options,
             loaded=loaded,
             trained=trained,
             encoded=encoded,
+            run_id=context["run_id"],
+            dag_id=DAG_ID,
+            params=dict(context["params"]),
         )
         work = Path(run["work_dir"])
         result["pruned_runs"] = prune_runs(work.parent, options.keep_runs, current=work)

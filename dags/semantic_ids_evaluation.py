@@ -62,47 +62,46 @@ def _config() -> EvaluationConfig:
 def semantic_ids_evaluation() -> None:
     @task(task_id="find_version")
     def find_version() -> VersionFound:
-        from include import evaluate_retrieval as stage
-        from include import settings
+        from include.settings import configured_roots
+        from include.stages import find_version as stage
 
         run = _config().run
-        roots = settings.load_roots(settings.airflow_variable_getter())
         path = run.version or stage.triggering_version(get_current_context().get("triggering_asset_events"))
-        return stage.find_version(roots, path, run.embeddings_root).to_dict()
+        return stage.find_version(configured_roots(), path, run.embeddings_root).to_dict()
 
     @task.short_circuit(task_id="has_interactions")
     def has_interactions(ref: VersionFound) -> bool:
         """False (every later task skipped, the run still succeeds) when the day has no interactions snapshot."""
-        from include.evaluate_retrieval import VersionRef, interactions_ready
+        from include.stages import has_interactions as stage
+        from include.version_ref import VersionRef
 
-        return interactions_ready(VersionRef.from_dict(ref))
+        return stage.has_interactions(VersionRef.from_dict(ref))
 
     @task(task_id="validate_interactions")
     def validate_interactions(ref: VersionFound) -> InteractionsChecked:
-        from include import validate_interactions as stage
-        from include.evaluate_retrieval import VersionRef, version_item_ids
+        from include.stages import validate_interactions as stage
+        from include.version_ref import VersionRef, version_item_ids
 
         version = VersionRef.from_dict(ref)
-        run = _config().run
         return stage.validate_interactions(
             version.interactions_dir,
             version_item_ids(version),
             f"{version.eval_dir}/interactions.json",
-            min_known_share=run.min_known_share,
-            min_users=run.min_users,
+            _config().run,
         )
 
     @task(task_id="evaluate_retrieval", queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=GPU_TASK_TIMEOUT)
     def evaluate_retrieval(ref: VersionFound) -> Evaluated:
-        from include import evaluate_retrieval as stage
+        from include.stages import evaluate_retrieval as stage
+        from include.version_ref import VersionRef
 
-        return stage.evaluate_retrieval(stage.VersionRef.from_dict(ref), _config().retriever)
+        return stage.evaluate_retrieval(VersionRef.from_dict(ref), _config().retriever)
 
     @task(task_id="record_evaluation")
     def record_evaluation(ref: VersionFound, evaluated: Evaluated) -> Recorded:
-        from include import record_evaluation as stage
+        from include.stages import record_evaluation as stage
 
-        return stage.record_evaluation(ref["version_path"], evaluated["result"], max_se=_config().run.max_se,
+        return stage.record_evaluation(ref["version_path"], evaluated["result"], _config().run,
                                        run_id=get_current_context()["run_id"])
 
     ref = find_version()

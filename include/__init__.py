@@ -5,7 +5,3 @@ Each stage is a plain function of paths and parameters returning a small JSON-ab
 scripts call it without a scheduler and the DAG file stays a thin wiring layer. Nothing here is imported
 at DAG-parse time: the DAG imports these modules inside task bodies.
 """
-
-# Before any stage can import torch: rqvae sets OpenMP's passive wait and team size for this process (the
-# package import is light; see rqvae.threads).
-import rqvae as _rqvae  # noqa: E402, F401

@@ -64,10 +64,21 @@ def gpu_routing() -> GpuRouting:
     )
 
 
+def prepare_process(context: Any) -> None:
+    """Every task's `on_execute_callback`: the task process is the pipeline's own, so it sets OpenMP's passive
+    wait and this worker's thread share before a stage can import torch (rqvae.threads.configure); importing
+    the library changes nothing by itself."""
+    from rqvae import threads
+
+    threads.configure()
+
+
 def default_args() -> dict[str, Any]:
-    """Every task's owner and retries: env `RQVAE_RETRIES` (2) and `RQVAE_RETRY_DELAY_S` (300, doubling)."""
+    """Every task's owner, retries (env `RQVAE_RETRIES` (2) and `RQVAE_RETRY_DELAY_S` (300, doubling)) and the
+    process set-up that runs before it (:func:`prepare_process`)."""
     return {
         "owner": OWNER,
+        "on_execute_callback": prepare_process,
         "retries": int(os.environ.get("RQVAE_RETRIES", "2")),
         "retry_delay": timedelta(seconds=int(os.environ.get("RQVAE_RETRY_DELAY_S", "300"))),
         "retry_exponential_backoff": RETRY_BACKOFF,

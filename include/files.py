@@ -1,7 +1,7 @@
 """JSON helpers of the pipeline: read a record, make task results JSON-safe, write a record atomically.
 
 What is left here is the Airflow side (numpy values in XCom and reports); atomic writes, folder swaps and
-checksums are :mod:`rqvae.fsutil`'s, shared with the library.
+checksums are :mod:`rqvae.io.fsutil`'s, shared with the library.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rqvae.fsutil import write_json_atomic as _write_json
+from rqvae.io.fsutil import write_json_atomic as _write_json
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

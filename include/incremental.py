@@ -1,4 +1,4 @@
-"""Stable IDs across daily runs: the `mode` param (`retrain` | `incremental` | `auto`) and ID churn.
+"""Stable IDs across daily runs: the `mode` param (rqvae.modes.RunMode) and ID churn.
 
 `incremental` reuses the model of the latest published version, keeps the published ID of every item whose
 embedding hash is unchanged, encodes only new or changed items and resolves their collisions around the kept
@@ -17,20 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from include.files import read_json
-from include.published import Version, latest_version
 from include.results import Plan
-from rqvae.errors import ConfigError
+from include.versions import Version, latest_version
+from rqvae.config import RetrainPolicy
+from rqvae.modes import RunMode
 
 log = logging.getLogger(__name__)
 
-MODES = ("retrain", "incremental", "auto")
 AUTO_SAMPLE = 100_000  # new or changed items scored by `auto` (a seeded sample when there are more)
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
-    return mode
 
 
 def base_version(publish_root: str | Path | None) -> Version | None:
@@ -48,26 +42,19 @@ def base_version(publish_root: str | Path | None) -> Version | None:
     return version
 
 
-def plan(
-    mode: str,
-    publish_root: str | Path | None,
-    artifact: str | Path,
-    *,
-    retrain_factor: float = 1.5,
-    device: str = "auto",
-) -> Plan:
+def plan(policy: RetrainPolicy, publish_root: str | Path | None, artifact: str | Path, device: str) -> Plan:
     """Decide how this run gets its model: `{requested, used, reason, base_version, ...}` (small, for XCom)."""
-    check_mode(mode)
-    decision: dict[str, Any] = {"requested": mode, "used": "retrain", "base_version": None}
-    if mode == "retrain":
+    mode, retrain_factor = policy.mode, policy.retrain_factor
+    decision: dict[str, Any] = {"requested": mode.value, "used": RunMode.RETRAIN.value, "base_version": None}
+    if mode == RunMode.RETRAIN:
         decision["reason"] = "mode retrain"
         return decision
     version = base_version(publish_root)
     if version is None:
         decision["reason"] = "no published version to build on"
         return decision
-    from rqvae.checkpoint import read_config
-    from rqvae.stability import file_hashes, read_hashes, unchanged_items
+    from rqvae.ids.stability import file_hashes, read_hashes, unchanged_items
+    from rqvae.io.checkpoint import read_config
 
     model_cfg = read_config(version.model_dir)["model"]
     ids, hashes = file_hashes(artifact)
@@ -83,8 +70,8 @@ def plan(
     if int(model_cfg["input_dim"]) != dim:
         decision["reason"] = f"embedding dimension changed ({model_cfg['input_dim']} -> {dim})"
         return decision
-    if mode == "incremental":
-        decision.update(used="incremental", reason="mode incremental")
+    if mode == RunMode.INCREMENTAL:
+        decision.update(used=RunMode.INCREMENTAL.value, reason="mode incremental")
         return decision
     published = _published_recon_mse(version)
     new_mse = _recon_mse_of(version.model_dir, artifact, ids[~kept], device) if (~kept).any() else None
@@ -92,7 +79,7 @@ def plan(
     if new_mse is not None and published is not None and new_mse > retrain_factor * published:
         decision["reason"] = f"recon MSE on new items {new_mse:.6g} > {retrain_factor} x published {published:.6g}"
         return decision
-    decision.update(used="incremental", reason="published model still fits the new items")
+    decision.update(used=RunMode.INCREMENTAL.value, reason="published model still fits the new items")
     return decision
 
 
@@ -114,14 +101,14 @@ def published_metrics(version: str | Path) -> dict[str, Any]:
 def pinned_ids(version: str | Path, artifact: str | Path, rows: tuple[int, int] | None = None):
     """The published IDs to keep: items of the artifact whose embedding hash equals the published one.
 
-    ``rows=(start, stop)`` limits the answer to one shard of the artifact. Returns (rqvae.encode.PinnedIds,
+    ``rows=(start, stop)`` limits the answer to one shard of the artifact. Returns (rqvae.encoding.encode.PinnedIds,
     item ids of the artifact (or shard) sorted, their hashes).
     """
     import numpy as np
 
-    from rqvae.encode import PinnedIds
-    from rqvae.idfile import read_semantic_ids
-    from rqvae.stability import file_hashes, read_hashes, unchanged_items
+    from rqvae.encoding.encode import PinnedIds
+    from rqvae.ids.stability import file_hashes, read_hashes, unchanged_items
+    from rqvae.io.idfile import read_semantic_ids
 
     base = Version(Path(version))
     ids, hashes = file_hashes(artifact, rows=rows)
@@ -142,7 +129,7 @@ def _artifact_dim(artifact: str | Path) -> int:
 
 
 def _first_row_dim(artifact: str | Path) -> int:
-    from rqvae.readers import iter_embeddings
+    from rqvae.io.readers import iter_embeddings
 
     for _, x in iter_embeddings(artifact, batch_rows=1):
         return int(x.shape[1])
@@ -164,9 +151,9 @@ def _recon_mse_of(model_dir: Path, artifact: str | Path, item_ids, device: str) 
     import numpy as np
     import torch
 
-    from rqvae.checkpoint import load_model
+    from rqvae.io.checkpoint import load_model
+    from rqvae.io.readers import iter_embeddings
     from rqvae.model import resolve_device
-    from rqvae.readers import iter_embeddings
 
     ids = np.sort(np.asarray(item_ids, np.int64))
     if len(ids) > AUTO_SAMPLE:

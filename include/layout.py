@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from include.published import COLLISION_AUDIT, ITEM_HASHES, RETIRED_IDS
 from include.snapshot import parse_snapshot
+from include.versions import COLLISION_AUDIT, ITEM_HASHES, RETIRED_IDS
 from rqvae.errors import ConfigError
 from rqvae.units import SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
 
-FINISHED_MARKER = "published.json"  # written by include.publish once the run's version is published
+FINISHED_MARKER = "published.json"  # written by include.stages.publish once the run's version is published
 STALE_RUN_DAYS = 7.0  # an unfinished run folder untouched this long belongs to a failed or abandoned run
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -100,12 +100,12 @@ class RunFolder:
 
     @property
     def retired_ids(self) -> Path:
-        """IDs reserved in this version (retired items' IDs, see include.lineage)."""
+        """IDs reserved in this version (retired items' IDs, see include.continuity)."""
         return self.root / RETIRED_IDS
 
     @property
     def collision_audit(self) -> Path:
-        """The items `collision_mode=reassign` moved, with rank and cost (see rqvae.audit)."""
+        """The items `collision_mode=reassign` moved, with rank and cost (see rqvae.ids.audit)."""
         return self.root / COLLISION_AUDIT
 
     @property

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-RunMode = Literal["retrain", "incremental", "auto"]
-CollisionModeName = Literal["dedup", "reassign"]
+from rqvae.modes import CollisionMode, RunMode
 
 
 class RunInfo(TypedDict):
-    """`wait_for_embeddings`: the snapshot and the folders this run reads and writes."""
+    """`wait_for_embeddings`: the snapshot and every folder this run reads and writes, resolved once.
+
+    `publish_root` is None only where a stage runs without publishing (tests, library use): no previous version
+    is looked for. `interactions_dir` is the day's interactions snapshot in the run's data-set namespace, used
+    only when complete; `interactions_name` is how the manifest names it (relative to the configured root).
+    """
 
     snapshot: str
     snapshot_dir: str
-    work_dir: str  # `{work_root}/{snapshot}/{run}/`, private to the run
-    publish_root: str
+    work_dir: str  # `{work_root}/{namespace}/{snapshot}/{run}/`, private to the run
+    publish_root: str | None
+    interactions_dir: str
+    interactions_name: str
 
 
 class Loaded(TypedDict):
@@ -61,7 +67,7 @@ class Plan(TypedDict):
     """How a run gets its model (include.incremental.plan): retrain, or build on a published version."""
 
     requested: RunMode
-    used: Literal["retrain", "incremental"]
+    used: RunMode  # RETRAIN or INCREMENTAL (AUTO decides between them)
     reason: str
     base_version: str | None  # the stored copy of the version built on (its model and kept IDs)
     n_items: NotRequired[int]
@@ -76,13 +82,13 @@ class Trained(TypedDict):
     """`train_rqvae`: the model in `{work}/model/` and how it was obtained."""
 
     model_path: str
-    metrics: dict[str, Any]  # include.train_rqvae.REPORTED_METRICS
+    metrics: dict[str, Any]  # include.stages.train_rqvae.REPORTED_METRICS
     device: str
     config: dict[str, Any]  # {"model": ..., "train": ...} (a reused model: "model" only)
     resumed_from_epoch: int | None
     plan: Plan
     collaborative: dict[str, Any]  # the manifest's `collaborative` entry
-    alignment: NotRequired[dict[str, Any]]  # a retrain aligned with the previous version (include.lineage)
+    alignment: NotRequired[dict[str, Any]]  # a retrain aligned with the previous version (include.continuity)
 
 
 class ShardCodes(TypedDict):
@@ -114,7 +120,7 @@ class Encoded(TypedDict):
     """`resolve_collisions`: the final IDs `{work}/semantic_ids/part-*.parquet` and their quality figures.
 
     `recon_mse` is the IDs' as published (after `reassign` moved items), `recon_mse_model` the model's own fit.
-    Code-quality figures (`unique_ratio`, `collision_rate`, `usage`, ...) are rqvae.metrics.code_metrics of the
+    Code-quality figures (`unique_ratio`, `collision_rate`, `usage`, ...) are rqvae.quantize.metrics.code_metrics of the
     published codes.
     """
 
@@ -138,7 +144,7 @@ class Encoded(TypedDict):
     encode_seconds: float
     read_seconds: float
     items_per_second: float | None
-    collision_mode: CollisionModeName
+    collision_mode: CollisionMode
     collision_rate_pre: float
     collision_rate_post: float
     moved: int
@@ -146,10 +152,10 @@ class Encoded(TypedDict):
     max_dedup: int
     resolve_seconds: float
     errors_path: str
-    mode: Literal["retrain", "incremental"]  # the run mode used (Plan.used)
+    mode: RunMode  # the run mode used (Plan.used)
     shards: list[ShardSummary]
-    lineage: NotRequired[dict[str, Any]]  # rqvae.lineage.Lineage.stats, with a publish root
-    collision_audit: NotRequired[dict[str, Any]]  # rqvae.audit summary
+    lineage: NotRequired[dict[str, Any]]  # rqvae.ids.lineage.Lineage.stats, with a publish root
+    collision_audit: NotRequired[dict[str, Any]]  # rqvae.ids.audit summary
 
 
 class CodesChecked(TypedDict):
@@ -179,7 +185,7 @@ class Published(TypedDict):
 
 
 class VersionFound(TypedDict):
-    """`find_version`: the folders of the version evaluated (include.evaluate_retrieval.VersionRef as a dict)."""
+    """`find_version`: the folders of the version evaluated (include.stages.evaluate_retrieval.VersionRef as a dict)."""
 
     snapshot: str
     version_path: str

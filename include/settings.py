@@ -117,13 +117,33 @@ def dataset_roots(roots: Roots, embeddings_root: str | Path | None) -> Roots:
 
 
 def airflow_variable_getter() -> VariableGetter:
-    """A getter reading Airflow Variables; call it inside a task only (each read asks the API server)."""
-    from airflow.sdk import Variable
+    """A getter reading Airflow Variables, in a task (through the task SDK) or in the API server (the UI plugin:
+    the metadata DB and secrets backends). Each read is a round trip: call it per task or request, never while a
+    DAG file is parsed."""
+    import sys
 
-    def get(key: str) -> str | None:
-        return Variable.get(key, default=None)
+    if hasattr(sys.modules.get("airflow.sdk.execution_time.task_runner"), "SUPERVISOR_COMMS"):
+        from airflow.sdk import Variable
 
-    return get
+        def in_task(key: str) -> str | None:
+            return Variable.get(key, default=None)
+
+        return in_task
+
+    # The API server has no task SDK channel (the SDK's Variable.get quietly returns the default there): read the
+    # metadata DB and secrets backends through the model, as Airflow's own API does.
+    from airflow.models.variable import Variable as StoredVariable
+
+    def in_server(key: str) -> str | None:
+        return StoredVariable.get(key, default_var=None)
+
+    return in_server
+
+
+def configured_roots() -> Roots:
+    """The deployment's roots as every Airflow component sees them: environment, then Airflow Variables, then
+    the defaults. The one function both DAGs and the UI plugin resolve roots with."""
+    return load_roots(airflow_variable_getter())
 
 
 def resolve_under(root: str | Path, value: str | Path | None, allowed: Iterable[str | Path] = ()) -> Path:

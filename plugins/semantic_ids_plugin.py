@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from include.published import (
+from include.versions import (
     EVALUATION,
     MANIFEST,
     REPORT_DIR,
@@ -52,10 +52,11 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def default_publish_root() -> Path:
-    """The pipeline's publish root (env var, else the project default), as the DAG resolves it."""
-    from include.settings import load_roots
+    """The pipeline's publish root as the DAGs resolve it (include.settings.configured_roots: environment, then
+    Airflow Variables, then the project default), read at each request, so a changed Variable applies at once."""
+    from include.settings import configured_roots
 
-    return load_roots().publish
+    return configured_roots().publish
 
 
 # ------------------------------------------------------------------------------------------ access control
@@ -109,7 +110,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _versions(folder: Path) -> list[Path]:
-    """Published versions, newest first: `{snapshot}` symlinks to their stored copies (include.published)."""
+    """Published versions, newest first: `{snapshot}` symlinks to their stored copies (include.versions)."""
     return [version.path for version in reversed(list_versions(folder))]
 
 

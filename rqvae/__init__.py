@@ -1,19 +1,15 @@
 """RQ-VAE semantic IDs for generative recommenders: the public API at a glance.
 
-Names are resolved lazily so that ``import rqvae.readers`` (used by light pipeline tasks) does not pay for
-importing torch. Importing the package sets OpenMP's passive wait and thread count first (:mod:`rqvae.threads`).
+Names are resolved lazily so that ``import rqvae.io.readers`` (used by light pipeline tasks) does not pay for
+importing torch. Importing the package changes nothing in the process: the entry points that own a process (the
+``rqvae`` CLI, every pipeline task through ``include.dag_defaults``, the benchmarks) call
+:func:`rqvae.threads.configure` before torch loads; a notebook or a serving process may do the same.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
-
-from . import threads as _threads
-
-# OpenMP reads its settings when torch first loads: set passive waiting and the team size before any rqvae
-# module can import torch (see rqvae.threads).
-_threads.configure()
 
 __version__ = "0.1.0"
 
@@ -22,15 +18,15 @@ _EXPORTS = {
     "RQVAEOutput": "rqvae.model",
     "ModelConfig": "rqvae.config",
     "TrainConfig": "rqvae.config",
-    "train": "rqvae.train",
-    "TrainResult": "rqvae.train",
-    "encode_file": "rqvae.encode",
-    "encode_array": "rqvae.encode",
-    "load_model": "rqvae.checkpoint",
-    "save_model": "rqvae.checkpoint",
-    "code_metrics": "rqvae.metrics",
-    "read_embeddings": "rqvae.readers",
-    "ServingIndex": "rqvae.serving",
+    "train": "rqvae.training.loop",
+    "TrainResult": "rqvae.training.loop",
+    "encode_file": "rqvae.encoding.encode",
+    "encode_array": "rqvae.encoding.encode",
+    "load_model": "rqvae.io.checkpoint",
+    "save_model": "rqvae.io.checkpoint",
+    "code_metrics": "rqvae.quantize.metrics",
+    "read_embeddings": "rqvae.io.readers",
+    "ServingIndex": "rqvae.ids.serving",
     "InputError": "rqvae.errors",
     "ModelLoadError": "rqvae.errors",
 }
@@ -38,15 +34,15 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .checkpoint import load_model, save_model
     from .config import ModelConfig, TrainConfig
-    from .encode import encode_array, encode_file
+    from .encoding.encode import encode_array, encode_file
     from .errors import InputError, ModelLoadError
-    from .metrics import code_metrics
+    from .ids.serving import ServingIndex
+    from .io.checkpoint import load_model, save_model
+    from .io.readers import read_embeddings
     from .model import RQVAE, RQVAEOutput
-    from .readers import read_embeddings
-    from .serving import ServingIndex
-    from .train import TrainResult, train
+    from .quantize.metrics import code_metrics
+    from .training.loop import TrainResult, train
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,9 @@ import logging
 import sys
 from typing import Any
 
+from . import threads
 from .config import (
+    AUTO_DEVICE,
     DEFAULT_BATCH_ROWS,
     DEFAULT_USERS,
     EncodeOptions,
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-dict", help="also write {item_id: [codes]} JSON for existing inference code")
     p.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS)
     p.add_argument("--allow-pickle", action="store_true")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, as the pipeline's encode task), "
+    p.add_argument("--device", default=AUTO_DEVICE, help="auto (CUDA when present, as the pipeline's encode task), "
                    "cpu, cuda, cuda:1 ...")
     _add_config_flags(p, EncodeOptions)
 
@@ -185,17 +187,17 @@ def _train_configs(args: argparse.Namespace, input_dim: int) -> tuple[Any, Any]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from .io.synth import synth
     from .progress import Progress
-    from .synth import synth
 
     with Progress(args.n, "synth", "items", enabled=not args.quiet) as bar:
         out = synth(args.out, n=args.n, dim=args.dim, seed=args.seed,
                     progress=lambda done, total: bar.update(done - bar.done))
     print(out)
     if args.interactions:
-        from .interactions import write_interactions
-        from .readers import read_embeddings
-        from .synth import synth_interactions
+        from .io.interactions import write_interactions
+        from .io.readers import read_embeddings
+        from .io.synth import synth_interactions
 
         data = read_embeddings(out)
         events = synth_interactions(data.ids, data.vectors, n_users=args.users, events=30, seed=args.seed)
@@ -204,9 +206,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .readers import read_embeddings
-    from .train import train
-    from .validate import check_embeddings
+    from .io.readers import read_embeddings
+    from .io.validate import check_embeddings
+    from .training.loop import train
 
     checks = InputChecks(**_given(args, InputChecks))  # the CLI's defaults: any dimension, at least 1 item
     data = read_embeddings(args.embeddings, allow_pickle=args.allow_pickle)
@@ -214,8 +216,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                      max_abs=checks.max_abs, path=args.embeddings)
     sequences = None
     if args.interactions:
-        from .collaborative import DEFAULT_WEIGHT, read_sequences
         from .config import load_config_file
+        from .training.collaborative import DEFAULT_WEIGHT, read_sequences
 
         sequences = read_sequences(args.interactions, data.ids, holdout_last=args.holdout_last)
         in_file = load_config_file(args.config)[1] if args.config else {}
@@ -229,10 +231,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .encode import encode_file
+    from .encoding.encode import encode_file
+    from .io.checkpoint import load_model
+    from .io.readers import row_count
     from .model import resolve_device
-    from .readers import row_count
 
     # Parquet footers / .npy headers give the item count for free: progress then shows %, rate and ETA.
     total = None if args.quiet else row_count(args.embeddings)
@@ -245,8 +247,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .encode import encode_stream
+    from .encoding.encode import encode_stream
+    from .io.checkpoint import load_model
 
     model = load_model(args.model)
     _, _, metrics = encode_stream(model, args.embeddings, allow_pickle=args.allow_pickle, show_progress=False)
@@ -274,7 +276,7 @@ def _id_set_names(paths: list[str], names: list[str] | None) -> list[str]:
 
 
 def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
-    from .interactions import read_interactions
+    from .io.interactions import read_interactions
     from .retrieval import IdTable, RetrievalConfig, evaluate_id_sets
 
     names = _id_set_names(args.ids, args.name)
@@ -310,6 +312,7 @@ COMMANDS = {"synth": cmd_synth, "train": cmd_train, "encode": cmd_encode, "evalu
 
 
 def main(argv: list[str] | None = None) -> int:
+    threads.configure()  # this process is ours: passive OpenMP wait and its thread count, before torch loads
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from .errors import ConfigError
-from .options import check_bounds, option
+from .modes import Alignment, CollisionMode, Distance, Gradient, KMeansInit, Method, Precision, RunMode
+from .options import check_bounds, option, parse_modes, plain
 
 
 def codebook_sizes(codebook_size: int | list[int] | tuple[int, ...], num_codebooks: int | None) -> list[int]:
@@ -46,24 +47,17 @@ def default_architecture(input_dim: int) -> tuple[list[int], int]:
     return [max(8, input_dim // 2), latent], latent
 
 
-METHODS = ("rqvae", "rqkmeans")  # rqkmeans: residual k-means only (identity encoder/decoder, no training steps)
-KMEANS_METHODS = ("progressive", "kmeans", "bkmeans", "none")  # rqvae.kmeans.fit_codebook's names
-DISTANCES = ("l2", "euclidean", "cosine")  # euclidean is l2 (rqvae.search.Distance.parse)
-GRADIENTS = ("ste", "rotation")
-COLLISION_MODES = ("dedup", "reassign")  # rqvae.collisions.CollisionMode
-PRECISIONS = ("bf16", "fp32")  # TrainConfig.precision on CUDA
-RUN_MODES = ("retrain", "incremental", "auto")  # include.incremental.plan
-ALIGN_MODES = ("anchor", "permute", "off")  # include.lineage.align_retrain
 DEFAULT_SHARD_SIZE = 2_000_000
 DEFAULT_RESOLVE_ROWS = 4_000_000  # items resolve_collisions holds at once (~1 GiB at 4 levels)
-INIT_ITEMS = 131_072  # items a codebook fit starts from (TrainConfig.init_items; rqvae.align's anchored refit)
+INIT_ITEMS = 131_072  # items a codebook fit starts from (TrainConfig.init_items; rqvae.ids.align's anchored refit)
 MAX_WIDTH = 65_536  # the largest vector dimension or codebook size a config accepts
 DEFAULT_BATCH_ROWS = 262_144  # rows per streamed batch: ~256 MiB of float32 at D=256, the one default everywhere
-DEFAULT_USERS = 1000  # users rqvae.synth.synth_interactions makes up (the CLI's --users default)
+AUTO_DEVICE = "auto"  # a device setting that picks CUDA when present, else the CPU (rqvae.model.resolve_device)
+DEFAULT_USERS = 1000  # users rqvae.io.synth.synth_interactions makes up (the CLI's --users default)
 
 
 class _Strict:
-    """from_dict / to_dict with unknown keys refused."""
+    """from_dict / to_dict with unknown keys refused; mode fields parsed to their rqvae.modes member."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -74,7 +68,8 @@ class _Strict:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        """Plain JSON values (modes as their strings), as model directories and manifests record them."""
+        return plain(asdict(self))  # type: ignore[call-overload]
 
 
 # ModelConfig and TrainConfig check in __post_init__ only what would break the library (tests and benchmarks
@@ -117,8 +112,8 @@ class ModelConfig(_Strict):
     shared_codebook: bool = option(
         False, title="Shared codebook", description="One codebook for all levels.", section="Model",
     )
-    kmeans_method: str = option(
-        "progressive", title="Codebook initialisation", section="Model", enum=KMEANS_METHODS,
+    kmeans_method: KMeansInit = option(
+        KMeansInit.PROGRESSIVE, title="Codebook initialisation", section="Model", enum=KMeansInit,
         description="How the codebooks start: progressive (k-means over growing principal dimensions), kmeans "
         "(k-means++ seeded Lloyd), bkmeans (balanced k-means) or none (random items).",
     )
@@ -126,8 +121,8 @@ class ModelConfig(_Strict):
         20, title="k-means iterations", description="Lloyd iterations of the codebook initialisation.",
         section="Model", minimum=0, per_run=False,
     )
-    distances_method: str = option(
-        "l2", title="Code search distance", section="Model", enum=DISTANCES, flag="--distance",
+    distances_method: Distance = option(
+        Distance.L2, title="Code search distance", section="Model", enum=Distance, flag="--distance",
         description="How a residual picks its codeword: l2 (euclidean is the same) or cosine.",
     )
     loss_beta: float = option(
@@ -138,12 +133,12 @@ class ModelConfig(_Strict):
         True, title="Centre inputs", section="Model", per_run=False,
         description="Subtract the data mean (stored with the model) before encoding.",
     )
-    gradient: str = option(
-        "ste", title="Gradient through the quantiser", section="Model", enum=GRADIENTS, per_run=False,
+    gradient: Gradient = option(
+        Gradient.STE, title="Gradient through the quantiser", section="Model", enum=Gradient, per_run=False,
         description="ste (straight-through) or rotation (the rotation trick).",
     )
-    method: str = option(
-        "rqvae", title="Method", section="Model", enum=METHODS, per_run=False,
+    method: Method = option(
+        Method.RQVAE, title="Method", section="Model", enum=Method, per_run=False,
         description="rqvae (trained encoder/decoder) or rqkmeans (residual k-means only, no training steps).",
     )
     last_level_balance: float = option(
@@ -152,8 +147,7 @@ class ModelConfig(_Strict):
     )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
+        parse_modes(self)
         if self.last_level_balance < 0:
             raise ConfigError(f"last_level_balance must be >= 0, got {self.last_level_balance}")
         if self.input_dim < 1:
@@ -235,11 +229,11 @@ class TrainConfig(_Strict):
         "and seed give the same IDs.",
     )
     device: str = option(
-        "auto", title="Device", description="auto (CUDA when present), cpu, cuda, cuda:1 ...",
+        AUTO_DEVICE, title="Device", description="auto (CUDA when present), cpu, cuda, cuda:1 ...",
         section="Training", form=False,  # the pipeline's gpu queue decides where training runs
     )
-    precision: str = option(
-        "bf16", title="CUDA precision", section="Training", form=False, enum=PRECISIONS,
+    precision: Precision = option(
+        Precision.BF16, title="CUDA precision", section="Training", form=False, enum=Precision,
         description="On CUDA, bf16 runs the encoder and decoder under bf16 autocast (the code search stays "
         "fp32); fp32 turns autocast off. CPU training is always fp32.",
     )
@@ -263,13 +257,12 @@ class TrainConfig(_Strict):
     )
 
     def __post_init__(self) -> None:
+        parse_modes(self)
         for name in ("epochs", "batch_size", "max_train_items", "init_items", "eval_items", "collaborative_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.collaborative_weight < 0 or self.collaborative_hidden < 0:
             raise ConfigError("collaborative_weight and collaborative_hidden must be >= 0, got "
                               f"{self.collaborative_weight} and {self.collaborative_hidden}")
@@ -279,6 +272,7 @@ class _Bounded(_Strict):
     """Config classes whose Option bounds are their validation."""
 
     def __post_init__(self) -> None:
+        parse_modes(self)
         check_bounds(self)
 
 
@@ -345,8 +339,8 @@ class EncodeOptions(_Bounded):
         "groups of whole level-1 codes, resolved one at a time (same IDs; a run carrying a previous version's IDs "
         "is resolved in one piece).",
     )
-    collision_mode: str = option(
-        "dedup", title="Collision resolution", section="Stability", enum=COLLISION_MODES,
+    collision_mode: CollisionMode = option(
+        CollisionMode.DEDUP, title="Collision resolution", section="Stability", enum=CollisionMode,
         description="dedup: items sharing codes get a dedup digit 0, 1, ... reassign: colliding items move to the "
         "nearest free last-level code of their prefix (IDs stay L codes; dedup only where a prefix is full).",
     )
@@ -361,8 +355,8 @@ class EncodeOptions(_Bounded):
 class RetrainPolicy(_Bounded):
     """Whether a run trains a new model or reuses the published one, and how a retrain keeps IDs stable."""
 
-    mode: str = option(
-        "retrain", title="Mode", section="Stability", enum=RUN_MODES, cli=False,
+    mode: RunMode = option(
+        RunMode.RETRAIN, title="Mode", section="Stability", enum=RunMode, cli=False,
         description="retrain: a new model, all IDs recomputed. incremental: reuse the latest published model, keep "
         "the published ID of every item whose embedding is unchanged, encode only new or changed items. auto: "
         "incremental unless the published model's recon MSE on new items exceeds its recorded one by the "
@@ -372,8 +366,8 @@ class RetrainPolicy(_Bounded):
         1.5, title="Retrain factor (auto)", section="Stability", exclusive_minimum=0, cli=False,
         description="auto retrains when recon MSE on new/changed items > factor x the published model's recon MSE.",
     )
-    align_retrain: str = option(
-        "anchor", title="Align retrained codes", section="Stability", enum=ALIGN_MODES, cli=False,
+    align_retrain: Alignment = option(
+        Alignment.ANCHOR, title="Align retrained codes", section="Stability", enum=Alignment, cli=False,
         description="After a retrain, make the codes agree with the previous version so fewer IDs change. permute: "
         "relabel each level's codes (changes no ID's meaning). anchor: first refit the codebooks starting from the "
         "previous ones, kept when recon MSE rises by at most 2%, then relabel. off: a new code space.",

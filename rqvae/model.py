@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, codebook_sizes, default_architecture
+from .config import AUTO_DEVICE, ModelConfig, codebook_sizes, default_architecture
 from .errors import ConfigError
-from .kmeans import METHODS, KMeansMethod
-from .quantizer import ResidualQuantizer
+from .modes import Distance, Gradient, KMeansInit, Method
+from .quantize.kmeans import KMeansMethod
+from .quantize.quantizer import ResidualQuantizer
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class SkipMLP(nn.Module):
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' picks CUDA when present, else CPU."""
-    if device is None or str(device) == "auto":
+    if device is None or str(device) == AUTO_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
@@ -86,14 +87,14 @@ class RQVAE(nn.Module):
         num_codebooks: int | None = None,
         codebook_size: int | Sequence[int] = 256,
         shared_codebook: bool = False,
-        kmeans_method: KMeansMethod = "kmeans",
+        kmeans_method: KMeansMethod = KMeansInit.KMEANS,
         kmeans_iters: int = 20,
-        distances_method: str = "l2",
+        distances_method: str | Distance = Distance.L2,
         loss_beta: float = 0.25,
-        device: str | torch.device | None = "auto",
+        device: str | torch.device | None = AUTO_DEVICE,
         *,
         center: bool = True,
-        gradient: str = "ste",
+        gradient: str | Gradient = Gradient.STE,
     ) -> None:
         super().__init__()
         if hidden_channels is None or latent_dim is None:
@@ -103,8 +104,11 @@ class RQVAE(nn.Module):
         sizes = codebook_sizes(
             codebook_size if isinstance(codebook_size, int) else list(codebook_size), num_codebooks
         )
-        if isinstance(kmeans_method, str) and kmeans_method not in METHODS:
-            raise ConfigError(f"unknown kmeans_method {kmeans_method!r}; expected one of {list(METHODS)} or a callable")
+        if not callable(kmeans_method):
+            try:
+                kmeans_method = KMeansInit.parse(kmeans_method)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} or a callable") from None
         if kmeans_iters < 0:
             raise ConfigError(f"kmeans_iters must be >= 0, got {kmeans_iters}")
         self.input_dim = int(input_dim)
@@ -121,7 +125,7 @@ class RQVAE(nn.Module):
         self.register_buffer("input_mean", torch.zeros(self.input_dim))
         # ModelConfig fields the constructor does not take (they act in training); from_config sets them and
         # model directories store them, so a saved model's config is the whole ModelConfig
-        self.method = "rqvae"
+        self.method = Method.RQVAE
         self.last_level_balance = 0.0
         logger.info(
             "RQVAE: input %d -> hidden %s -> latent %d; %d levels x %s codes (%s, %s%s)",
@@ -133,7 +137,7 @@ class RQVAE(nn.Module):
 
     # ---- configuration -------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: ModelConfig, device: str | torch.device | None = "auto") -> RQVAE:
+    def from_config(cls, config: ModelConfig, device: str | torch.device | None = AUTO_DEVICE) -> RQVAE:
         """The model a :class:`rqvae.config.ModelConfig` describes (the pipeline's and the CLI's defaults)."""
         model = cls(**config.model_kwargs(), device=device)
         model.method = config.method
@@ -160,7 +164,7 @@ class RQVAE(nn.Module):
     def config(self) -> dict:
         """Constructor arguments that rebuild this architecture (what model directories store)."""
         if not isinstance(self.kmeans_method, str):
-            method = "kmeans"  # a callable cannot be stored; it only mattered for initialisation
+            method = KMeansInit.KMEANS  # a callable cannot be stored; it only mattered for initialisation
         else:
             method = self.kmeans_method
         return {
@@ -185,10 +189,14 @@ class RQVAE(nn.Module):
 
     # ---- data-dependent initialisation ---------------------------------------------------------------
     @torch.no_grad()
-    def initialize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def initialize(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, *, kmeans_method: KMeansMethod | None = None
+    ) -> None:
         """Set the input mean, the linear skip paths (PCA when compressing) and the codebooks from data.
 
-        Call once with a representative sample (tens of thousands of items) before training.
+        Call once with a representative sample (tens of thousands of items) before training. ``kmeans_method``
+        overrides the model's own for this call (training with interactions starts from ``none`` and fits the
+        codebooks after the alignment).
         """
         x = self._prepare(x)
         if self.center:
@@ -204,7 +212,8 @@ class RQVAE(nn.Module):
         self.decoder.skip.weight.copy_(enc.t())
         self.decoder.skip.bias.zero_()
         z = self.encoder(xc)
-        self.quantizer.init_from_data_(z, self.kmeans_method, self.kmeans_iters, generator)
+        method = self.kmeans_method if kmeans_method is None else kmeans_method
+        self.quantizer.init_from_data_(z, method, self.kmeans_iters, generator)
 
     # ---- the users' API ------------------------------------------------------------------------------
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:

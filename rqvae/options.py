@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import MISSING, Field, dataclass, field, fields
+from enum import Enum
 from typing import Any
 
 from .errors import ConfigError
+from .modes import Mode
 
 METADATA_KEY = "rqvae_option"
 
@@ -22,10 +24,12 @@ class Option:
     """What the form, the CLI and the docs need to know about one config field.
 
     ``minimum`` / ``maximum`` / ``exclusive_minimum`` / ``enum`` are JSON-schema bounds of the form (and of the
-    dataclass where it calls :func:`check_bounds`). ``per_run``: a user sets it per run, so it gets a form field
-    (unless ``form`` is False) and a CLI flag (unless ``cli`` is False: the CLI has no such step).
-    ``cli_default`` (when not None) is a second, documented default for the CLI; ``env`` names the deployment
-    variable that changes the form's default, and ``cap_at_default`` makes that default the form's maximum too.
+    dataclass where it calls :func:`check_bounds`); a mode field names its :class:`rqvae.modes.Mode` as
+    ``modes``, and ``enum`` is derived from it (:func:`option` does both from ``enum=TheMode``). ``per_run``: a user
+    sets it per run, so it gets a form field (unless ``form`` is False) and a CLI flag (unless ``cli`` is False: the
+    CLI has no such step). ``cli_default`` (when not None) is a second, documented default for the CLI; ``env`` names
+    the deployment variable that changes the form's default, and ``cap_at_default`` makes that default the form's
+    maximum too.
     """
 
     title: str
@@ -35,6 +39,7 @@ class Option:
     maximum: float | None = None
     exclusive_minimum: float | None = None
     enum: tuple[str, ...] | None = None
+    modes: type[Mode] | None = None
     pattern: str | None = None
     nullable: bool = False
     per_run: bool = True
@@ -71,7 +76,12 @@ def option(
     factory: Any = MISSING,
     **facts: Any,
 ) -> Any:
-    """A dataclass field whose metadata is an :class:`Option` (``facts`` are Option's keyword fields)."""
+    """A dataclass field whose metadata is an :class:`Option` (``facts`` are Option's keyword fields).
+
+    ``enum`` may be a :class:`rqvae.modes.Mode` class: the field is then a mode, its choices the Mode's."""
+    enum = facts.get("enum")
+    if isinstance(enum, type) and issubclass(enum, Mode):
+        facts = {**facts, "enum": enum.choices(), "modes": enum}
     meta = {METADATA_KEY: Option(title=title, description=description, section=section, **facts)}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
@@ -100,7 +110,11 @@ def default_of(spec: Field[Any]) -> Any:
 
 
 def coerce(spec: Field[Any], value: Any) -> Any:
-    """A form or flag value as the field's Python type, judged by its default (JSON numbers may be ints)."""
+    """A form or flag value as the field's Python type, judged by its default (JSON numbers may be ints); a
+    mode field's value as its Mode member."""
+    modes = option_of(spec).modes if METADATA_KEY in spec.metadata else None
+    if modes is not None and value is not None:
+        return modes.parse(value)
     default = default_of(spec)
     if value is None or default is MISSING or default is None:
         return value
@@ -112,6 +126,26 @@ def coerce(spec: Field[Any], value: Any) -> Any:
                 return kind(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{spec.name} must be {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def parse_modes(config: Any) -> None:
+    """Turn every mode field of ``config`` into its Mode member (a plain string from JSON, a form or a flag
+    included); ConfigError names the field's valid choices."""
+    for spec, opt in described(type(config)):
+        value = getattr(config, spec.name)
+        if opt.modes is not None and value is not None:
+            setattr(config, spec.name, opt.modes.parse(value))
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every Enum member replaced by its value (nested dicts and lists too): what JSON records."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
     return value
 
 

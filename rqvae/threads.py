@@ -5,8 +5,10 @@ its threads spin-wait between parallel regions, so two trainings side by side ea
 needs (measured: 11x slower than running them one after the other). The remedies, all here:
 
 - ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning). OpenMP reads it once, when
-  the runtime loads with torch, so :func:`configure` must run before the first ``import torch``: the package
-  ``rqvae/__init__.py`` calls it, and the Celery worker's environment sets it too (docker-compose.yaml).
+  the runtime loads with torch, so :func:`configure` must run before the first ``import torch``: the entry
+  points that own a process call it (``rqvae.cli.main``, every pipeline task's ``on_execute_callback`` in
+  ``include.dag_defaults``, the benchmarks), and the Celery worker's environment sets it too
+  (docker-compose.yaml). Importing ``rqvae`` does not: a library must not change the process that imports it.
 - thread counts from the CPUs this process may really use (:func:`usable_cpus`): its CPU affinity, the
   container's cgroup CPU quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), divided by
   ``RQVAE_WORKER_CONCURRENCY`` when set: how many CPU-heavy tasks the worker runs at once (e.g. the Celery
@@ -124,9 +126,10 @@ def usable_cpus(
 
 
 def configure(environ: MutableMapping[str, str] | None = None) -> int:
-    """Set OpenMP defaults (passive wait, team size) before torch loads; size torch if it already has.
+    """Set OpenMP defaults (passive wait, team size) before torch loads; size torch and Arrow if they already have.
 
-    Returns the thread count. Idempotent and cheap (a few small file reads); user settings are kept.
+    ``OMP_NUM_THREADS`` also sizes Arrow's CPU pool when pyarrow loads later. Returns the thread count.
+    Idempotent and cheap (a few small file reads); user settings are kept.
     """
     env = os.environ if environ is None else environ
     threads = usable_cpus(env)
@@ -138,6 +141,8 @@ def configure(environ: MutableMapping[str, str] | None = None) -> int:
     if loaded and torch.get_num_threads() > threads:
         # torch loaded first (e.g. by the caller): passive wait cannot apply any more, a smaller team can
         torch.set_num_threads(threads)
+    if ours and environ is None and "pyarrow" in sys.modules:
+        size_arrow()
     return threads
 
 

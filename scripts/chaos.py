@@ -149,7 +149,7 @@ def hostnames() -> dict[str, str]:
 
 def make_snapshot(day: str) -> None:
     """The same items under every day: synthesised once, then copied (the IDs can be compared across days)."""
-    from rqvae.synth import synth
+    from rqvae.io.synth import synth
 
     source = CHAOS_DIR / "source"
     if not (source / "_SUCCESS").exists():
@@ -163,7 +163,7 @@ def make_snapshot(day: str) -> None:
 # --- what a scenario checks --------------------------------------------------------------------------------------
 def published_versions() -> dict[str, str]:
     """snapshot -> sha256 of its semantic_ids.parquet, for every version under the publish root."""
-    from include.published import list_versions
+    from include.versions import list_versions
 
     versions = list_versions(STACK_DIR / "data" / "published")
     return {version.name: version.read_manifest()["checksums"]["semantic_ids"] for version in versions}
@@ -171,8 +171,8 @@ def published_versions() -> dict[str, str]:
 
 def verify_version(day: str) -> str | None:
     """None when `{publish_root}/{day}` resolves and every file verifies against its manifest, else why not."""
-    from include.published import version_for
-    from rqvae.fsutil import sha256_file
+    from include.versions import version_for
+    from rqvae.io.fsutil import sha256_file
 
     version = version_for(STACK_DIR / "data" / "published", day)
     if not version.is_complete():
@@ -188,8 +188,8 @@ def verify_version(day: str) -> str | None:
 
 
 def ids_of(day: str) -> Any:
-    from include.published import version_for
-    from rqvae.idfile import read_semantic_ids
+    from include.versions import version_for
+    from rqvae.io.idfile import read_semantic_ids
 
     ids, codes, dedup = read_semantic_ids(version_for(STACK_DIR / "data" / "published", day).semantic_ids)
     order = ids.argsort()

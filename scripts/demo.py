@@ -98,7 +98,7 @@ def evaluate(name: str, snapshot: str, publish_root: Path, logs: Path, extra: di
     t0 = time.perf_counter()
     code = airflow(["dags", "test", EVAL_DAG_ID, snapshot, "-c", json.dumps(conf)], log, check=False)
     print(f"   finished in {time.perf_counter() - t0:.1f}s, exit code {code}; full log: {log}")
-    from include.published import version_for
+    from include.versions import version_for
 
     path = version_for(publish_root, snapshot).evaluation
     if not path.is_file():
@@ -131,9 +131,9 @@ def ensure_synthetic_interactions(embeddings: Path, folder: Path) -> None:
 
     if snapshot_ready(folder):
         return
-    from rqvae.interactions import write_interactions
-    from rqvae.readers import read_embeddings
-    from rqvae.synth import synth_interactions
+    from rqvae.io.interactions import write_interactions
+    from rqvae.io.readers import read_embeddings
+    from rqvae.io.synth import synth_interactions
 
     emb = read_embeddings(embeddings)
     events = synth_interactions(emb.ids, emb.vectors, n_users=1000, events=30, seed=0)
@@ -164,7 +164,7 @@ def ensure_synthetic(folder: Path, items: int, dim: int) -> Path:
         return folder
     if folder.exists():
         shutil.rmtree(folder)
-    from rqvae.synth import synth
+    from rqvae.io.synth import synth
 
     t0 = time.perf_counter()
     synth(folder, items, dim=dim, seed=0)
@@ -186,7 +186,7 @@ def report(snapshot: str, publish_root: Path, succeeded: bool) -> None:
     """Print the run's task durations (from the metadata DB) and, when it published, the manifest."""
     for task_id, state, seconds in task_durations(snapshot):
         print(f"   {task_id:<22} {state:<16} {seconds:8.1f}s")
-    from include.published import read_latest, version_for
+    from include.versions import read_latest, version_for
 
     version = version_for(publish_root, snapshot)
     if not succeeded or not version.is_complete():

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from include.results import Encoded, Plan
+from include.results import Encoded, Loaded, Plan, Published, RunInfo, Trained
 
 DIM = 16
 # Small enough that a run takes seconds on 2 CPU cores, large enough that the quality gates are meaningful.
@@ -35,7 +33,7 @@ TASK_IDS = [
 
 def make_snapshot(roots: dict[str, Path], snapshot: str, n: int = 3000, seed: int = 0) -> Path:
     """A complete synthetic snapshot (Parquet parts + `_SUCCESS`) under the embeddings root."""
-    from rqvae.synth import synth
+    from rqvae.io.synth import synth
 
     return synth(roots["embeddings"] / snapshot, n, dim=DIM, seed=seed)
 
@@ -63,7 +61,7 @@ def xcoms(dag_run) -> dict[str, object]:
 
 
 def latest(roots: dict[str, Path]) -> str | None:
-    from include.publish import read_latest
+    from include.stages.publish import read_latest
 
     return read_latest(roots["publish"])
 
@@ -82,35 +80,83 @@ def scrub_paths(text: str, base: Path) -> str:
     return text.replace(str(base), "{tmp}")
 
 
+def run_info(
+    work_dir: str | Path,
+    *,
+    publish_root: str | Path | None = None,
+    snapshot: str | None = None,
+    interactions_dir: str | Path | None = None,
+) -> RunInfo:
+    """The RunInfo `wait_for_embeddings` would hand on, for a stage called directly (the snapshot defaults to
+    the work folder's name; no interactions unless given)."""
+    work = Path(work_dir)
+    interactions = Path(interactions_dir) if interactions_dir is not None else work / "no-interactions"
+    return {
+        "snapshot": snapshot or work.name,
+        "snapshot_dir": str(work / "snapshot"),
+        "work_dir": str(work),
+        "publish_root": None if publish_root is None else str(publish_root),
+        "interactions_dir": str(interactions),
+        "interactions_name": interactions.name,
+    }
+
+
 def encode_all(
     model_dir: str | Path,
     artifact: str | Path,
     work_dir: str | Path,
     *,
     shard_size: int | None = None,
-    collision_mode: str = "dedup",
+    collision_mode: str | None = None,
     plan: Plan | None = None,
-    device: str = "auto",
+    device: str | None = None,
     publish_root: str | Path | None = None,
     snapshot: str | None = None,
-    retire_after: int = 7,
+    retire_after: int | None = None,
 ) -> Encoded:
     """`plan_shards`, every `encode_items` shard, then `resolve_collisions`, in this process: what the DAG's
     mapped tasks do, for tests that exercise the stages without a scheduler.
 
-    `publish_root` / `snapshot` / `retire_after`: continuity with the previous version (include.lineage).
+    `publish_root` / `snapshot` / `retire_after`: continuity with the previous version (include.continuity).
+    Options left None keep EncodeOptions' and TrainConfig's defaults, as a run with an untouched form would.
     """
-    from include.encode_items import encode_items, plan_shards
-    from include.resolve_collisions import resolve_collisions
-    from rqvae.config import DEFAULT_SHARD_SIZE
-    from rqvae.readers import row_count
+    from include.stages.encode_items import encode_items
+    from include.stages.plan_shards import plan_shards
+    from include.stages.resolve_collisions import resolve_collisions
+    from rqvae.config import EncodeOptions, TrainConfig
+    from rqvae.io.readers import row_count
 
     total = row_count(artifact)
     if total is None:
         raise ValueError(f"cannot count the rows of {artifact}")
-    shards = [
-        encode_items(model_dir, artifact, work_dir, shard, device=device, plan=plan)
-        for shard in plan_shards(total, shard_size or DEFAULT_SHARD_SIZE)
-    ]
-    return resolve_collisions(model_dir, artifact, work_dir, shards, collision_mode=collision_mode, plan=plan,
-                              publish_root=publish_root, snapshot=snapshot, retire_after=retire_after)
+    given = {"shard_size": shard_size, "collision_mode": collision_mode, "retire_after": retire_after}
+    options = EncodeOptions(**{k: v for k, v in given.items() if v is not None})
+    device = device or TrainConfig().device
+    run = run_info(work_dir, publish_root=publish_root, snapshot=snapshot)
+    trained: Trained = {"model_path": str(model_dir), "plan": plan or RETRAINED}  # type: ignore[typeddict-item]
+    shards = [encode_items(run, artifact, trained, shard, device) for shard in plan_shards(total, options, None)]
+    return resolve_collisions(run, artifact, trained, shards, options)
+
+
+RETRAINED: Plan = {"requested": "retrain", "used": "retrain", "reason": "test", "base_version": None}
+
+
+def publish_work(
+    snapshot: str,
+    work_dir: str | Path,
+    publish_root: str | Path,
+    *,
+    export_json: bool = False,
+    loaded: Loaded | None = None,
+    trained: Trained | None = None,
+    encoded: Encoded | None = None,
+    run_id: str | None = None,
+    params: dict | None = None,
+) -> Published:
+    """`publish` of a work folder as the DAG's task calls it (RunInfo + the run's options), for stage tests."""
+    from include.params import RunOptions
+    from include.stages.publish import publish
+
+    run = run_info(work_dir, publish_root=publish_root, snapshot=snapshot)
+    return publish(run, RunOptions(export_json=export_json), loaded=loaded, trained=trained, encoded=encoded,
+                   run_id=run_id, params=params)

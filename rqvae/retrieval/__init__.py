@@ -5,7 +5,7 @@ is a different question. This package trains one small decoder on users' histori
 beam constrained to real IDs and reports Recall@5/10, NDCG@10 and the exact next-item NLL, with standard errors
 and paired differences on the same users::
 
-    from rqvae.interactions import read_interactions
+    from rqvae.io.interactions import read_interactions
     from rqvae.retrieval import IdTable, RetrievalConfig, evaluate_id_sets, random_ids
 
     ours = IdTable.from_parquet("semantic_ids.parquet")

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..collisions import resolve_collisions
-from ..metrics import code_metrics
+from ..config import AUTO_DEVICE
+from ..ids.collisions import resolve_collisions
+from ..modes import CollisionMode, Method
+from ..quantize.metrics import code_metrics
 from .tokens import IdTable
 
 
@@ -22,7 +24,7 @@ def random_ids(item_ids: np.ndarray, codebook_size: Sequence[int], seed: int = 0
     rng = np.random.default_rng(seed)
     sizes = [int(k) for k in codebook_size]
     codes = np.column_stack([rng.integers(0, k, len(ids)) for k in sizes]).astype(np.int32)
-    dedup = resolve_collisions(ids, codes, sizes).dedup
+    dedup = resolve_collisions(ids, codes, sizes, CollisionMode.DEDUP).dedup
     return IdTable(ids, codes, dedup, tuple(sizes))
 
 
@@ -34,8 +36,8 @@ def model_ids(item_ids: np.ndarray, vectors: np.ndarray, model_config: Any, trai
     """
     import torch
 
-    from ..encode import encode_array
-    from ..train import train
+    from ..encoding.encode import encode_array
+    from ..training.loop import train
 
     vectors = np.ascontiguousarray(vectors, np.float32)
     result = train(vectors, model_config, train_config, show_progress=False)
@@ -44,17 +46,17 @@ def model_ids(item_ids: np.ndarray, vectors: np.ndarray, model_config: Any, trai
         x_hat = result.model.decode_codes(torch.from_numpy(codes).long().to(result.model.device)).cpu().numpy()
     sizes = list(result.model.codebook_size)
     ids = np.asarray(item_ids, np.int64)
-    table = IdTable(ids, codes, resolve_collisions(ids, codes, sizes).dedup, tuple(sizes))
+    table = IdTable(ids, codes, resolve_collisions(ids, codes, sizes, CollisionMode.DEDUP).dedup, tuple(sizes))
     metrics = {"recon_mse": float(np.mean((vectors - x_hat) ** 2)),
                "unique_ratio": code_metrics(codes, sizes)["unique_ratio"]}
     return table, metrics
 
 
 def rqkmeans_ids(item_ids: np.ndarray, vectors: np.ndarray, codebook_size: Sequence[int], seed: int = 0,
-                 device: str = "auto") -> IdTable:
+                 device: str = AUTO_DEVICE) -> IdTable:
     """Residual k-means IDs at the same L x K (``ModelConfig(method="rqkmeans")``: no learned encoder)."""
     from ..config import ModelConfig, TrainConfig
 
     sizes = [int(k) for k in codebook_size]
-    cfg = ModelConfig(input_dim=vectors.shape[1], num_codebooks=len(sizes), codebook_size=sizes, method="rqkmeans")
+    cfg = ModelConfig(input_dim=vectors.shape[1], num_codebooks=len(sizes), codebook_size=sizes, method=Method.RQKMEANS)
     return model_ids(item_ids, vectors, cfg, TrainConfig(seed=seed, device=device))[0]

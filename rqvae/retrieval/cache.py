@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fsutil import atomic_path, write_bytes_atomic
+from ..io.fsutil import atomic_path, write_bytes_atomic
 from .data import PreparedSplit
 from .tokens import IdTable
 from .train import RunResult

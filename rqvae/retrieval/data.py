@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..interactions import Interactions, LeaveOneOut, leave_one_out
+from ..io.interactions import Interactions, LeaveOneOut, leave_one_out
 from .tokens import IdTable, TokenLayout
 
 logger = logging.getLogger(__name__)

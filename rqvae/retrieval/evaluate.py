@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 
 from ..errors import InputError
-from ..interactions import Interactions
+from ..io.interactions import Interactions
 from .cache import RunCache, run_key
 from .data import PreparedSplit, Sequences, prepare_split
 from .index import PrefixIndex

@@ -40,7 +40,7 @@ class PrefixIndex:
     def from_arrays(
         cls, sizes: tuple[int, ...], keys: list[np.ndarray], codes: list[np.ndarray], items: np.ndarray
     ) -> PrefixIndex:
-        """A trie from its saved arrays (see :mod:`rqvae.serving`): no sort, so loading costs only the read.
+        """A trie from its saved arrays (see :mod:`rqvae.ids.serving`): no sort, so loading costs only the read.
 
         ``rows`` (the sorted ID table, used only while building) is not kept.
         """

@@ -67,7 +67,7 @@ class IdTable:
     @classmethod
     def from_parquet(cls, path: str | Path, codebook_sizes: tuple[int, ...] = ()) -> IdTable:
         """Read a semantic-ID file or part folder (``item_id``, ``codes``, ``dedup``)."""
-        from ..idfile import read_semantic_ids
+        from ..io.idfile import read_semantic_ids
 
         ids, codes, dedup = read_semantic_ids(path)
         try:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import AUTO_DEVICE
 from ..errors import ConfigError
 from ..model import resolve_device
 from .data import Sequences
@@ -53,7 +54,7 @@ class RetrievalConfig:
     min_interactions: int = 3
     cold_threshold: int = 5
     eval_batch: int = 256
-    device: str = "auto"
+    device: str = AUTO_DEVICE
     seed: int = 0
 
     def __post_init__(self) -> None:

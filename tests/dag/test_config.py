@@ -8,6 +8,7 @@ import json
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,13 +25,8 @@ from include.params import (
 )
 from rqvae.cli import build_parser, main
 from rqvae.config import (
-    ALIGN_MODES,
-    COLLISION_MODES,
     CONFIG_CLASSES,
     DEFAULT_SHARD_SIZE,
-    DISTANCES,
-    KMEANS_METHODS,
-    RUN_MODES,
     CodeChecks,
     EncodeOptions,
     InputChecks,
@@ -247,7 +243,7 @@ def small_model(**changes) -> tuple:
 
 
 def test_model_directory_stores_the_whole_model_config(tmp_path):
-    from rqvae.checkpoint import load_model, read_config, save_model
+    from rqvae.io.checkpoint import load_model, read_config, save_model
 
     config, model, x = small_model(method="rqkmeans", last_level_balance=0.25, kmeans_method="kmeans")
     saved = read_config(save_model(model, tmp_path / "m"))["model"]
@@ -262,7 +258,7 @@ def test_model_directory_stores_the_whole_model_config(tmp_path):
 
 
 def test_model_directory_of_the_old_format_still_loads(tmp_path):
-    from rqvae.checkpoint import CONFIG_NAME, load_model, save_model
+    from rqvae.io.checkpoint import CONFIG_NAME, load_model, save_model
 
     _, model, x = small_model()
     path = save_model(model, tmp_path / "old")
@@ -276,8 +272,8 @@ def test_model_directory_of_the_old_format_still_loads(tmp_path):
 
 
 def test_train_writes_method_into_the_model_directory(tmp_path):
-    from rqvae.checkpoint import read_config
-    from rqvae.train import train
+    from rqvae.io.checkpoint import read_config
+    from rqvae.training.loop import train
 
     x = torch.randn(300, 8, generator=torch.Generator().manual_seed(1)).numpy()
     cfg = ModelConfig(input_dim=8, num_codebooks=2, codebook_size=4, method="rqkmeans")
@@ -335,23 +331,45 @@ def test_cli_refuses_a_bad_value_with_exit_code_2(tmp_path, capsys):
 # ---------------------------------------------------------------------------------- one value per constant
 
 
-def test_enumerations_agree_with_the_code_that_acts_on_them():
-    from include.incremental import MODES
-    from include.lineage import ALIGN_MODES as LINEAGE_ALIGN_MODES
-    from rqvae.collisions import CollisionMode
-    from rqvae.kmeans import METHODS
-    from rqvae.search import Distance
+def test_every_mode_field_takes_its_choices_from_one_enum():
+    """A mode's values are spelled once (rqvae.modes): the form's enum, the CLI's choices and the parsed config
+    value all come from its Mode, and the code that acts on a mode accepts every member."""
+    import torch
 
-    assert set(KMEANS_METHODS) == set(METHODS)
-    assert set(COLLISION_MODES) == {m.value for m in CollisionMode}
-    assert RUN_MODES == MODES and ALIGN_MODES == LINEAGE_ALIGN_MODES
-    assert all(Distance.parse(name) for name in DISTANCES)
+    from rqvae.ids.collisions import resolve_collisions
+    from rqvae.modes import CollisionMode, KMeansInit, Mode
+    from rqvae.quantize.kmeans import fit_codebook
+
+    modes = set()
+    for cls in (*FORM_CLASSES, *EVALUATION_CLASSES):
+        for spec, opt in described(cls):
+            if opt.enum is None:
+                continue
+            assert opt.modes is not None and issubclass(opt.modes, Mode), spec.name
+            assert opt.enum == opt.modes.choices(), spec.name
+            assert isinstance(default_of(spec), opt.modes), spec.name
+            modes.add(opt.modes)
+            if opt.in_form:
+                assert dag_params()[spec.name].schema["enum"] == list(opt.modes.choices())
+            for choice in opt.modes.choices():  # every choice parses, as a form or flag value would arrive
+                assert opt.modes.parse(choice) in set(opt.modes)
+    assert {m.__name__ for m in modes} >= {"CollisionMode", "Method", "KMeansInit", "Distance", "Gradient",
+                                           "Alignment", "RunMode", "Precision"}
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    for init in KMeansInit:
+        assert fit_codebook(x, 4, init, 2, torch.Generator().manual_seed(0)).shape == (4, 2)
+    codes = np.zeros((3, 2), np.int32)
+    for mode in CollisionMode:
+        resolved = resolve_collisions(np.arange(3), codes, [4, 4], mode, lambda rows: np.ones((len(rows), 4)))
+        assert len({(*c, d) for c, d in zip(resolved.codes.tolist(), resolved.dedup.tolist(), strict=True)}) == 3
+    with pytest.raises(ConfigError, match=r"expected one of \['dedup', 'reassign'\]"):
+        EncodeOptions(collision_mode="shuffle")
 
 
 def test_shard_size_default_is_written_once():
-    import include.encode_items
+    import include.stages.plan_shards
 
-    assert not hasattr(include.encode_items, "DEFAULT_SHARD_SIZE")  # the stage takes it from the config
+    assert not hasattr(include.stages.plan_shards, "DEFAULT_SHARD_SIZE")  # the stage takes it from the config
     spec = next(s for s in fields(EncodeOptions) if s.name == "shard_size")
     assert default_of(spec) == DEFAULT_SHARD_SIZE
 

@@ -42,8 +42,8 @@ def test_run_publishes_a_version_and_moves_latest(airflow_db, pipeline_dag, root
         manifest["files"]
     )
 
-    from rqvae.fsutil import sha256_file
-    from rqvae.idfile import read_semantic_ids
+    from rqvae.io.fsutil import sha256_file
+    from rqvae.io.idfile import read_semantic_ids
 
     artifact = work / "embeddings.parquet"
     assert manifest["checksums"]["input"] == sha256_file(artifact, tagged=True)

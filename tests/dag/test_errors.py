@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from include.gx_suites import ValidationFailed
-from include.publish import PublishError
-from include.record_evaluation import QualityGateFailed, StaleEvaluation
 from include.settings import PathOutsideRootError
 from include.snapshot import SnapshotError
+from include.stages.publish import PublishError
+from include.stages.record_evaluation import QualityGateFailed, StaleEvaluation
 from rqvae import cli
 from rqvae.errors import ConfigError, InputError, ModelLoadError, PermanentError, RQVAEError
 

@@ -26,9 +26,9 @@ def _tree_digest(folder: Path) -> dict[str, bytes]:
 
 
 def _write_interactions(roots: dict[str, Path], snapshot: str, **kwargs) -> Path:
-    from rqvae.interactions import write_interactions
-    from rqvae.readers import read_embeddings
-    from rqvae.synth import synth_interactions
+    from rqvae.io.interactions import write_interactions
+    from rqvae.io.readers import read_embeddings
+    from rqvae.io.synth import synth_interactions
 
     emb = read_embeddings(roots["embeddings"] / snapshot)
     events = synth_interactions(emb.ids, emb.vectors, n_users=kwargs.pop("n_users", 150), events=12, step=20)
@@ -84,7 +84,7 @@ def test_evaluation_writes_verdict_beside_the_unchanged_ids(published, evaluatio
 
     manifest = json.loads((published / "manifest.json").read_text())
     assert manifest["downstream"]["status"] == summary["status"]
-    from rqvae.fsutil import sha256_file
+    from rqvae.io.fsutil import sha256_file
 
     for name in ("evaluation.json", "report/evaluation.png", "report/index.html"):
         assert manifest["files"][name]["sha256"] == sha256_file(published / name, tagged=True), name
@@ -93,7 +93,7 @@ def test_evaluation_writes_verdict_beside_the_unchanged_ids(published, evaluatio
 
 
 def test_second_version_is_compared_with_the_previous_one(published, pipeline_dag, evaluation_dag, roots):
-    from rqvae.readers import read_embeddings, write_embeddings
+    from rqvae.io.readers import read_embeddings, write_embeddings
 
     emb = read_embeddings(roots["embeddings"] / SNAPSHOT)  # the next day: the same catalogue, 10% items moved
     vectors = emb.vectors.copy()
@@ -122,8 +122,9 @@ def test_bad_interactions_fail_validation_and_record_nothing(published, evaluati
 
 
 def test_gate_flags_a_worse_version_without_unpublishing(published, roots, tmp_path):
-    from include.evaluate_retrieval import RESULT
-    from include.record_evaluation import QualityGateFailed, gate, record_evaluation
+    from include.params import EvaluationOptions
+    from include.stages.evaluate_retrieval import RESULT
+    from include.stages.record_evaluation import QualityGateFailed, gate, record_evaluation
 
     result = json.loads((published / "evaluation.json").read_text())
     result["paired"]["this-rqkmeans"]["nll"] = {"mean": 0.5, "se": 0.1, "n": 100}  # 5 SE worse
@@ -134,7 +135,7 @@ def test_gate_flags_a_worse_version_without_unpublishing(published, roots, tmp_p
     path.write_text(json.dumps({k: v for k, v in result.items() if k not in ("summary", "gate")}))
     ids_before = (published / "semantic_ids.parquet").read_bytes()
     with pytest.raises(QualityGateFailed, match="nll worse than rqkmeans"):
-        record_evaluation(published, path, max_se=2.0, run_id="manual__gate")
+        record_evaluation(published, path, EvaluationOptions(max_se=2.0), run_id="manual__gate")
     assert (published / "semantic_ids.parquet").read_bytes() == ids_before
     assert (roots["publish"] / "latest").resolve().name in {SNAPSHOT, "2026-05-02"}
     flagged = json.loads((published / "evaluation.json").read_text())
@@ -144,7 +145,8 @@ def test_gate_flags_a_worse_version_without_unpublishing(published, roots, tmp_p
 
 
 def test_a_republish_during_evaluation_makes_the_result_stale(published, tmp_path):
-    from include.record_evaluation import StaleEvaluation, record_evaluation
+    from include.params import EvaluationOptions
+    from include.stages.record_evaluation import StaleEvaluation, record_evaluation
 
     result = json.loads((published / "evaluation.json").read_text())
     result["semantic_ids_sha256"] = "sha256:" + "0" * 64
@@ -152,12 +154,12 @@ def test_a_republish_during_evaluation_makes_the_result_stale(published, tmp_pat
     path.write_text(json.dumps(result))
     before = (published / "evaluation.json").read_bytes()
     with pytest.raises(StaleEvaluation):
-        record_evaluation(published, path)
+        record_evaluation(published, path, EvaluationOptions())
     assert (published / "evaluation.json").read_bytes() == before
 
 
 def test_the_newest_triggering_event_is_evaluated():
-    from include.evaluate_retrieval import triggering_version
+    from include.stages.find_version import triggering_version
 
     def event(day: str) -> SimpleNamespace:
         return SimpleNamespace(extra={"snapshot": day, "version_path": f"/p/{day}"})
@@ -169,15 +171,15 @@ def test_the_newest_triggering_event_is_evaluated():
 
 
 def test_a_version_outside_the_publish_root_is_refused(roots):
-    from include.evaluate_retrieval import find_version
     from include.settings import PathOutsideRootError, load_roots
+    from include.stages.find_version import find_version
 
     with pytest.raises(PathOutsideRootError):
         find_version(load_roots(), "../../etc")
 
 
 def test_synthetic_interactions_follow_content():
-    from rqvae.synth import synth_interactions
+    from rqvae.io.synth import synth_interactions
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((500, 8)).astype(np.float32)

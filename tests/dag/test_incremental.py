@@ -15,18 +15,19 @@ import pytest
 from include.files import read_json
 from include.incremental import plan
 from include.layout import RunFolder
-from include.load_embeddings import load_embeddings
-from include.publish import publish
-from include.published import ITEM_HASHES
-from include.train_rqvae import train_rqvae
-from include.validate_codes import validate_codes
-from include.validate_dims import validate_dims
+from include.params import RunOptions
+from include.stages.load_embeddings import load_embeddings
+from include.stages.publish import publish
+from include.stages.train_rqvae import train_rqvae
+from include.stages.validate_codes import validate_codes
+from include.stages.validate_dims import validate_dims
+from include.versions import ITEM_HASHES
 from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
-from rqvae.idfile import read_semantic_ids
-from rqvae.readers import read_embeddings
-from rqvae.stability import embedding_hash, id_churn
-from rqvae.synth import synth
-from tests.helpers import encode_all
+from rqvae.ids.stability import embedding_hash, id_churn
+from rqvae.io.idfile import read_semantic_ids
+from rqvae.io.readers import read_embeddings
+from rqvae.io.synth import synth
+from tests.helpers import encode_all, run_info
 
 DIM = 16
 MODEL = ModelConfig(input_dim=DIM, num_codebooks=2, codebook_size=16)
@@ -47,13 +48,14 @@ def run_day(base: Path, day: str, ids: np.ndarray, vectors: np.ndarray, mode: st
     folder = RunFolder(work)
     loaded = load_embeddings(write_day(base / "emb" / day, ids, vectors), work)
     validate_dims(loaded["path"], folder.input_report, InputChecks(expected_dim=DIM, min_items=1))
-    policy = RetrainPolicy(mode=mode, retrain_factor=kw.get("retrain_factor", 1.5))
-    trained = train_rqvae(loaded["path"], work, MODEL, TRAIN, policy, publish_root=root)
-    encoded = encode_all(trained["model_path"], loaded["path"], work,
-                         collision_mode=kw.get("collision_mode", "dedup"), plan=trained["plan"])
+    policy = RetrainPolicy(mode=mode, **{k: kw[k] for k in ("retrain_factor",) if k in kw})
+    run = run_info(work, publish_root=root, snapshot=day)
+    trained = train_rqvae(run, loaded["path"], MODEL, TRAIN, policy)
+    encoded = encode_all(trained["model_path"], loaded["path"], work, collision_mode=kw.get("collision_mode"),
+                         plan=trained["plan"])
     validate_codes(encoded["path"], loaded["path"], folder.codes_report, CodeChecks(min_unique_ratio=0.01),
                    codebook_sizes=encoded["codebook_size"], recon_mse=encoded["recon_mse"])
-    published = publish(day, work, root, loaded=loaded, trained=trained, encoded=encoded)
+    published = publish(run, RunOptions(), loaded=loaded, trained=trained, encoded=encoded)
     version = Path(published["version_path"])
     for result in (trained, encoded):
         assert len(json.dumps(result)) < 4096, "XCom-sized"
@@ -110,8 +112,8 @@ def test_new_and_changed_items_get_unique_ids_around_the_kept_ones(days):
 
 
 def test_changed_items_are_re_encoded_with_the_published_model(days):
-    from rqvae.checkpoint import load_model
-    from rqvae.encode import encode_array
+    from rqvae.encoding.encode import encode_array
+    from rqvae.io.checkpoint import load_model
 
     model = load_model(days["day1"]["version"] / "model")
     day2 = id_map(days["day2"]["version"])
@@ -152,17 +154,17 @@ def test_auto_retrains_when_the_published_model_no_longer_fits(days):
     base, items = days["base"], days["items"]
     artifact = RunFolder(base / "work" / "2026-02-03").embeddings
     root = base / "published"
-    same = plan("auto", root, artifact)
+    same = plan(RetrainPolicy(mode="auto"), root, artifact, "cpu")
     assert same["used"] == "incremental" and same["n_new_or_changed"] == 0
     # a catalogue that drifted: every vector rotated far from what the model learned
     drifted = np.roll(items.vectors[:1000], 5, axis=1) * 3.0
     work = base / "work" / "drift"
     write_day(base / "emb" / "drift", items.ids[:1000], drifted.astype(np.float32))
     loaded = load_embeddings(base / "emb" / "drift", work)
-    decision = plan("auto", root, loaded["path"], retrain_factor=1.5)
+    decision = plan(RetrainPolicy(mode="auto", retrain_factor=1.5), root, loaded["path"], "cpu")
     assert decision["used"] == "retrain" and decision["recon_mse_new"] > 1.5 * decision["recon_mse_published"]
     with pytest.raises(ValueError, match="expected one of"):
-        plan("sometimes", root, artifact)
+        RetrainPolicy(mode="sometimes")
 
 
 def test_embedding_hash_sees_any_change_and_churn_counts_it(tmp_path):
@@ -172,7 +174,7 @@ def test_embedding_hash_sees_any_change_and_churn_counts_it(tmp_path):
     y[3, 6] = np.nextafter(y[3, 6], np.float32(9))  # one ulp in one value
     assert (embedding_hash(y) != h).tolist() == [i == 3 for i in range(50)]
     assert len(set(h.tolist())) == 50
-    from rqvae.idfile import SemanticIdWriter
+    from rqvae.io.idfile import SemanticIdWriter
 
     ids = np.arange(4, dtype=np.int64)
     with SemanticIdWriter(tmp_path / "a.parquet", 2) as w:
@@ -188,7 +190,7 @@ def published_recon_mse(version: Path, embeddings: Path) -> float:
     """Per-element MSE of every item decoded from its published codes: the figure the IDs really have."""
     import torch
 
-    from rqvae.checkpoint import load_model
+    from rqvae.io.checkpoint import load_model
 
     model = load_model(version / "model").eval()
     emb = read_embeddings(embeddings)

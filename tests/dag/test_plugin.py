@@ -16,14 +16,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from include.layout import RunFolder
-from include.load_embeddings import load_embeddings
-from include.publish import publish
-from include.train_rqvae import train_rqvae
-from include.validate_codes import validate_codes
-from include.validate_dims import validate_dims
-from rqvae.config import CodeChecks, InputChecks, ModelConfig, TrainConfig
-from rqvae.synth import synth
-from tests.helpers import encode_all
+from include.params import RunOptions
+from include.stages.load_embeddings import load_embeddings
+from include.stages.publish import publish
+from include.stages.train_rqvae import train_rqvae
+from include.stages.validate_codes import validate_codes
+from include.stages.validate_dims import validate_dims
+from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
+from rqvae.io.synth import synth
+from tests.helpers import encode_all, run_info
 
 ROUTES = ["/semantic-ids/", "/semantic-ids/latest", "/semantic-ids/2026-03-01/manifest.json",
           "/semantic-ids/2026-03-01/report/index.html", "/semantic-ids/2026-03-02/evaluation.json",
@@ -43,12 +44,14 @@ def published_root(tmp_path_factory) -> Path:
         folder = RunFolder(work)
         loaded = load_embeddings(synth(base / "emb" / day, 2000, dim=8, seed=2), work)
         validate_dims(loaded["path"], folder.input_report, InputChecks(expected_dim=8, min_items=1))
-        trained = train_rqvae(loaded["path"], work, ModelConfig(input_dim=8, num_codebooks=2, codebook_size=8),
-                              TrainConfig(epochs=1, batch_size=256))
-        encoded = encode_all(trained["model_path"], loaded["path"], work)
+        run = run_info(work, publish_root=root, snapshot=day)
+        trained = train_rqvae(run, loaded["path"], ModelConfig(input_dim=8, num_codebooks=2, codebook_size=8),
+                              TrainConfig(epochs=1, batch_size=256), RetrainPolicy())
+        encoded = encode_all(trained["model_path"], loaded["path"], work, plan=trained["plan"],
+                             publish_root=root, snapshot=day)
         validate_codes(encoded["path"], loaded["path"], folder.codes_report, CodeChecks(min_unique_ratio=0.01),
                        codebook_sizes=encoded["codebook_size"], recon_mse=encoded["recon_mse"])
-        publish(day, work, root, trained=trained, encoded=encoded)
+        publish(run, RunOptions(), loaded=None, trained=trained, encoded=encoded)
     (root / "2026-03-02" / "evaluation.json").write_text(json.dumps({"summary": PASSED}))
     (root / "2026-03-02" / "evaluation_recall.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (root / "secret.txt").write_text("not for the UI")
@@ -157,6 +160,27 @@ def test_index_lists_versions_and_marks_latest(client):
     assert 'href="2026-03-01/report/index.html"' in text
     assert 'iframe src="2026-03-02/report/index.html"' in text
     assert "2000" in text  # n_items
+
+
+def test_a_publish_root_set_as_an_airflow_variable_is_the_pages_root(published_root, tokens, monkeypatch):
+    """The page resolves the roots as the DAGs do (include.settings.configured_roots): with no environment
+    variable, the Airflow Variable `rqvae_publish_root` (set in the UI, no redeploy) decides what it lists."""
+    from airflow.api_fastapi.app import init_plugins
+    from airflow.models.variable import Variable  # the metadata DB, as the UI writes it (no task here)
+
+    monkeypatch.delenv("RQVAE_PUBLISH_ROOT", raising=False)
+    app = FastAPI()
+    init_plugins(app)
+    page = as_user(app, tokens["admin"])
+    assert "2026-03-02 <b>(latest)</b>" not in page.get("/semantic-ids/").text  # the project default: empty
+    Variable.set("rqvae_publish_root", str(published_root))
+    try:
+        text = page.get("/semantic-ids/").text
+        assert "2026-03-01" in text and "2026-03-02 <b>(latest)</b>" in text
+        assert page.get("/semantic-ids/2026-03-01/manifest.json").status_code == 200
+    finally:
+        Variable.delete("rqvae_publish_root")
+    assert "2026-03-02 <b>(latest)</b>" not in page.get("/semantic-ids/").text
 
 
 def test_index_shows_downstream_and_interactions_columns(client):

@@ -16,11 +16,11 @@ import requests
 
 from include.files import read_json
 from include.layout import FINISHED_MARKER, prune_runs, run_key
-from include.publish import KEEP_SUPERSEDED
-from include.published import MANIFEST, VERSIONS, read_latest
-from rqvae.fsutil import sha256_file, sha256_tree
-from rqvae.idfile import read_semantic_ids
-from rqvae.synth import synth
+from include.stages.publish import KEEP_SUPERSEDED
+from include.versions import MANIFEST, VERSIONS, read_latest
+from rqvae.io.fsutil import sha256_file, sha256_tree
+from rqvae.io.idfile import read_semantic_ids
+from rqvae.io.synth import synth
 from tests.airflow_server import standalone
 from tests.helpers import DIM, SMALL, encode_all
 

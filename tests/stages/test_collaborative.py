@@ -1,5 +1,5 @@
-"""Collaborative training (rqvae.collaborative): the logs it reads, the embeddings it derives, what it changes and
-what it must not: weight 0 is today's training bit for bit, nothing of a user's held-out events reaches the model,
+"""Collaborative training (rqvae.training.collaborative): the logs it reads, the embeddings it derives, what it changes
+and what it must not: weight 0 is today's training bit for bit, nothing of a user's held-out events reaches the model,
 and items without interactions still get IDs from their content."""
 
 from __future__ import annotations
@@ -16,11 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rqvae.collaborative import DEFAULT_WEIGHT, ItemSequences, collaborative_embeddings, item_rows, read_sequences
 from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
-from rqvae.interactions import Interactions, leave_one_out, read_interactions, write_interactions
-from rqvae.train import train
-from tests.helpers import encode_all
+from rqvae.io.interactions import Interactions, leave_one_out, read_interactions, write_interactions
+from rqvae.training.collaborative import (
+    DEFAULT_WEIGHT,
+    ItemSequences,
+    collaborative_embeddings,
+    item_rows,
+    read_sequences,
+)
+from rqvae.training.loop import train
+from tests.helpers import encode_all, run_info
 
 DIM = 16
 
@@ -231,14 +237,14 @@ def test_collaborative_codes_follow_behaviour_and_cold_items_follow_their_conten
 
 
 def test_pipeline_stage_uses_a_complete_interactions_snapshot_and_the_manifest_says_so(tmp_path):
-    """include.train_rqvae: an absent or unfinished snapshot trains content-only, exactly as without one; a complete
-    one trains on each user's leave-one-out training part (the held-out events change nothing), and publish
+    """include.stages.train_rqvae: an absent or unfinished snapshot trains content-only, exactly as without one; a
+    complete one trains on each user's leave-one-out training part (the held-out events change nothing), and publish
     records it in manifest["collaborative"] and the report."""
-    from include.load_embeddings import load_embeddings
-    from include.publish import publish
-    from include.validate_codes import validate_codes
-    from include.validate_dims import validate_dims
-    from rqvae.fsutil import sha256_file
+    from include.stages.load_embeddings import load_embeddings
+    from include.stages.validate_codes import validate_codes
+    from include.stages.validate_dims import validate_dims
+    from rqvae.io.fsutil import sha256_file
+    from tests.helpers import publish_work
 
     x, ids, _, _, log = _behaviour_world(n=600, seed=1)
     day = "2026-01-01"
@@ -260,11 +266,12 @@ def test_pipeline_stage_uses_a_complete_interactions_snapshot_and_the_manifest_s
             write_interactions(folder, interactions)
             if not success:
                 (folder / "_SUCCESS").unlink()
-        trained = train_rqvae(loaded["path"], work, model, training, policy, interactions_dir=str(folder),
-                              interactions_root=str(root))
+        run_ = run_info(work, interactions_dir=folder)
+        run_["interactions_name"] = folder.relative_to(root).as_posix()
+        trained = train_rqvae(run_, loaded["path"], model, training, policy)
         return trained, sha256_file(work / "model" / "model.safetensors")
 
-    from include.train_rqvae import train_rqvae
+    from include.stages.train_rqvae import train_rqvae
 
     plain, plain_sha = run("absent", None)
     unfinished, unfinished_sha = run("unfinished", log, success=False)
@@ -288,7 +295,7 @@ def test_pipeline_stage_uses_a_complete_interactions_snapshot_and_the_manifest_s
     validate_codes(encoded["path"], loaded["path"], work / "validation" / "codes.json",
                    CodeChecks(min_unique_ratio=0.01), codebook_sizes=encoded["codebook_size"],
                    recon_mse=encoded["recon_mse"])
-    result = publish(day, work, tmp_path / "published", trained=used, encoded=encoded)
+    result = publish_work(day, work, tmp_path / "published", trained=used, encoded=encoded)
     manifest = json.loads(Path(result["manifest"]).read_text())
     assert manifest["collaborative"] == entry
     page = (tmp_path / "published" / day / "report" / "index.html").read_text()
@@ -314,13 +321,13 @@ def test_cli_train_with_interactions(tmp_path, capsys):
 def test_downstream_benchmark_trains_collaborative_ids_on_the_training_part_only(monkeypatch):
     """bench/downstream.py's collaborative ID set learns from the split's training events, never a held-out one."""
     import bench.downstream as bench
-    import rqvae.train
+    import rqvae.training.loop
 
     x, ids, _, _, log = _behaviour_world(n=300, seed=3)  # every user: 20 events at times 0..19
     split = leave_one_out(log)
     seen: list[Interactions] = []
-    real = rqvae.train.train
-    monkeypatch.setattr(rqvae.train, "train", lambda *a, **k: seen.append(k["interactions"]) or real(*a, **k))
+    real = rqvae.training.loop.train
+    monkeypatch.setattr(rqvae.training.loop, "train", lambda *a, **k: seen.append(k["interactions"]) or real(*a, **k))
     inputs = bench.BenchInputs(ids, x, split.train_interactions(), levels=2, codebook_size=8, seed=0)
     table, quality = bench.ID_SETS["collab"].build(inputs)
     events = set(zip(seen[0].user_id.tolist(), seen[0].timestamp.tolist(), strict=True))
@@ -332,7 +339,7 @@ def test_downstream_benchmark_trains_collaborative_ids_on_the_training_part_only
 def test_interrupted_collaborative_training_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
     """The alignment is fitted once, on the initial latent; a resumed run must reuse the checkpointed one, not refit
     it on the half-trained latent, and end where an uninterrupted run ends."""
-    import rqvae.train as train_module
+    import rqvae.training.loop as train_module
 
     x, _ = _clusters(800, 8, seed=4)
     ids = np.arange(800, dtype=np.int64) * 3 + 5

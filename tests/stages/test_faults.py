@@ -23,20 +23,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from include import publish as publish_module
 from include.files import read_json
 from include.layout import RunFolder
-from include.load_embeddings import load_embeddings
-from include.publish import KEEP_SUPERSEDED, publish
-from include.published import LATEST, LATEST_JSON, LOCK_FILE, MANIFEST, VERSIONS, read_latest
-from include.train_rqvae import train_rqvae
-from include.validate_codes import validate_codes
-from include.validate_dims import validate_dims
-from rqvae.config import CodeChecks, InputChecks, ModelConfig, TrainConfig
-from rqvae.fsutil import sha256_file, sha256_tree
-from rqvae.idfile import read_semantic_ids
-from rqvae.synth import synth
-from tests.helpers import encode_all
+from include.stages import publish as publish_module
+from include.stages.load_embeddings import load_embeddings
+from include.stages.publish import KEEP_SUPERSEDED
+from include.stages.train_rqvae import train_rqvae
+from include.stages.validate_codes import validate_codes
+from include.stages.validate_dims import validate_dims
+from include.versions import LATEST, LATEST_JSON, LOCK_FILE, MANIFEST, VERSIONS, read_latest
+from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
+from rqvae.io.fsutil import sha256_file, sha256_tree
+from rqvae.io.idfile import read_semantic_ids
+from rqvae.io.synth import synth
+from tests.helpers import encode_all, publish_work, run_info
 
 DIM = 16
 OLD, NEW = "2026-07-01", "2026-07-02"
@@ -50,7 +50,8 @@ def prepare(snapshot_dir: Path, work_dir: Path) -> dict:
     loaded = load_embeddings(snapshot_dir, work_dir)
     folder = RunFolder(work_dir)
     validate_dims(loaded["path"], folder.input_report, InputChecks(expected_dim=DIM, min_items=100))
-    trained = train_rqvae(loaded["path"], work_dir, MODEL, TrainConfig(epochs=1, batch_size=128))
+    trained = train_rqvae(run_info(work_dir), loaded["path"], MODEL, TrainConfig(epochs=1, batch_size=128),
+                          RetrainPolicy())
     encoded = encode_all(trained["model_path"], loaded["path"], work_dir)
     validate_codes(
         encoded["path"], loaded["path"], folder.codes_report, CODE_CHECKS, codebook_sizes=encoded["codebook_size"],
@@ -112,7 +113,7 @@ def make_legacy(root: Path, snapshot: str) -> None:
     shutil.rmtree(root / VERSIONS / snapshot)
 
 
-# Each fault wraps one step of include.publish in the child and exits at it, as a SIGKILL there would.
+# Each fault wraps one step of include.stages.publish in the child and exits at it, as a SIGKILL there would.
 PUBLISH_FAULTS = {
     "staging_half_written": "p._make_readable = lambda folder: die()",
     "staging_written": "p._stage = after(p._stage)",
@@ -143,7 +144,8 @@ FAULT_LABELS = {
 CHILD = """
 import os, shutil, sys
 from pathlib import Path
-from include import publish as p
+from include.stages import publish as p
+from tests.helpers import publish_work
 
 def die():
     os._exit({killed})
@@ -162,7 +164,7 @@ def before(step, when):
     return wrapped
 
 {patch}
-p.publish(sys.argv[1], sys.argv[2], sys.argv[3], run_id="killed")
+publish_work(sys.argv[1], sys.argv[2], sys.argv[3], run_id="killed")
 """
 
 
@@ -176,9 +178,9 @@ def killed_publish(fault: str, snapshot: str, work: Path, root: Path) -> int:
 
 def setup_root(root: Path, ready: Path, scenario: str) -> None:
     """OLD published; then NEW not yet (`first`), once or twice (`republish`), or as a plain folder (`legacy`)."""
-    publish(OLD, ready, root, run_id="old")
+    publish_work(OLD, ready, root, run_id="old")
     for run_id in {"first": [], "republish": ["first", "second"], "legacy": ["first"]}[scenario]:
-        publish(NEW, ready, root, run_id=run_id)
+        publish_work(NEW, ready, root, run_id=run_id)
     if scenario == "legacy":
         make_legacy(root, NEW)
 
@@ -214,10 +216,10 @@ def test_publish_killed_at_each_step_keeps_latest_and_the_retry_completes(fault,
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(publish_module, "_stage", _disk_full)
             with pytest.raises(OSError, match="No space left"):
-                publish(NEW, ready, root, run_id="failed-retry")
+                publish_work(NEW, ready, root, run_id="failed-retry")
         pointers_resolve(root)
         assert read_latest(root) == NEW and (root / NEW).is_dir()
-    result = publish(NEW, ready, root, run_id="retry")  # Airflow's retry of the publish task
+    result = publish_work(NEW, ready, root, run_id="retry")  # Airflow's retry of the publish task
     consistent(root, {OLD, NEW}, NEW)
     assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] == "retry" and result["latest"] == NEW
     reliability_log.append(
@@ -238,7 +240,8 @@ SCENARIO_LABELS = {"first": "first publish of a snapshot", "republish": "third p
 SWEEP_CHILD = """
 import os, shutil, sys
 from pathlib import Path
-from include import publish as p
+from include.stages import publish as p
+from tests.helpers import publish_work
 
 root, kill_at, seen = Path(sys.argv[3]), int(sys.argv[4]), []
 
@@ -266,7 +269,7 @@ def hook(event, args):
             return
 
 sys.addaudithook(hook)
-p.publish(sys.argv[1], sys.argv[2], str(root), run_id="killed")
+publish_work(sys.argv[1], sys.argv[2], str(root), run_id="killed")
 print(len(seen))
 """
 
@@ -303,7 +306,7 @@ def test_a_kill_before_any_change_of_the_publish_root_never_leaves_latest_dangli
             assert read_latest(root) in (OLD, NEW)
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(publish_module, "_stage", staged_copy)
-                publish(NEW, ready, root, run_id="retry")  # the retry
+                publish_work(NEW, ready, root, run_id="retry")  # the retry
             consistent(root, {OLD, NEW}, NEW)
         shutil.rmtree(root)
         kill_at += 1
@@ -343,8 +346,8 @@ def _generic(name: str) -> str:
 
 ENCODE_CHILD = """
 import os, sys
-from rqvae import idfile
-from tests.helpers import encode_all
+from rqvae.io import idfile
+from tests.helpers import encode_all, run_info
 fault = sys.argv[4]
 original_write, original_exit = idfile.SemanticIdWriter.write, idfile.SemanticIdWriter.__exit__
 parts = []
@@ -413,16 +416,17 @@ def test_retried_encode_overwrites_its_own_output_and_never_duplicates_rows(faul
 
 TRAIN_CHILD = """
 import sys
-from include.train_rqvae import train_rqvae
-from rqvae.config import ModelConfig, TrainConfig
-train_rqvae(sys.argv[1], sys.argv[2], ModelConfig(input_dim=16, num_codebooks=2, codebook_size=16),
-            TrainConfig(epochs=8, batch_size=32))
+from include.stages.train_rqvae import train_rqvae
+from rqvae.config import ModelConfig, RetrainPolicy, TrainConfig
+from tests.helpers import run_info
+train_rqvae(run_info(sys.argv[2]), sys.argv[1], ModelConfig(input_dim=16, num_codebooks=2, codebook_size=16),
+            TrainConfig(epochs=8, batch_size=32), RetrainPolicy())
 """
 
 
 def test_killed_train_task_resumes_from_its_checkpoint_on_retry(ready, tmp_path, reliability_log):
     """The DAG path of a killed training: the `train_rqvae` stage rerun on the same work folder resumes."""
-    from rqvae.train import CHECKPOINT_DIR
+    from rqvae.training.loop import CHECKPOINT_DIR
 
     work = tmp_path / "work"
     work.mkdir()
@@ -437,7 +441,7 @@ def test_killed_train_task_resumes_from_its_checkpoint_on_retry(ready, tmp_path,
     proc.wait()
     saved = read_json(progress)["epoch"]
 
-    result = train_rqvae(artifact, work, MODEL, TrainConfig(epochs=8, batch_size=32))
+    result = train_rqvae(run_info(work), artifact, MODEL, TrainConfig(epochs=8, batch_size=32), RetrainPolicy())
     assert 1 <= saved <= result["resumed_from_epoch"] < 8
     assert (RunFolder(work).model_dir / "model.safetensors").exists()
     assert not (RunFolder(work).model_dir / CHECKPOINT_DIR).exists()
@@ -486,7 +490,7 @@ def test_two_snapshots_at_once_never_touch_each_others_folders(tmp_path, reliabi
         try:
             barrier.wait()
             prepare(roots["embeddings"] / day, roots["work"] / day)
-            publish(day, roots["work"] / day, roots["published"], run_id=day)
+            publish_work(day, roots["work"] / day, roots["published"], run_id=day)
         except BaseException as exc:  # surfaced below, with the thread's traceback
             errors.append(exc)
         finally:
@@ -529,9 +533,9 @@ def test_two_snapshots_at_once_never_touch_each_others_folders(tmp_path, reliabi
 
 def test_publishing_the_same_snapshot_twice_yields_one_consistent_version(ready, tmp_path, reliability_log):
     root = tmp_path / "published"
-    publish(OLD, ready, root, run_id="old")
-    first = publish(NEW, ready, root, run_id="first")
-    second = publish(NEW, ready, root, run_id="second")  # a cleared task or a re-triggered run
+    publish_work(OLD, ready, root, run_id="old")
+    first = publish_work(NEW, ready, root, run_id="first")
+    second = publish_work(NEW, ready, root, run_id="second")  # a cleared task or a re-triggered run
     assert first["version_path"] == second["version_path"]
     consistent(root, {OLD, NEW}, NEW)
     assert read_json(root / NEW / MANIFEST)["airflow"]["run_id"] == "second"
@@ -541,7 +545,7 @@ def test_publishing_the_same_snapshot_twice_yields_one_consistent_version(ready,
 
     def again(run_id: str) -> None:
         barrier.wait()
-        results.append(publish(NEW, ready, root, run_id=run_id))
+        results.append(publish_work(NEW, ready, root, run_id=run_id))
 
     threads = [threading.Thread(target=again, args=(f"concurrent-{i}",)) for i in range(2)]
     for thread in threads:

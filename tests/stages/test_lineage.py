@@ -15,23 +15,22 @@ import torch
 
 from include.files import read_json
 from include.layout import RunFolder
-from include.load_embeddings import load_embeddings
-from include.publish import publish
-from include.train_rqvae import train_rqvae
-from include.validate_codes import validate_codes
-from include.validate_dims import validate_dims
-from rqvae.align import apply_permutations, level_permutations, max_weight_assignment, permute_codebooks_
-from rqvae.audit import _ranks
-from rqvae.checkpoint import load_model
-from rqvae.collisions import collision_movers, resolve_collisions
+from include.stages.load_embeddings import load_embeddings
+from include.stages.train_rqvae import train_rqvae
+from include.stages.validate_codes import validate_codes
+from include.stages.validate_dims import validate_dims
 from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
-from rqvae.encode import encode_array
-from rqvae.idfile import read_semantic_ids
-from rqvae.lineage import Lineage, PreviousIds, RetiredIds, migration_map
-from rqvae.readers import read_embeddings
-from rqvae.serving import ServingIndex
-from rqvae.synth import synth
-from tests.helpers import encode_all
+from rqvae.encoding.encode import encode_array
+from rqvae.ids.align import apply_permutations, level_permutations, max_weight_assignment, permute_codebooks_
+from rqvae.ids.audit import _ranks
+from rqvae.ids.collisions import collision_movers, resolve_collisions
+from rqvae.ids.lineage import Lineage, PreviousIds, RetiredIds, migration_map
+from rqvae.ids.serving import ServingIndex
+from rqvae.io.checkpoint import load_model
+from rqvae.io.idfile import read_semantic_ids
+from rqvae.io.readers import read_embeddings
+from rqvae.io.synth import synth
+from tests.helpers import encode_all, publish_work, run_info
 
 DIM = 16
 MODEL = ModelConfig(input_dim=DIM, num_codebooks=2, codebook_size=16)
@@ -49,12 +48,12 @@ def run_day(base: Path, day: str, ids: np.ndarray, x: np.ndarray, mode: str, **k
     validate_dims(loaded["path"], folder.input_report, InputChecks(expected_dim=DIM, min_items=1))
     training = TrainConfig(epochs=1, batch_size=256, seed=kw.get("seed", 0))
     policy = RetrainPolicy(mode=mode, align_retrain=kw.get("align", "anchor"))
-    trained = train_rqvae(loaded["path"], work, MODEL, training, policy, publish_root=root, snapshot=day)
-    encoded = encode_all(trained["model_path"], loaded["path"], work, collision_mode=kw.get("collision_mode", "dedup"),
+    trained = train_rqvae(run_info(work, publish_root=root, snapshot=day), loaded["path"], MODEL, training, policy)
+    encoded = encode_all(trained["model_path"], loaded["path"], work, collision_mode=kw.get("collision_mode"),
                          plan=trained["plan"], publish_root=root, snapshot=day, retire_after=kw.get("retire_after", 2))
     validate_codes(encoded["path"], loaded["path"], folder.codes_report, CodeChecks(min_unique_ratio=0.01),
                    codebook_sizes=encoded["codebook_size"], recon_mse=encoded["recon_mse"])
-    version = Path(publish(day, work, root, loaded=loaded, trained=trained, encoded=encoded)["version_path"])
+    version = Path(publish_work(day, work, root, loaded=loaded, trained=trained, encoded=encoded)["version_path"])
     manifest = read_json(version / "manifest.json")
     return {"trained": trained, "encoded": encoded, "version": version, "manifest": manifest}
 
@@ -211,7 +210,7 @@ def test_retire_after_zero_frees_an_id_at_once_and_one_reserves_it_for_one_versi
 
     def resolve(lineage: Lineage) -> list[tuple]:
         c, f, fd, reserved = lineage.prepare(ids, codes, np.zeros(3, bool), np.zeros(3, np.int32), None)
-        out = resolve_collisions(ids, c, [2, 2], fixed=f, fixed_dedup=fd, reserved=reserved)
+        out = resolve_collisions(ids, c, [2, 2], "dedup", fixed=f, fixed_dedup=fd, reserved=reserved)
         return [(*a, int(b)) for a, b in zip(out.codes.tolist(), out.dedup.tolist(), strict=True)]
 
     assert resolve(Lineage(prev, "v2", retire_after=0)) == [(0, 0, 0), (1, 1, 0), (0, 0, 1)]  # item 2's ID reused
@@ -226,7 +225,7 @@ def test_retire_after_zero_frees_an_id_at_once_and_one_reserves_it_for_one_versi
 
 def test_alignment_permutes_codebook_rows_so_the_model_encodes_to_the_aligned_codes(pool, tmp_path):
     from rqvae.config import ModelConfig, TrainConfig
-    from rqvae.train import train
+    from rqvae.training.loop import train
 
     _, items = pool
     x = items.vectors[:2000]

@@ -15,20 +15,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from include.encode_items import plan_shards
 from include.layout import run_key
-from include.resolve_collisions import check_shards
-from rqvae.checkpoint import save_model
+from include.stages.plan_shards import plan_shards
+from include.stages.resolve_collisions import check_shards
 from rqvae.cli import main
-from rqvae.config import ModelConfig, TrainConfig
-from rqvae.encode import PinnedIds, encode_file
+from rqvae.config import EncodeOptions, ModelConfig, TrainConfig
+from rqvae.encoding.encode import PinnedIds, encode_file
+from rqvae.encoding.partitions import plan_partitions
+from rqvae.encoding.shards import encode_shard, merge_shards
 from rqvae.errors import InputError
-from rqvae.idfile import merge_semantic_ids, read_semantic_ids, semantic_id_parts
-from rqvae.partitions import plan_partitions
-from rqvae.readers import embeddings_table, iter_embeddings, read_embeddings
-from rqvae.shards import encode_shard, merge_shards
-from rqvae.synth import synth
-from rqvae.train import train
+from rqvae.io.checkpoint import save_model
+from rqvae.io.idfile import merge_semantic_ids, read_semantic_ids, semantic_id_parts
+from rqvae.io.readers import embeddings_table, iter_embeddings, read_embeddings
+from rqvae.io.synth import synth
+from rqvae.training.loop import train
 from tests.helpers import DIM, encode_all, make_snapshot, run, states, xcoms
 
 N = 6000
@@ -50,7 +50,7 @@ def setup(tmp_path_factory):
 
 def test_plan_covers_every_row_once_in_near_equal_shards():
     for n, size in [(1, 1), (10, 3), (6000, 1700), (5_700_000, 2_000_000), (999, 1000)]:
-        shards = plan_shards(n, size)
+        shards = plan_shards(n, EncodeOptions(shard_size=size), None)
         assert len(shards) == -(-n // size)
         assert shards[0]["start"] == 0 and shards[-1]["stop"] == n
         assert all(a["stop"] == b["start"] for a, b in zip(shards, shards[1:], strict=False))
@@ -58,12 +58,12 @@ def test_plan_covers_every_row_once_in_near_equal_shards():
         assert max(sizes) <= size and max(sizes) - min(sizes) <= 1, sizes
         assert [s["index"] for s in shards] == list(range(len(shards)))
     with pytest.raises(ValueError, match="shard_size"):
-        plan_shards(10, 0)
+        EncodeOptions(shard_size=0)
     with pytest.raises(ValueError, match="nothing to shard"):
-        plan_shards(0, 10)
-    assert len(plan_shards(5000, 5, max_shards=1000)) == 1000
+        plan_shards(0, EncodeOptions(shard_size=10), None)
+    assert len(plan_shards(5000, EncodeOptions(shard_size=5), 1000)) == 1000
     with pytest.raises(ValueError, match=r"1001 shards, more than the 1000 .* use shard_size >= 6"):
-        plan_shards(5001, 5, max_shards=1000)
+        plan_shards(5001, EncodeOptions(shard_size=5), 1000)
 
 
 def test_row_ranges_read_exactly_those_rows_across_row_groups_and_parts(tmp_path):
@@ -92,11 +92,12 @@ def sharded(model, artifact: Path, out: Path, shard_size: int, **kw) -> dict:
     """What the DAG does: one encode_shard per planned range, then one merge."""
     pinned = kw.pop("pinned", None)
     paths = []
-    for shard in plan_shards(N, shard_size):
+    for shard in plan_shards(N, EncodeOptions(shard_size=shard_size), None):
         path = out / "shards" / f"shard-{shard['index']}.parquet"
         encode_shard(model, artifact, path, (shard["start"], shard["stop"]), pinned=pinned, show_progress=False)
         paths.append(path)
-    return merge_shards(model, paths, artifact, out / "semantic_ids", **kw)
+    options = EncodeOptions(**{k: kw.pop(k) for k in ("collision_mode", "resolve_rows") if k in kw})
+    return merge_shards(model, paths, artifact, out / "semantic_ids", options, **kw)
 
 
 @pytest.mark.parametrize("collision_mode", ["dedup", "reassign"])
@@ -178,7 +179,7 @@ def test_merge_writes_hashes_and_refuses_a_bad_shard_set(setup, tmp_path):
         check_shards([shards[0], {**shards[1], "rows": [2500, 4000]}, shards[2]])
     paths = sorted((tmp_path / "shards").glob("*.parquet"))
     with pytest.raises(InputError, match="duplicate item ids"):
-        merge_shards(model, [paths[0], paths[0]], artifact, tmp_path / "dup")
+        merge_shards(model, [paths[0], paths[0]], artifact, tmp_path / "dup", EncodeOptions())
     assert not (tmp_path / "dup").exists()
 
 
@@ -226,7 +227,7 @@ def test_resolving_groups_of_level1_codes_gives_the_single_pass_ids(setup, tmp_p
     whole = sharded(model, artifact, tmp_path / "whole", 1700, collision_mode=collision_mode,
                     hashes_path=tmp_path / "whole" / "hashes.parquet", errors_path=tmp_path / "whole" / "errors.npy",
                     audit_path=tmp_path / "whole" / "audit.parquet")
-    groups = sharded(model, artifact, tmp_path / "groups", 1700, collision_mode=collision_mode, partition_rows=1000,
+    groups = sharded(model, artifact, tmp_path / "groups", 1700, collision_mode=collision_mode, resolve_rows=1000,
                      hashes_path=tmp_path / "groups" / "hashes.parquet",
                      errors_path=tmp_path / "groups" / "errors.npy", audit_path=tmp_path / "groups" / "audit.parquet")
     assert whole["n_parts"] == whole["n_shards"] == 4
@@ -262,7 +263,7 @@ def test_resolving_groups_of_level1_codes_gives_the_single_pass_ids(setup, tmp_p
 def test_a_duplicate_id_in_two_groups_fails_and_keeps_the_previous_ids(setup, tmp_path):
     """The duplicate check covers all shards, not one group: the item's two rows differ, so their codes may too."""
     model, artifact, _ = setup
-    sharded(model, artifact, tmp_path, 3000, partition_rows=1000)
+    sharded(model, artifact, tmp_path, 3000, resolve_rows=1000)
     before = read_semantic_ids(tmp_path / "semantic_ids")
     paths = sorted((tmp_path / "shards").glob("*.parquet"))
     first, second = pq.read_table(paths[0]), pq.read_table(paths[1])
@@ -273,7 +274,7 @@ def test_a_duplicate_id_in_two_groups_fails_and_keeps_the_previous_ids(setup, tm
     ids[row] = victim
     pq.write_table(second.set_column(0, "item_id", pa.array(ids)), paths[1])
     with pytest.raises(InputError, match="duplicate item ids") as err:
-        merge_shards(model, paths, artifact, tmp_path / "semantic_ids", partition_rows=1000)
+        merge_shards(model, paths, artifact, tmp_path / "semantic_ids", EncodeOptions(resolve_rows=1000))
     assert str(victim) in str(err.value)
     for a, b in zip(before, read_semantic_ids(tmp_path / "semantic_ids"), strict=True):
         assert np.array_equal(a, b)

@@ -18,18 +18,18 @@ from include import settings
 from include.files import read_json
 from include.gx_suites import ValidationFailed
 from include.layout import RunFolder
-from include.load_embeddings import load_embeddings
-from include.publish import PublishError, publish, read_latest
 from include.snapshot import SnapshotError, parse_snapshot, resolve_snapshot, snapshot_ready
-from include.train_rqvae import train_rqvae
-from include.validate_codes import validate_codes
-from include.validate_dims import validate_dims
-from rqvae.config import CodeChecks, InputChecks, ModelConfig, TrainConfig
+from include.stages.load_embeddings import load_embeddings
+from include.stages.publish import PublishError, read_latest
+from include.stages.train_rqvae import train_rqvae
+from include.stages.validate_codes import validate_codes
+from include.stages.validate_dims import validate_dims
+from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
 from rqvae.errors import InputError
-from rqvae.fsutil import sha256_file
-from rqvae.idfile import SemanticIdWriter, read_semantic_ids
-from rqvae.synth import synth
-from tests.helpers import encode_all
+from rqvae.io.fsutil import sha256_file
+from rqvae.io.idfile import SemanticIdWriter, read_semantic_ids
+from rqvae.io.synth import synth
+from tests.helpers import encode_all, publish_work, run_info
 
 N, DIM = 2000, 16
 IDS = np.arange(N, dtype=np.int64) * 7 + 1_000
@@ -277,8 +277,8 @@ def trained_run(tmp_path_factory) -> dict:
     folder = RunFolder(work)
     loaded = load_embeddings(snapshot, work)
     validate_dims(loaded["path"], folder.input_report, InputChecks(expected_dim=DIM, min_items=1))
-    trained = train_rqvae(loaded["path"], work, ModelConfig(input_dim=DIM, num_codebooks=2, codebook_size=16),
-                          TrainConfig(epochs=1, batch_size=256))
+    trained = train_rqvae(run_info(work), loaded["path"], ModelConfig(input_dim=DIM, num_codebooks=2,
+                          codebook_size=16), TrainConfig(epochs=1, batch_size=256), RetrainPolicy())
     encoded = encode_all(trained["model_path"], loaded["path"], work)
     codes = validate_codes(
         encoded["path"], loaded["path"], folder.codes_report, CodeChecks(min_unique_ratio=0.01),
@@ -375,7 +375,7 @@ def test_validate_codes_enforces_the_quality_thresholds(trained_run, tmp_path):
 
 def test_publish_writes_a_complete_version_and_moves_latest(trained_run, tmp_path):
     run = trained_run
-    result = publish("2026-01-01", run["work"], tmp_path, export_json=True, run_id="r1", params={"epochs": 1},
+    result = publish_work("2026-01-01", run["work"], tmp_path, export_json=True, run_id="r1", params={"epochs": 1},
                      loaded=run["loaded"], trained=run["trained"], encoded=run["encoded"])
     version = Path(result["version_path"])
     assert version == tmp_path / "2026-01-01" and result["latest"] == "2026-01-01" and result["moved_latest"]
@@ -399,18 +399,18 @@ def test_publish_writes_a_complete_version_and_moves_latest(trained_run, tmp_pat
 
 def test_publish_never_moves_latest_backwards_and_replaces_a_republished_snapshot(trained_run, tmp_path):
     work = trained_run["work"]
-    assert publish("2026-01-03", work, tmp_path)["moved_latest"] is True
-    older = publish("2026-01-02", work, tmp_path, run_id="backfill")
+    assert publish_work("2026-01-03", work, tmp_path)["moved_latest"] is True
+    older = publish_work("2026-01-02", work, tmp_path, run_id="backfill")
     assert older["moved_latest"] is False and older["latest"] == "2026-01-03"
     assert read_latest(tmp_path) == "2026-01-03"
     assert read_json(tmp_path / "latest.json")["snapshot"] == "2026-01-03"
-    again = publish("2026-01-03", work, tmp_path, run_id="rerun")
+    again = publish_work("2026-01-03", work, tmp_path, run_id="rerun")
     assert again["moved_latest"] is True and again["latest"] == "2026-01-03"
     versions = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".") and p.is_dir())
     assert versions == ["2026-01-02", "2026-01-03", "latest"]  # latest is the symlink
     assert read_json(tmp_path / "2026-01-03" / "manifest.json")["airflow"]["run_id"] == "rerun"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".staging", ".old", ".latest"))]
-    newer = publish("2026-01-04", work, tmp_path)
+    newer = publish_work("2026-01-04", work, tmp_path)
     assert newer["moved_latest"] is True and os.readlink(tmp_path / "latest") == "2026-01-04"
 
 
@@ -422,7 +422,7 @@ def test_publish_refuses_unvalidated_output(trained_run, tmp_path):
     report["success"] = False
     folder.codes_report.write_text(json.dumps(report))
     with pytest.raises(PublishError, match="did not pass"):
-        publish("2026-01-01", work, tmp_path / "pub")
+        publish_work("2026-01-01", work, tmp_path / "pub")
     assert not (tmp_path / "pub" / "2026-01-01").exists() and read_latest(tmp_path / "pub") is None
 
 

@@ -11,22 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from include.gx_suites import (
-    ID_COLUMN,
-    ROW_COLUMN,
-    Batch,
-    ValidationFailed,
-    codes_expectations,
-    input_expectations,
-    run_suite,
-    split_batches,
-    suspect_rows,
-)
-from include.validate_codes import _distinct_codes, _tuple_keys, coverage_frame, joined_frame, validate_codes
-from include.validate_dims import row_stats, suspect_stats
+from include.gx_rules import codes_expectations, input_expectations
+from include.gx_suites import ID_COLUMN, ROW_COLUMN, Batch, ValidationFailed, run_suite, split_batches, suspect_rows
+from include.stages.validate_codes import _distinct_codes, _tuple_keys, coverage_frame, joined_frame, validate_codes
+from include.stages.validate_dims import row_stats, suspect_stats
 from rqvae.config import CodeChecks
-from rqvae.idfile import SemanticIdWriter
-from rqvae.metrics import assign_dedup, code_metrics
+from rqvae.io.idfile import SemanticIdWriter
+from rqvae.quantize.metrics import assign_dedup, code_metrics
 
 KEYS = ("success", "element_count", "unexpected_count", "observed_value", "unexpected_values", "sample_ids",
         "sample_rows")
@@ -162,7 +153,7 @@ def test_gx_preload_imports_in_the_background_and_leaves_errors_to_the_stage(mon
     import subprocess
     import sys
 
-    from include import gx_suites
+    from include import gx_rules, gx_suites
 
     probe = ("import sys; from include.gx_suites import preload; before = 'great_expectations' in sys.modules; "
              "t = preload(); t.join(120); print(before, 'great_expectations.expectations' in sys.modules)")
@@ -175,7 +166,7 @@ def test_gx_preload_imports_in_the_background_and_leaves_errors_to_the_stage(mon
     monkeypatch.setattr(gx_suites, "expectations_module", broken)
     gx_suites.preload().join(30)  # logs at debug, raises nothing in the thread
     with pytest.raises(ImportError, match="simulated"):
-        gx_suites.input_expectations(4, 1, 0.0, 10.0, 10.0)
+        gx_rules.input_expectations(4, 1, 0.0, 10.0, 10.0)
 
 
 @pytest.mark.parametrize("edit", ["clean", "bad"])

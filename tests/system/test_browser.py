@@ -64,7 +64,7 @@ expect.set_options(timeout=20_000)  # pages that fetch logs or runs take a few s
 
 @pytest.fixture(scope="module")
 def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
-    from rqvae.synth import synth
+    from rqvae.io.synth import synth
 
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)

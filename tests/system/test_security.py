@@ -58,11 +58,11 @@ def unpickling_calls(path: Path) -> list[tuple[int, str]]:
 
 def test_nothing_unpickles_except_the_explicit_opt_in(reliability_log):
     """Model directories load from safetensors; `torch.load` only with `weights_only=True` (training
-    checkpoints); the one `pickle.load` is rqvae.formats' reader behind `allow_pickle`, which the DAG never sets."""
+    checkpoints); the one `pickle.load` is rqvae.io.formats' reader behind `allow_pickle`, which the DAG never sets."""
     calls = {str(p.relative_to(REPO)): c for p in python_sources() if (c := unpickling_calls(p))}
-    assert set(calls) == {"rqvae/formats.py"}, calls
-    assert [name for _, name in calls["rqvae/formats.py"]] == ["pickle.load"]
-    source = (REPO / "rqvae" / "formats.py").read_text()
+    assert set(calls) == {"rqvae/io/formats.py"}, calls
+    assert [name for _, name in calls["rqvae/io/formats.py"]] == ["pickle.load"]
+    source = (REPO / "rqvae" / "io" / "formats.py").read_text()
     gate = source.index("def _load_pickle")
     assert source.index("if not allow_pickle:", gate) < source.index("pickle.load(", gate)
     assert "allow_pickle" not in (REPO / "dags" / "rqvae_semantic_ids.py").read_text()
@@ -70,7 +70,7 @@ def test_nothing_unpickles_except_the_explicit_opt_in(reliability_log):
         {
             "section": "security",
             "check": "no unpickling of models or inputs",
-            "result": "torch.load only with weights_only=True; the only pickle.load is rqvae.formats behind "
+            "result": "torch.load only with weights_only=True; the only pickle.load is rqvae.io.formats behind "
             "allow_pickle (never set by the DAG); models are safetensors with a SHA-256 check",
             "tests": "test_security.py, test_checkpoint.py (tampered / pickled weights refused), "
             "test_bad_inputs.py::pickle_not_allowed",

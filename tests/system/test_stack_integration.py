@@ -148,9 +148,9 @@ def stack() -> Iterator[Stack]:
 
 
 def _make_snapshots(stack: Stack) -> None:
-    from rqvae.interactions import write_interactions
-    from rqvae.readers import read_embeddings
-    from rqvae.synth import synth, synth_interactions
+    from rqvae.io.interactions import write_interactions
+    from rqvae.io.readers import read_embeddings
+    from rqvae.io.synth import synth, synth_interactions
 
     for seed, day in enumerate([*BACKFILLED, TRIGGERED]):
         synth(stack.data / "embeddings" / day, 3000, dim=DIM, seed=seed)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rqvae import RQVAE
-from rqvae.checkpoint import WEIGHTS_NAME, load_model, save_model
 from rqvae.errors import ModelLoadError
+from rqvae.io.checkpoint import WEIGHTS_NAME, load_model, save_model
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ import pytest
 from rqvae.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from rqvae.config import TrainConfig
 from rqvae.errors import ConfigError
-from rqvae.readers import write_embeddings
+from rqvae.io.readers import write_embeddings
 
 
 def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -101,7 +101,7 @@ def test_precision_and_encode_device_flags(workdir: Path, capsys: pytest.Capture
         run(capsys, "train", "--embeddings", str(data), "--out", str(workdir / "bad"), "--precision", "fp16")
     err = capsys.readouterr().err
     assert refused.value.code == EXIT_BAD_INPUT and "'bf16', 'fp32'" in err and "fp16" in err
-    with pytest.raises(ConfigError, match=r"precision must be one of \['bf16', 'fp32'\], got 'fp16'"):
+    with pytest.raises(ConfigError, match=r"unknown precision 'fp16'; expected one of \['bf16', 'fp32'\]"):
         TrainConfig(precision="fp16")  # a --config file or the library is checked the same way
     tables = []
     for device in ("cpu", "auto"):

@@ -6,19 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rqvae.collisions import (
+from rqvae.config import ModelConfig, TrainConfig
+from rqvae.encoding.encode import encode_array, encode_file, last_level_distances, last_residuals
+from rqvae.ids.collisions import (
     collision_movers,
     dedup_with_fixed,
     reassign_collisions,
     resolve_collisions,
 )
-from rqvae.config import ModelConfig, TrainConfig
-from rqvae.encode import encode_array, encode_file, last_level_distances, last_residuals
-from rqvae.idfile import read_semantic_ids
-from rqvae.metrics import assign_dedup, pack_codes
-from rqvae.readers import read_embeddings
-from rqvae.synth import synth
-from rqvae.train import train
+from rqvae.io.idfile import read_semantic_ids
+from rqvae.io.readers import read_embeddings
+from rqvae.io.synth import synth
+from rqvae.quantize.metrics import assign_dedup, pack_codes
+from rqvae.training.loop import train
 
 SIZES = [4, 4, 8]
 

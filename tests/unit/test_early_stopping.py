@@ -7,7 +7,7 @@ import pytest
 
 from rqvae.config import ModelConfig, TrainConfig
 from rqvae.errors import ConfigError
-from rqvae.train import heldout_split, stalled, train
+from rqvae.training.loop import heldout_split, stalled, train
 
 MODEL = ModelConfig(input_dim=16, num_codebooks=2, codebook_size=16, hidden_channels=[32])
 

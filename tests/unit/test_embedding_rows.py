@@ -9,9 +9,9 @@ import torch
 
 from rqvae.config import ModelConfig, TrainConfig
 from rqvae.errors import InputError
-from rqvae.readers import EmbeddingRows, embeddings_table, read_embeddings
-from rqvae.synth import synth
-from rqvae.train import train
+from rqvae.io.readers import EmbeddingRows, embeddings_table, read_embeddings
+from rqvae.io.synth import synth
+from rqvae.training.loop import train
 
 
 @pytest.fixture(scope="module")

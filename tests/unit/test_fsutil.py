@@ -1,4 +1,4 @@
-"""rqvae.fsutil: atomic writes leave nothing half-done, the folder swap keeps the old folder until the new one
+"""rqvae.io.fsutil: atomic writes leave nothing half-done, the folder swap keeps the old folder until the new one
 is in place, leftovers are found again, and both on-disk checksum formats stay what old files hold."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rqvae import fsutil
+from rqvae.io import fsutil
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -150,7 +150,7 @@ def test_sha256_tree_pins_the_manifest_folder_digest(tmp_path: Path) -> None:
 def test_model_directories_keep_the_bare_hex_checksum(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from rqvae import RQVAE
-    from rqvae.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model
+    from rqvae.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model
 
     model = RQVAE(8, [16], 8, 2, [4, 4], device="cpu")
     model.initialize(torch.randn(64, 8, generator=torch.Generator().manual_seed(0)))

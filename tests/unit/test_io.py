@@ -1,4 +1,4 @@
-"""Readers (rqvae.readers) and the semantic-ID file (rqvae.idfile) on real files: Parquet, .npy, JSON, pickle."""
+"""Readers (rqvae.io.readers) and the semantic-ID file (rqvae.io.idfile) on real files: Parquet, .npy, JSON, pickle."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rqvae import formats, idfile, readers
 from rqvae.errors import InputError
+from rqvae.io import formats, idfile, readers
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 COMPETITION_PART = SHARED / "competition_sample" / "emb_81_32" / "part-00000"

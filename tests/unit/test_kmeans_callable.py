@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rqvae import RQVAE
-from rqvae.kmeans import fit_codebook
+from rqvae.quantize.kmeans import fit_codebook
 
 
 def users_kmeans(data, n_clusters, kmeans_iters):
@@ -44,9 +44,9 @@ def test_each_accepted_form_fits_the_codebook(x):
     assert book.shape == (5, 8) and book.dtype == torch.float32
     assert torch.allclose(book, torch.from_numpy(users_kmeans(x.numpy(), 5, 3)[0]))
     assert torch.equal(fit_codebook(x, 4, torch_kmeans, iters=2), x[:4])
-    assert torch.equal(fit_codebook(x, 4, numpy_two_arg), x[-4:])
-    assert torch.equal(fit_codebook(x, 4, lambda data, k: data[:k]), x[:4])  # today's form: torch in and out
-    assert torch.equal(fit_codebook(x, 4, lambda data, k, iters: (data[:k], None)), x[:4])  # untyped 3-arg: numpy
+    assert torch.equal(fit_codebook(x, 4, numpy_two_arg, 20), x[-4:])
+    assert torch.equal(fit_codebook(x, 4, lambda data, k: data[:k], 20), x[:4])  # today's form: torch in and out
+    assert torch.equal(fit_codebook(x, 4, lambda data, k, iters: (data[:k], None), 20), x[:4])  # untyped 3-arg: numpy
 
 
 def test_the_model_initialises_with_the_users_function(x):
@@ -59,11 +59,11 @@ def test_the_model_initialises_with_the_users_function(x):
 
 def test_anything_else_fails_naming_the_expected_signatures(x):
     with pytest.raises(TypeError, match=r"kmeans\(data, n_clusters, kmeans_iters\).*fn\(data, k\)"):
-        fit_codebook(x, 3, lambda data: data)
+        fit_codebook(x, 3, lambda data: data, 20)
     with pytest.raises(TypeError, match=r"returned str.*kmeans\(data, n_clusters, kmeans_iters\)"):
-        fit_codebook(x, 3, lambda data, k, iters: "codebook")
+        fit_codebook(x, 3, lambda data, k, iters: "codebook", 20)
     with pytest.raises(ValueError, match=r"shape \(2, 8\), expected \(3, 8\).*fn\(data, k\)"):
-        fit_codebook(x, 3, users_kmeans_two_rows)
+        fit_codebook(x, 3, users_kmeans_two_rows, 20)
 
 
 def users_kmeans_two_rows(data, n_clusters, kmeans_iters):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rqvae.kmeans import balanced_assign, fit_codebook, kmeans, nearest
-from rqvae.metrics import assign_dedup, code_metrics, pack_codes
+from rqvae.quantize.kmeans import balanced_assign, fit_codebook, kmeans, nearest
+from rqvae.quantize.metrics import assign_dedup, code_metrics, pack_codes
 
 
 def blobs(n_per: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,17 +43,17 @@ def test_callable_and_random_methods() -> None:
         calls.append(k)
         return data[:k]
 
-    assert torch.equal(fit_codebook(x, 3, first_k), x[:3]) and calls == [3]
-    assert fit_codebook(x, 5, "none", generator=torch.Generator().manual_seed(0)).shape == (5, 2)
+    assert torch.equal(fit_codebook(x, 3, first_k, 20), x[:3]) and calls == [3]
+    assert fit_codebook(x, 5, "none", 20, generator=torch.Generator().manual_seed(0)).shape == (5, 2)
     with pytest.raises(ValueError, match="expected"):
-        fit_codebook(x, 3, lambda data, k: data[:2])
+        fit_codebook(x, 3, lambda data, k: data[:2], 20)
     with pytest.raises(ValueError, match="unknown kmeans_method"):
-        fit_codebook(x, 3, "spectral")
+        fit_codebook(x, 3, "spectral", 20)
 
 
 def test_fewer_points_than_centres() -> None:
     x, _ = blobs(n_per=2)
-    assert fit_codebook(x, 64, "kmeans", generator=torch.Generator().manual_seed(0)).shape == (64, 2)
+    assert fit_codebook(x, 64, "kmeans", 20, generator=torch.Generator().manual_seed(0)).shape == (64, 2)
 
 
 def test_code_metrics_on_a_known_table() -> None:
@@ -108,7 +108,7 @@ def test_progressive_kmeans_keeps_high_dimensional_clusters_even() -> None:
 
 
 def test_progressive_kmeans_early_stages_on_a_subsample_lose_no_accuracy(monkeypatch) -> None:
-    import rqvae.kmeans as km
+    import rqvae.quantize.kmeans as km
 
     g = torch.Generator().manual_seed(4)
     x = torch.randn(20_000, 48, generator=g) * torch.linspace(2.0, 0.5, 48)

@@ -8,7 +8,7 @@ import torch
 
 from rqvae import RQVAE
 from rqvae.config import ModelConfig, TrainConfig
-from rqvae.train import train
+from rqvae.training.loop import train
 
 
 def clustered(n: int, dim: int, seed: int = 0, centres: int = 40) -> np.ndarray:
@@ -192,7 +192,7 @@ def test_unknown_modes_are_refused_with_the_valid_ones(bad: dict, data: torch.Te
 
 @pytest.mark.parametrize("k", [16, 256, 8192])
 def test_packed_search_returns_a_nearest_codeword(k: int) -> None:
-    from rqvae.search import Distance, nearest_codeword, search_table
+    from rqvae.quantize.search import Distance, nearest_codeword, search_table
 
     g = torch.Generator().manual_seed(k)
     book, r = torch.randn(k, 8, generator=g), torch.randn(3000, 8, generator=g)
@@ -214,7 +214,7 @@ def test_parallel_encode_equals_single_block_encode(trained: RQVAE) -> None:
 
 def test_gpu_sized_search_blocks_give_the_cpu_blocks_codes(trained: RQVAE) -> None:
     """A GPU searches in blocks of GPU_SEARCH_CHUNK rows: the block size must not change a single code."""
-    from rqvae.quantizer import GPU_SEARCH_CHUNK, SEARCH_CHUNK
+    from rqvae.quantize.quantizer import GPU_SEARCH_CHUNK, SEARCH_CHUNK
 
     z = trained.encode_latent(torch.from_numpy(clustered(GPU_SEARCH_CHUNK + 3001, 16, seed=5)))
     small = trained.quantizer.assign(z, chunk=SEARCH_CHUNK)
@@ -253,7 +253,7 @@ def test_initialized_follows_the_buffer_without_reading_it(data: torch.Tensor) -
 
 
 def test_gpu_search_blocks_stay_within_their_memory_budget() -> None:
-    from rqvae.quantizer import GPU_SEARCH_BYTES, GPU_SEARCH_CHUNK, SEARCH_CHUNK, search_chunk
+    from rqvae.quantize.quantizer import GPU_SEARCH_BYTES, GPU_SEARCH_CHUNK, SEARCH_CHUNK, search_chunk
 
     cuda = torch.device("cuda")  # only its type is read: no GPU needed
     assert search_chunk(torch.device("cpu"), 256) == SEARCH_CHUNK

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from rqvae import RQVAE
-from rqvae.checkpoint import load_model, save_model
 from rqvae.config import ModelConfig, TrainConfig
-from rqvae.metrics import code_metrics
-from rqvae.quantizer import rotate_onto
-from rqvae.train import train
+from rqvae.io.checkpoint import load_model, save_model
+from rqvae.quantize.metrics import code_metrics
+from rqvae.quantize.quantizer import rotate_onto
+from rqvae.training.loop import train
 from tests.unit.test_model import clustered
 
 

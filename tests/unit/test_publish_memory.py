@@ -1,4 +1,4 @@
-"""What `publish` streams out of core (rqvae.packed, rqvae.serving_build, the streamed migration map and report
+"""What `publish` streams out of core (rqvae.io.packed, rqvae.ids.serving_writer, the streamed migration map and report
 tallies) writes exactly what the in-memory construction writes: the same serving index files byte for byte,
 the same migration rows, the same plot counts and churn, with slices forced small so that runs, parents and
 duplicates straddle slice boundaries; and it fails the way the in-memory path fails."""
@@ -12,16 +12,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import rqvae.lineage as lineage
-import rqvae.report as report
-import rqvae.serving_build as serving_build
+import rqvae.ids.lineage as lineage
+import rqvae.ids.report as report
+import rqvae.ids.serving_writer as serving_writer
 from rqvae.errors import InputError
-from rqvae.idfile import SemanticIdWriter, read_semantic_ids
-from rqvae.lineage import PreviousIds, migration_map, write_migration, write_migration_map
-from rqvae.metrics import assign_dedup
-from rqvae.packed import pack, read_keys, unpack
-from rqvae.serving import ServingIndex, write_serving_index
-from rqvae.stability import id_churn
+from rqvae.ids.lineage import PreviousIds, migration_map, write_migration, write_migration_map
+from rqvae.ids.serving import ServingIndex, write_serving_index
+from rqvae.ids.stability import id_churn
+from rqvae.io.idfile import SemanticIdWriter, read_semantic_ids
+from rqvae.io.packed import pack, read_keys, unpack
+from rqvae.quantize.metrics import assign_dedup
 
 SIZES = (4, 3, 5)
 SLICE = 97  # rows per slice when streaming: a prime, so boundaries fall everywhere
@@ -46,7 +46,7 @@ def write_parts(folder: Path, ids: np.ndarray, codes: np.ndarray, dedup: np.ndar
 
 @pytest.fixture(autouse=True)
 def small_slices(monkeypatch):
-    for module in (serving_build, lineage, report):
+    for module in (serving_writer, lineage, report):
         monkeypatch.setattr(module, "CHUNK_ROWS", SLICE)
 
 
@@ -159,7 +159,7 @@ def test_streamed_migration_map_is_the_same_file_with_the_default_row_groups(tab
 
 
 def test_churn_taken_from_the_migration_summary_is_id_churn(table, tmp_path):
-    from include.publish_report import _churn
+    from include.version_extras import _churn
 
     current = write_parts(tmp_path / "current", *table)
     before_path = write_parts(tmp_path / "previous", *previous_of(table, seed=2))

@@ -15,8 +15,8 @@ import torch
 
 from rqvae.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from rqvae.errors import InputError
-from rqvae.idfile import SemanticIdWriter
-from rqvae.interactions import Interactions, write_interactions
+from rqvae.io.idfile import SemanticIdWriter
+from rqvae.io.interactions import Interactions, write_interactions
 from rqvae.retrieval import (
     IdTable,
     PrefixIndex,

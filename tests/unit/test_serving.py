@@ -1,4 +1,4 @@
-"""The serving index (rqvae.serving): every answer equals a brute-force scan of the ID table, it saves and loads
+"""The serving index (rqvae.ids.serving): every answer equals a brute-force scan of the ID table, it saves and loads
 (also memory-mapped), its Hugging Face `prefix_allowed_tokens_fn` and its dense GPU tables make a constrained
 beam search emit only real items."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rqvae.errors import InputError
-from rqvae.metrics import assign_dedup
+from rqvae.ids.serving import ServingIndex
+from rqvae.quantize.metrics import assign_dedup
 from rqvae.retrieval import IdTable, PrefixIndex, TokenLayout
-from rqvae.serving import ServingIndex
 
 SIZES = (3, 4, 5)
 

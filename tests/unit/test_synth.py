@@ -1,4 +1,4 @@
-"""synth: clustered unit vectors with unique catalog-like ids, deterministic and readable by rqvae.readers."""
+"""synth: clustered unit vectors with unique catalog-like ids, deterministic and readable by rqvae.io.readers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rqvae.readers import read_embeddings
-from rqvae.synth import synth
-from rqvae.validate import check_embeddings
+from rqvae.io.readers import read_embeddings
+from rqvae.io.synth import synth
+from rqvae.io.validate import check_embeddings
 
 
 def test_single_file_properties(tmp_path: Path) -> None:

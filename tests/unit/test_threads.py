@@ -97,15 +97,35 @@ def _openmp_spin_count(code: str) -> str:
     return lines[0].split("=", 1)[1].strip().strip("'")
 
 
-@pytest.mark.parametrize("entry", ["rqvae.cli", "rqvae.encode", "rqvae.train"])
+ENTRY_POINTS = {  # what each process owner runs first, then whatever it does loads torch
+    "cli": "import rqvae.cli\ntry:\n    rqvae.cli.main(['--help'])\nexcept SystemExit:\n    pass\nimport torch",
+    "task": "from include.dag_defaults import prepare_process\nprepare_process({})\n"
+            "import include.stages.train_rqvae, torch",
+    "configure": "from rqvae import threads\nthreads.configure()\nimport rqvae.training.loop",
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 def test_entry_points_set_passive_wait_before_torch_loads(entry: str) -> None:
-    code = f"import sys, {entry}; assert 'torch' in sys.modules or {entry!r} == 'rqvae.cli'; import torch"
-    assert _openmp_spin_count(code) == "0"
+    assert _openmp_spin_count(ENTRY_POINTS[entry]) == "0"
+
+
+def test_importing_the_library_changes_nothing() -> None:
+    """A notebook or a serving process that imports rqvae (torch included) keeps OpenMP's defaults and its
+    environment: only the entry points above configure the process."""
+    code = ("import os; before = dict(os.environ)\n"
+            "import rqvae, include, rqvae.training.loop, rqvae.io.readers, include.stages.train_rqvae, torch\n"
+            "print(sorted(k for k in set(os.environ) | set(before) if os.environ.get(k) != before.get(k)))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert _openmp_spin_count("import rqvae, include, rqvae.training.loop, torch") != "0"
 
 
 def test_spin_count_check_can_fail() -> None:
-    """The control: torch loaded before rqvae keeps OpenMP's default spinning (what the workers' env fixes)."""
-    assert _openmp_spin_count("import torch, rqvae") != "0"
+    """The control: torch loaded before configure() keeps OpenMP's default spinning (what the workers' env fixes)."""
+    assert _openmp_spin_count("import torch\nfrom rqvae import threads\nthreads.configure()") != "0"
 
 
 def _printed_by_a_worker_task(code: str) -> int:
@@ -119,12 +139,14 @@ def _printed_by_a_worker_task(code: str) -> int:
 
 def test_torch_threads_follow_the_usable_cpus() -> None:
     """A worker running two CPU-heavy tasks at once gives each half the cores (at least one thread)."""
-    threads = _printed_by_a_worker_task("import rqvae.model, torch; print(torch.get_num_threads())")
+    threads = _printed_by_a_worker_task(
+        "from rqvae import threads; threads.configure(); import rqvae.model, torch; print(torch.get_num_threads())")
     assert threads == usable_cpus({CONCURRENCY_ENV: "2"}) == max(1, usable_cpus({}) // 2)
 
 
 def test_arrow_pool_follows_the_usable_cpus() -> None:
-    pool = _printed_by_a_worker_task("import rqvae.readers, pyarrow; print(pyarrow.cpu_count())")
+    pool = _printed_by_a_worker_task(
+        "from rqvae import threads; threads.configure(); import rqvae.io.readers, pyarrow; print(pyarrow.cpu_count())")
     assert pool == usable_cpus({CONCURRENCY_ENV: "2"})
 
 
@@ -152,13 +174,13 @@ def test_training_reports_the_step_threads_it_used() -> None:
     import numpy as np
     import torch
 
-    import rqvae.train
+    import rqvae.training.loop
     from rqvae.config import ModelConfig, TrainConfig
-    from rqvae.train import train
+    from rqvae.training.loop import train
 
     x = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
     seen: list[int] = []
-    real_forward = rqvae.train.RQVAE.forward
+    real_forward = rqvae.training.loop.RQVAE.forward
 
     def forward(self, xb):  # the thread count the optimisation steps really run with
         seen.append(torch.get_num_threads())
@@ -168,7 +190,7 @@ def test_training_reports_the_step_threads_it_used() -> None:
     torch.set_num_threads(2)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(rqvae.train.RQVAE, "forward", forward)
+            patch.setattr(rqvae.training.loop.RQVAE, "forward", forward)
             small = train(x, ModelConfig(input_dim=8, num_codebooks=2, codebook_size=16),
                           TrainConfig(epochs=1, batch_size=256, device="cpu"), show_progress=False)
         assert torch.get_num_threads() == 2

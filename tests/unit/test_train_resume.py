@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rqvae.checkpoint import load_model
 from rqvae.config import ModelConfig, TrainConfig
-from rqvae.train import CHECKPOINT_DIR, train
+from rqvae.io.checkpoint import load_model
+from rqvae.training.loop import CHECKPOINT_DIR, train
 
 MODEL = {"input_dim": 16, "num_codebooks": 2, "codebook_size": 16, "hidden_channels": [32]}
 TRAIN = {"epochs": 12, "batch_size": 32, "seed": 3, "reseed_every": 50}
@@ -23,7 +23,7 @@ TRAIN = {"epochs": 12, "batch_size": 32, "seed": 3, "reseed_every": 50}
 SCRIPT = """
 import sys, numpy as np
 from rqvae.config import ModelConfig, TrainConfig
-from rqvae.train import train
+from rqvae.training.loop import train
 train(np.load(sys.argv[1]), ModelConfig(**{model}), TrainConfig(**{train}), out_dir=sys.argv[2], show_progress=False)
 """
 

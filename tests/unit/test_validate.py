@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rqvae.errors import InputError
-from rqvae.validate import check_embeddings
+from rqvae.io.validate import check_embeddings
 
 
 def _clean(n: int = 100, dim: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +21,7 @@ def test_clean_input_passes() -> None:
 
 
 def test_clean_input_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rqvae.validate as validate
+    import rqvae.io.validate as validate
 
     monkeypatch.setattr(validate, "CHECK_CHUNK_ROWS", 7)
     ids, vectors = _clean(50)

@@ -1,0 +1,2 @@
+"""Everything that touches files: embedding readers for every layout users have, the semantic-ID file format,
+interaction logs, model directories, atomic writes and checksums, synthetic data."""

@@ -1,0 +1,136 @@
+"""Training: residual k-means initialisation, then minibatch AdamW with warm-up and cosine decay.
+
+Each epoch ends with an evaluation on a fixed sample (recon MSE, per-level usage, unique-ID ratio), a log line
+with an ETA, and a checkpoint; a rerun with the same data and config resumes after the last finished epoch.
+Epoch permutations are seeded by (seed, epoch), so a resumed run follows the same path as an uninterrupted one.
+
+:func:`train` is the driver; its steps live beside it: the rows (:mod:`.sample`), the start
+(:mod:`.start`), the epochs (:mod:`.steps`), early stopping (:mod:`.early_stop`) and checkpoints
+(:mod:`.resume`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..io.checkpoint import save_model
+from ..io.fsutil import remove_leftovers
+from ..io.readers import EmbeddingRows
+from ..model import RQVAE, resolve_device
+from .early_stop import heldout_split, is_best, restore_best, should_stop, stalled, weights
+from .resume import CHECKPOINT_DIR, resume_run, try_resume
+from .resume import save_checkpoint as _save_checkpoint  # looked up here each epoch: tests interrupt a run with it
+from .sample import prepare_sample, training_source
+from .start import build_model, collaborative_signal, fit_initial_codebooks
+from .steps import Run, evaluate, run_epoch
+
+if TYPE_CHECKING:
+    from ..io.interactions import Interactions
+    from .collaborative import ItemSequences
+
+__all__ = ["CHECKPOINT_DIR", "TrainResult", "evaluate", "heldout_split", "stalled", "train"]
+
+
+@dataclass
+class TrainResult:
+    model: RQVAE
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    resumed_from_epoch: int
+
+
+def train(
+    vectors: np.ndarray | EmbeddingRows,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    show_progress: bool = True,
+    interactions: Interactions | ItemSequences | None = None,
+    item_ids: np.ndarray | None = None,
+) -> TrainResult:
+    """Train an RQVAE on vectors [N, D]; write the model directory to out_dir when given.
+
+    ``vectors`` may be an :class:`rqvae.io.readers.EmbeddingRows`: then only the rows training uses are read (the
+    sample of ``max_train_items`` and the held-out rows), with the same draws, so the model is the same.
+
+    ``interactions`` (with ``item_ids``, the item of each row of vectors) adds the collaborative signal of
+    :mod:`rqvae.training.collaborative` with ``train_cfg.collaborative_weight`` (behaviour's weight against content in
+    the latent the codebooks cut); without them, or with weight 0,
+    training is exactly the content-only one. Pass only logs the model may learn from: when its IDs are to be
+    evaluated on users' last items, the training part of the split (``LeaveOneOut.train_interactions()``).
+    """
+    cfg = train_cfg or TrainConfig()
+    source = training_source(vectors, model_cfg, cfg, interactions)
+    signal = collaborative_signal(source, model_cfg, cfg, interactions, item_ids)
+    rng = np.random.default_rng(cfg.seed)  # every row draw, in a fixed order: sample, evaluation, initialisation
+    device = resolve_device(cfg.device)
+    sample = prepare_sample(source, model_cfg, cfg, rng, device, signal)
+    run = Run.plan(build_model(model_cfg, cfg, signal, device), sample, model_cfg, cfg, device)
+    ckpt = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
+    saved = try_resume(ckpt, run.model, run.opt, run.sched, sample.meta) if ckpt is not None else None
+    if saved is not None:
+        resume_run(run, saved, signal)
+    else:
+        run.collab, run.init_metrics = fit_initial_codebooks(run.model, sample, cfg, signal, rng)
+    run.begin()
+    for epoch in range(run.start_epoch, run.epochs + 1):
+        if should_stop(cfg, run.init_metrics, run.history, epoch, run.epochs):
+            run.stopped_after = epoch - 1
+            break
+        run.history.append(run_epoch(run, epoch, show_progress))
+        if run.best is not None and is_best(run.init_metrics, run.history):
+            run.best = weights(run.model)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, run.model, run.opt, run.sched, epoch, run.progress(), run.collab, run.best)
+    metrics = finalise(run, model_cfg, out_dir, ckpt)
+    return TrainResult(run.model, run.history, metrics, resumed_from_epoch=run.start_epoch - 1)
+
+
+def finalise(run: Run, model_cfg: ModelConfig, out_dir: str | Path | None, ckpt: Path | None) -> dict[str, Any]:
+    """The model as published: early stopping's best weights, the last-level balance fitted, the final metrics;
+    written to ``out_dir`` (the checkpoint then removed: the run is done) when given."""
+    model, cfg, init = run.model, run.cfg, run.init_metrics
+    best_epoch = restore_best(model, run.best, init, run.history) if run.best is not None else None
+    model.eval()
+    if model_cfg.last_level_balance > 0:
+        with torch.no_grad():
+            model.quantizer.fit_last_level_balance_(model.encode_latent(run.sample.eval_x),
+                                                    model_cfg.last_level_balance)
+    # nothing moved since the initial evaluation when no step was taken (rqkmeans) and no balance was fitted
+    unchanged = (run.step == 0 or best_epoch == 0) and model_cfg.last_level_balance <= 0
+    final = {k: v for k, v in init.items() if k != "seconds"} if unchanged else evaluate(model, run.sample.eval_x)
+    metrics = {
+        **final,
+        "n_train": run.sample.n,
+        "epochs": run.epochs,
+        "epochs_run": len(run.history),
+        "stopped_early_after": run.stopped_after,
+        "best_epoch": best_epoch,
+        "eval_heldout": run.sample.held is not None,
+        "method": model_cfg.method,
+        "steps": run.step,
+        "device": run.device.type,
+        "autocast_bf16": run.use_amp,
+        "step_threads": run.used_threads,  # torch threads of the optimisation steps (None: no step was taken)
+        "init_seconds": init.get("seconds"),
+        "train_seconds": round(time.perf_counter() - run.t_start, 3),
+        "init_recon_mse": init["recon_mse"],
+        "init_unique_ratio": init["unique_ratio"],
+    }
+    if run.collab is not None:
+        metrics["collaborative"] = {"used": True, "weight": cfg.collaborative_weight, **run.collab.summary,
+                                    "embedding_seconds": round(run.collab.seconds, 3)}
+    if out_dir is not None:
+        save_model(model, out_dir, extra={"train": cfg.to_dict(), "metrics": metrics})
+        shutil.rmtree(ckpt, ignore_errors=True)
+        remove_leftovers(ckpt)
+    return metrics

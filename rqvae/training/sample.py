@@ -1,0 +1,101 @@
+"""The rows a run trains on and evaluates on, drawn from the seed alone, and the fingerprint a checkpoint keeps.
+
+Draws come from one generator in a fixed order (training sample or held-out split here, then the evaluation
+sample, then the initialisation sample), so the same data and config always pick the same rows, also when the
+vectors are read lazily from Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..io.readers import EmbeddingRows
+from .early_stop import heldout_split
+
+if TYPE_CHECKING:
+    from ..io.interactions import Interactions
+    from .collaborative import ItemSequences
+    from .start import Signal
+
+_FINGERPRINT_ROWS = 1024  # first and last rows of the training data its fingerprint hashes (checked on resume)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The training sample on the device, where its rows came from, and what per-epoch metrics are measured on."""
+
+    x: torch.Tensor  # [n, D] float32: the rows trained on
+    pick: np.ndarray | None  # their row numbers in the vectors (None: every row)
+    held: np.ndarray | None  # held-out row numbers for early stopping (None: no early stopping)
+    eval_x: torch.Tensor  # the held-out rows, else a fixed sample of the training rows
+    meta: dict[str, Any]  # what a checkpoint must have been written for: data fingerprint and both configs
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+
+def training_source(vectors: np.ndarray | EmbeddingRows, model_cfg: ModelConfig, cfg: TrainConfig,
+                    interactions: Interactions | ItemSequences | None) -> np.ndarray | EmbeddingRows:
+    """The vectors as float32 rows or lazy Parquet rows, checked against the model's input width."""
+    if isinstance(vectors, EmbeddingRows) and interactions is not None and cfg.collaborative_weight > 0:
+        vectors = vectors.take()  # the collaborative signal covers every item
+    if isinstance(vectors, EmbeddingRows):
+        source, shape = vectors, vectors.shape
+    else:
+        source = np.ascontiguousarray(vectors, dtype=np.float32)
+        shape = source.shape
+    if len(shape) != 2 or shape[1] != model_cfg.input_dim:
+        raise ValueError(f"vectors must be [N, {model_cfg.input_dim}], got {shape}")
+    return source
+
+
+def prepare_sample(
+    source: np.ndarray | EmbeddingRows,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+    signal: Signal | None,
+) -> Sample:
+    """The training rows (at most ``max_train_items``), the held-out rows when early stopping, the evaluation
+    rows and the checkpoint fingerprint; only these rows are read from a lazy source."""
+    total = source.shape[0]
+    pick = held = None
+    if cfg.early_stop_patience:
+        pick, held = heldout_split(total, cfg, rng)
+    elif total > cfg.max_train_items:
+        pick = np.sort(rng.choice(total, cfg.max_train_items, replace=False))
+    x_held = _rows(source, held) if held is not None else None
+    x_np = _rows(source, pick)
+    n = x_np.shape[0]
+    x = torch.from_numpy(x_np).to(device)
+    if x_held is None:
+        eval_x = x[torch.from_numpy(np.sort(rng.choice(n, min(n, cfg.eval_items), replace=False))).to(device)]
+    else:  # per-epoch metrics (and the early-stopping decision) on items training never sees
+        eval_x = torch.from_numpy(x_held).to(device)
+    meta = {"data": _fingerprint(x_np), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    if signal is not None:
+        meta["interactions"] = signal[0].fingerprint()
+    return Sample(x, pick, held, eval_x, meta)
+
+
+def _fingerprint(x: np.ndarray) -> str:
+    """Cheap identity of the training data: shape plus a hash of its first and last rows."""
+    digest = hashlib.sha256(f"{x.shape}".encode())
+    digest.update(np.ascontiguousarray(x[:_FINGERPRINT_ROWS]).tobytes())
+    digest.update(np.ascontiguousarray(x[-_FINGERPRINT_ROWS:]).tobytes())
+    return digest.hexdigest()
+
+
+def _rows(source: np.ndarray | EmbeddingRows, rows: np.ndarray | None) -> np.ndarray:
+    """The given sorted rows of the vectors (all of them for None)."""
+    if isinstance(source, EmbeddingRows):
+        return source.take(rows)
+    return source if rows is None else source[rows]
