@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 
 .PHONY: venv test lint demo airflow bench bench-quality-seed bench-scale bench-downstream bench-serving clean reliability \
-	bench-cotenancy bench-encode bench-validation bench-stack-scale bench-gpu chaos
+	bench-cotenancy bench-encode bench-validation bench-stack-scale bench-gpu bench-check chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,10 @@ bench-stack-scale: venv
 bench-gpu: venv
 	$(BIN)/python bench/gpu.py run --json var/bench/gpu.json
 	$(BIN)/python bench/gpu.py render var/bench/gpu.json
+
+# Sections of docs/benchmarks.md older than the code they measure (exit 1 when any is).
+bench-check: venv
+	$(BIN)/python bench/check.py
 
 # Serving index at 5.7M items (load time, memory, lookups/s) and ID churn of aligned retrains (200k items).
 bench-serving: venv

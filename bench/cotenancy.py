@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import replace_section  # noqa: E402
+from bench.report import provenance, replace_section  # noqa: E402
 
 RQVAE = [sys.executable, "-m", "rqvae.cli", "-q"]
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--cache", default=str(ROOT / "var" / "bench"))
     args = parser.parse_args(argv)
+    run = provenance()  # before any work: the load average is the start's
     cache = Path(args.cache)
     data = cache / f"synth_{args.items}_{args.dim}.parquet"
     if not data.exists():
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     table = to_markdown(rows, args, (args.items, args.dim))
     print()
     print(table)
-    replace_section(Path(args.out), "cotenancy", "## Co-tenancy: trainings sharing a worker's cores", table)
+    replace_section(Path(args.out), "cotenancy", "## Co-tenancy: trainings sharing a worker's cores", table, run)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.cotenancy import clean_env, load_average, timed  # noqa: E402
-from bench.report import replace_section  # noqa: E402
+from bench.report import provenance, replace_section  # noqa: E402
 
 MODEL_CODE = """
 import sys
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--cache", default=str(ROOT / "var" / "bench"))
     args = parser.parse_args(argv)
+    run = provenance()  # before any work: the load average is the start's
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     env = clean_env()
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     m = measure(data, model, cache / "encode_ids.parquet", args, env)
     table = to_markdown(m, args)
     print(table)
-    replace_section(Path(args.out), "encode", "## Whole-process encoding: `rqvae encode` vs faiss", table)
+    replace_section(Path(args.out), "encode", "## Whole-process encoding: `rqvae encode` vs faiss", table, run)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -23,13 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import replace_section  # noqa: E402
+from bench.report import Provenance, provenance, replace_section  # noqa: E402
 
 SEED_SCALE = 5_689_519
 RQVAE = [sys.executable, "-m", "rqvae.cli", "-q"]
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {"n": args.n, "levels": args.levels, "codebook_size": args.codebook_size,
-                    "machine": _machine(), "variants": {}}
+                    "machine": _machine(), "variants": {}, "provenance": asdict(provenance())}
 
     def save() -> None:
         out.write_text(json.dumps(result, indent=1))
@@ -213,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if before is not None:
         before["label"] = args.before_label
     text = to_markdown(res, before)
-    replace_section(Path(args.out), "gpu", "## GPU: train + encode at seed scale", text)
+    # the figures are the GPU machine's: its run recorded the commit, machine and load it started with
+    started = Provenance(**res["provenance"]) if "provenance" in res else provenance()
+    replace_section(Path(args.out), "gpu", "## GPU: train + encode at seed scale", text, started)
     print(text)
     return 0
 

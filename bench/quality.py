@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import replace_section  # noqa: E402
+from bench.report import provenance, replace_section  # noqa: E402
 
 logger = logging.getLogger("bench.quality")
 
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="Quality: RQ-VAE vs residual k-means and ResidualVQ")
     parser.add_argument("--command", default="make bench", help="the command the section names")
     args = parser.parse_args(argv)
+    run = provenance()  # before any work: the load average is the start's
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     table = to_markdown(summarise(rows), shapes, args.levels, args.codebook_size, args.epochs, prefix, args.command)
     print()
     print(table)
-    replace_section(Path(args.out), args.section, f"## {args.title}", table)
+    replace_section(Path(args.out), args.section, f"## {args.title}", table, run)
     print(f"\nwrote {args.out}")
     return 0
 

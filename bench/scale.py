@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import replace_section  # noqa: E402
+from bench.report import provenance, replace_section  # noqa: E402
 from include.stages.plan_shards import plan_shards  # noqa: E402
 from rqvae.config import (  # noqa: E402
     DEFAULT_SHARD_SIZE,
@@ -71,7 +71,7 @@ elif stage == "collab_prep":
     from rqvae.io.readers import read_embeddings
     ids = read_embeddings(args["artifact"]).ids
     t = time.perf_counter()
-    seqs = read_sequences(args["interactions"], ids, holdout_last=2)
+    seqs = read_sequences(args["interactions"], ids, holdout="temporal")
     read_s = time.perf_counter() - t
     t = time.perf_counter()
     collaborative_embeddings(seqs, args["dim"])
@@ -381,13 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=str(ROOT / "var" / "bench" / "scale"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
+    run = provenance()  # before any work: the load average is the start's
     root = Path(args.root)
     if args.interactions:
         print(f"collaborative training on {args.n:,} items, {args.interactions:,} interactions:", flush=True)
         collab = measure_collaborative(root, ensure_snapshot(root, args.n, args.dim), args)
         table = collaborative_markdown(collab, args.dim, args.levels)
         print(table)
-        replace_section(Path(args.out), "scale-collaborative", "## Seed scale: training with interactions", table)
+        replace_section(Path(args.out), "scale-collaborative", "## Seed scale: training with interactions", table, run)
     if args.only_collaborative:
         return 0
 
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     table = to_markdown(args.n, args.dim, args.levels, pipeline, encode, scaling, dag)
     print()
     print(table)
-    replace_section(Path(args.out), "scale", "## Seed scale: 5.7M x 32 on one CPU box", table)
+    replace_section(Path(args.out), "scale", "## Seed scale: 5.7M x 32 on one CPU box", table, run)
     print(f"\nwrote {args.out}")
     return 0
 

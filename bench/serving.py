@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import replace_section  # noqa: E402
+from bench.report import provenance, replace_section  # noqa: E402
 
 SEED_ITEMS = 5_689_519
 FIRST, SECOND = "2026-01-01", "2026-01-02"
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=str(ROOT / "var" / "bench" / "serving"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
+    run = provenance()  # before any work: the load average is the start's
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -285,12 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         fig = measure_index(root / f"index-{args.items}", args.items, args.levels)
         table = index_markdown(fig)
         log.info("\n%s", table)
-        replace_section(Path(args.out), "serving", "## Serving index at seed scale", table)
+        replace_section(Path(args.out), "serving", "## Serving index at seed scale", table, run)
     if args.part in ("all", "churn"):
         fig = measure_churn(root / f"churn-{args.n}", args.n, args.epochs)
         table = churn_markdown(fig)
         log.info("\n%s", table)
-        replace_section(Path(args.out), "alignment", "## ID churn of retrains, before and after alignment", table)
+        replace_section(Path(args.out), "alignment", "## ID churn of retrains, before and after alignment", table, run)
     log.info("wrote %s", args.out)
     return 0
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench.report import replace_section  # noqa: E402
+from bench.report import provenance, replace_section  # noqa: E402
 from bench.scale import SNAPSHOT, ensure_snapshot  # noqa: E402
 from rqvae.config import DEFAULT_RESOLVE_ROWS  # noqa: E402
 from scripts.airflow_env import STACK_SHORT_WAITS  # noqa: E402
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
+    started = provenance()  # before any work: the load average is the start's
     import json
 
     day = SNAPSHOT
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     (ROOT / "var" / "bench" / "stack_scale.json").write_text(json.dumps({"run": run, "rows": rows, "wall": wall},
                                                                         default=str, indent=1))
     replace_section(Path(args.out), "scale-stack", f"## {args.n / 1e6:g}M items through the DAG on the Celery stack",
-                    table)
+                    table, started)
     return 0 if run.get("state") == "success" else 1
 
 

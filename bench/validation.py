@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.cotenancy import clean_env, load_average, timed  # noqa: E402
-from bench.report import replace_section  # noqa: E402
+from bench.report import provenance, replace_section  # noqa: E402
 
 PREPARE = """
 import sys
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--cache", default=str(ROOT / "var" / "bench"))
     args = parser.parse_args(argv)
+    run = provenance()  # before any work: the load average is the start's
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     env = clean_env()
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{peer['cpu'] / ours['cpu']:.1f}x less CPU than GX on the full frame.")
     table = "\n".join(lines)
     print(table)
-    replace_section(Path(args.out), "validation", "## Validation stages at seed scale", table)
+    replace_section(Path(args.out), "validation", "## Validation stages at seed scale", table, run)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -29,7 +29,7 @@ from rqvae.config import (
     TrainConfig,
 )
 from rqvae.errors import ConfigError
-from rqvae.options import build, check_bounds, coerce, default_of, described, option, option_of
+from rqvae.options import build, check_bounds, coerce, default_of, described, option, option_of, plain
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
@@ -123,8 +123,8 @@ FORM_ORDER = (
 
 # The evaluation DAG's form: Input, Interactions, Retriever, Gate.
 EVALUATION_CLASSES: tuple[type, ...] = (EvaluationOptions, RetrieverOptions)
-EVALUATION_ORDER = ("version", "embeddings_root", "min_known_share", "min_users", "max_users", "epochs", "seeds",
-                    "max_se")
+EVALUATION_ORDER = ("version", "embeddings_root", "min_known_share", "min_users", "protocol", "also_leave_one_out",
+                    "max_users", "epochs", "seeds", "max_se")
 
 JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"))
 
@@ -157,7 +157,7 @@ def deployed_default(spec: Field[Any]) -> Any:
 def param_schema(spec: Field[Any]) -> dict[str, Any]:
     """Keyword arguments of the field's ``Param``: default, JSON type, title, description, section, bounds."""
     opt = option_of(spec)
-    default = deployed_default(spec)
+    default = plain(deployed_default(spec))  # a mode as its string: the form and the serialized DAG hold JSON
     kind = next(name for py, name in JSON_TYPES if isinstance(default, py))
     schema: dict[str, Any] = {
         "default": default,

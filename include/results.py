@@ -222,6 +222,7 @@ class EvaluationSummary(TypedDict):
     """The verdict `evaluation.json` and the manifest's `downstream` entry keep (the UI page reads these keys)."""
 
     status: Literal["passed", "failed"]
+    protocol: str  # the rqvae.modes.Protocol the gate judged with
     recall_at_10: float
     recall_at_10_se: float | None
     nll: float

@@ -26,6 +26,7 @@ from .config import (
     TrainConfig,
 )
 from .errors import PermanentError
+from .modes import Protocol
 from .options import cli_default_of, described
 
 logger = logging.getLogger("rqvae")
@@ -43,7 +44,7 @@ EPILOG = {
   rqvae train --embeddings var/data/synth_100k.parquet --out var/models/m1
   rqvae train --embeddings emb_81_32/ --out m2 --num-codebooks 4 --codebook-size 256 --epochs 3
   rqvae train --embeddings items.parquet --out m3 --config my_config.json   # {"model": {...}, "train": {...}}
-  rqvae train --embeddings movies.parquet --out m4 --interactions ratings.parquet --holdout-last 2""",
+  rqvae train --embeddings movies.parquet --out m4 --interactions ratings.parquet --holdout temporal""",
     "encode": """examples:
   rqvae encode --model var/models/m1 --embeddings var/data/synth_100k.parquet --out ids.parquet
   rqvae encode --model m1 --embeddings emb_81_32/ --out ids.parquet --json-dict semantic_id_dict.json""",
@@ -130,9 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, InputChecks)
     p.add_argument("--interactions", help="Parquet file or folder (user_id, item_id, timestamp): aligns part of "
                    "the latent with the items' collaborative embeddings (docs/collaborative.md)")
+    p.add_argument("--holdout", choices=list(Protocol.choices()), default=None,
+                   help="learn only from each user's training part under this evaluation protocol (temporal: the "
+                   "last 20%% of events, 1-20, and the one before are held out; leave_one_out: the last two), so "
+                   "the IDs can be evaluated on those events without leakage (default: all events)")
     p.add_argument("--holdout-last", type=int, choices=[0, 2], default=0,
-                   help="2: learn only from each user's leave-one-out training part (last two events held out), "
-                   "so the IDs can be evaluated on those events without leakage (default 0: all events)")
+                   help="2: the same as --holdout leave_one_out (default 0)")
 
     p = add("encode", "Encode every item into semantic IDs (Parquet: item_id, codes, dedup).")
     p.add_argument("--model", required=True, help="model directory written by `rqvae train`")
@@ -219,7 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .config import load_config_file
         from .training.collaborative import DEFAULT_WEIGHT, read_sequences
 
-        sequences = read_sequences(args.interactions, data.ids, holdout_last=args.holdout_last)
+        holdout = args.holdout or (Protocol.LEAVE_ONE_OUT if args.holdout_last == 2 else None)
+        sequences = read_sequences(args.interactions, data.ids, holdout=holdout and Protocol.parse(holdout))
         in_file = load_config_file(args.config)[1] if args.config else {}
         if args.collaborative_weight is None and "collaborative_weight" not in in_file:
             args.collaborative_weight = DEFAULT_WEIGHT
@@ -289,10 +294,11 @@ def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict()))
     else:
         info = report.info
-        print(f"{len(report.users)} users ({int(report.cold.sum())} cold), {info['n_items']} items, "
-              f"seeds {report.seeds}; {info['dropped_interactions']} interactions without an ID and "
-              f"{info['dropped_users']} users with < {config.min_interactions} interactions dropped; "
-              f"differences vs {names[0]!r}, paired on the same users\n")
+        print(f"{report.protocol}: {len(report.groups)} test events ({int(report.cold.sum())} cold) of "
+              f"{len(report.users)} users, {info['n_items']} items, seeds {report.seeds}; "
+              f"{info['dropped_interactions']} interactions without an ID and {info['dropped_users']} users with < "
+              f"{config.min_interactions} interactions dropped; differences vs {names[0]!r}, paired on the same "
+              f"events, SEs clustered by user\n")
         print(report.table())
     return EXIT_OK
 

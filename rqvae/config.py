@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from .errors import ConfigError
-from .modes import Alignment, CollisionMode, Distance, Gradient, KMeansInit, Method, Precision, RunMode
+from .modes import Alignment, CollisionMode, Distance, Gradient, KMeansInit, Method, Precision, Protocol, RunMode
 from .options import check_bounds, option, parse_modes, plain
 
 
@@ -377,9 +377,24 @@ class RetrainPolicy(_Bounded):
 
 @dataclass
 class RetrieverOptions(_Bounded):
-    """The downstream retriever's budget per evaluation (the `semantic_ids_evaluation` DAG's Retriever section,
-    `rqvae evaluate-retrieval`'s flags); ``epochs`` and ``max_users`` become rqvae.retrieval.RetrievalConfig's."""
+    """The downstream retriever's protocol and budget per evaluation (the `semantic_ids_evaluation` DAG's Retriever
+    section, `rqvae evaluate-retrieval`'s flags); ``protocol``, ``epochs`` and ``max_users`` become
+    rqvae.retrieval.RetrievalConfig's."""
 
+    protocol: Protocol = option(
+        Protocol.TEMPORAL, title="Protocol", section="Retriever", enum=Protocol,
+        description="Which events of each user the retriever predicts. temporal: the last 20% (1 to 20), each from "
+        "every earlier event, none trained on: many test events, so small differences are resolved (the gate "
+        "judges with it). leave_one_out: the last event only, TIGER's protocol, comparable to published figures.",
+        cli_default=Protocol.LEAVE_ONE_OUT,  # a local comparison reports TIGER's protocol unless told otherwise
+        cli_help="temporal (each user's last 20% of events, 1-20: many test events, small SEs) or leave_one_out "
+        "(the last event: TIGER's protocol)",
+    )
+    also_leave_one_out: bool = option(
+        True, title="Also leave-one-out", section="Retriever", cli=False,
+        description="With the temporal protocol, also report leave-one-out (TIGER's protocol, comparable to published "
+        "figures) beside it: a second retriever per ID set. The gate judges with the protocol above.",
+    )
     epochs: int = option(
         5, title="Epochs", section="Retriever", minimum=1, maximum=200,
         description="Training epochs of the retriever per ID set (the best validation epoch is kept).",
@@ -396,9 +411,9 @@ class RetrieverOptions(_Bounded):
         description="Retriever seeds per ID set; per-user metrics are averaged over seeds before pairing.",
     )
 
-    def retrieval_fields(self) -> dict[str, int]:
+    def retrieval_fields(self) -> dict[str, Any]:
         """The RetrievalConfig fields these options set (the rest keep RetrievalConfig's defaults)."""
-        return {"epochs": self.epochs, "max_users": self.max_users}
+        return {"protocol": self.protocol, "epochs": self.epochs, "max_users": self.max_users}
 
 
 CONFIG_CLASSES = (ModelConfig, TrainConfig, InputChecks, CodeChecks, EncodeOptions, RetrainPolicy)

@@ -102,3 +102,14 @@ class Alignment(Mode):
     ANCHOR = "anchor"  # refit from the previous codebooks, then relabel
     PERMUTE = "permute"  # relabel each level's codes only
     OFF = "off"  # a new code space
+
+
+class Protocol(Mode):
+    """protocol: which events of each user a retriever is tested on"""
+
+    LEAVE_ONE_OUT = "leave_one_out"  # the last event (TIGER's protocol): comparable to published figures
+    TEMPORAL = "temporal"  # the last 20% of events (1 to 20), each from all earlier ones: many events, more power
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        return {"leave-one-out": cls.LEAVE_ONE_OUT.value, "loo": cls.LEAVE_ONE_OUT.value}

@@ -106,7 +106,8 @@ def evaluate(name: str, snapshot: str, publish_root: Path, logs: Path, extra: di
         return code != 0
     evaluation = json.loads(path.read_text())
     retrieval = evaluation["retrieval"]
-    print(f"   {retrieval['n_users']} users, {retrieval['info']['n_items']} items, seeds {retrieval['seeds']}; "
+    print(f"   {retrieval.get('protocol', 'leave_one_out')}: {retrieval.get('n_events', retrieval['n_users'])} test "
+          f"events of {retrieval['n_users']} users, {retrieval['info']['n_items']} items, seeds {retrieval['seeds']}; "
           f"gate: {evaluation['summary']['status']} {evaluation['summary']['reason']}")
     print(f"   {'ID set':<10} {'Recall@10':>18} {'NDCG@10':>18} {'NLL':>18}")
     for set_name, entry in retrieval["id_sets"].items():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from include.results import Evaluated
 from include.version_ref import VersionRef, version_embeddings
 from include.versions import Version
 from rqvae.config import RetrieverOptions
+from rqvae.modes import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,11 @@ SET_LABELS = {
 def evaluate_retrieval(ref: VersionRef, options: RetrieverOptions) -> Evaluated:
     """Train and score the retriever on every ID set; write `{eval_dir}/result.json`; return a small summary.
 
-    `options` (the evaluation form's Retriever section) sets RetrievalConfig's epochs and max_users (its other
-    fields keep their defaults) and how many seeds, counted from RetrievalConfig's seed, are averaged. The
-    baselines use this version's L x K.
+    `options` (the evaluation form's Retriever section) sets RetrievalConfig's protocol, epochs and max_users (its
+    other fields keep their defaults) and how many seeds, counted from RetrievalConfig's seed, are averaged. With
+    the temporal protocol and `also_leave_one_out`, the same ID sets are also judged leave-one-out (TIGER's
+    protocol), reported beside; the gate reads `paired`, the protocol's own. The baselines use this version's
+    L x K.
     """
     from rqvae.io.idfile import read_semantic_ids
     from rqvae.io.interactions import read_interactions
@@ -78,7 +82,8 @@ def evaluate_retrieval(ref: VersionRef, options: RetrieverOptions) -> Evaluated:
         "evaluate_retrieval: %d ID sets %s, %d of %d events on items every set covers, %d seed(s)",
         len(sets), list(sets), len(interactions), n_events, seeds,
     )
-    report = evaluate_id_sets(sets, interactions, config, seeds=tuple(config.seed + s for s in range(seeds)))
+    runs = tuple(config.seed + s for s in range(seeds))
+    report = evaluate_id_sets(sets, interactions, config, seeds=runs)
     result = {
         "snapshot": ref.snapshot,
         "version_path": ref.version_path,
@@ -89,17 +94,24 @@ def evaluate_retrieval(ref: VersionRef, options: RetrieverOptions) -> Evaluated:
         "labels": {name: SET_LABELS[name] for name in sets},
         "n_events": n_events,
         "n_events_used": len(interactions),
-        "seconds": round(time.perf_counter() - started, 1),
+        "protocol": config.protocol.value,  # the gate judges with this one
         "retrieval": report.to_dict(baseline="this"),
-        "paired": {
-            f"{a}-{b}": {m: report.paired(a, b, m).to_dict() for m in PAIRED_METRICS}
-            for a, b in PAIRS
-            if a in sets and b in sets
-        },
+        "paired": _paired(report),
     }
+    if options.also_leave_one_out and config.protocol != Protocol.LEAVE_ONE_OUT:
+        loo = evaluate_id_sets(sets, interactions, replace(config, protocol=Protocol.LEAVE_ONE_OUT), seeds=runs)
+        result["leave_one_out"] = {"retrieval": loo.to_dict(baseline="this"), "paired": _paired(loo)}
+    result["seconds"] = round(time.perf_counter() - started, 1)
     path = write_json_atomic(Path(ref.eval_dir) / RESULT, result)
     log.info("evaluate_retrieval: %s in %.1fs", path, result["seconds"])
     return Evaluated(result=str(path), sets=list(sets), seconds=result["seconds"])
+
+
+def _paired(report: Any) -> dict[str, dict[str, Any]]:
+    """This version against each peer, and the instrument check, with each pair's detectable difference."""
+    names = set(report.names)
+    return {f"{a}-{b}": {**{m: report.paired(a, b, m).to_dict() for m in PAIRED_METRICS}, "mde": report.mde(a, b)}
+            for a, b in PAIRS if a in names and b in names}
 
 
 def _isin(values: Any, pool: Any) -> Any:

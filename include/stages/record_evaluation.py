@@ -29,6 +29,7 @@ from include.results import EvaluationSummary, Recorded
 from include.versions import EVALUATION, EVALUATION_PLOT, Version, publish_lock
 from rqvae.errors import PermanentError
 from rqvae.io.fsutil import atomic_path, sha256_file, write_bytes_atomic
+from rqvae.modes import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def summary(result: dict[str, Any], reasons: list[str]) -> EvaluationSummary:
     vs = result.get("paired", {}).get("this-rqkmeans", {}).get("nll", {})
     return EvaluationSummary(
         status="failed" if reasons else "passed",
+        protocol=result.get("protocol") or result["retrieval"].get("protocol") or Protocol.LEAVE_ONE_OUT.value,
         recall_at_10=this["recall@10"]["mean"],
         recall_at_10_se=this["recall@10"]["se"],
         nll=this["nll"]["mean"],
@@ -150,9 +152,23 @@ def with_section(page: str, evaluation: dict[str, Any]) -> str:
 
 
 def section_html(evaluation: dict[str, Any]) -> str:
-    """One table: each ID set's metrics (mean ± SE), then the paired differences of this version."""
+    """The gate's protocol: each ID set's metrics (mean ± SE), the paired differences of this version and what
+    each could detect; then, when it was run, the same under leave-one-out (TIGER's protocol)."""
     info = evaluation["summary"]
-    retrieval = evaluation["retrieval"]
+    verdict = "passed" if info["status"] == "passed" else f"FAILED: {info['reason']}"
+    blocks = [f"<h2>Downstream evaluation</h2>\n<p>Gate: <strong>{html.escape(verdict)}</strong>. NLL: negative "
+              "log-likelihood of the true next item among all valid IDs (lower is better). Differences are paired "
+              "over the same test events; standard errors are clustered by user; \"detectable\" is two of them.</p>"]
+    blocks.append(_protocol_tables(evaluation["retrieval"], evaluation.get("paired", {}), evaluation))
+    loo = evaluation.get("leave_one_out")
+    if loo:
+        blocks.append(_protocol_tables(loo["retrieval"], loo.get("paired", {}), evaluation))
+    blocks.append(f'<figure><a href="{EVALUATION_PLOT}"><img src="{EVALUATION_PLOT}" alt="{EVALUATION_PLOT}"></a>'
+                  f"<figcaption>{EVALUATION_PLOT}</figcaption></figure>")
+    return "\n".join(blocks)
+
+
+def _protocol_tables(retrieval: dict[str, Any], pairs: dict[str, Any], evaluation: dict[str, Any]) -> str:
     metrics = ("recall@5", "recall@10", "ndcg@10", "nll")
     labels = evaluation.get("labels", {})
     rows = []
@@ -163,24 +179,24 @@ def section_html(evaluation: dict[str, Any]) -> str:
     paired = "".join(
         f"<tr><th>{html.escape(pair)}</th>"
         + "".join(f"<td>{_pm(diffs.get(m), signed=True)}</td>" for m in ("recall@10", "ndcg@10", "nll"))
-        + "</tr>"
-        for pair, diffs in evaluation.get("paired", {}).items()
+        + f"<td>{html.escape(_mde(diffs.get('mde')))}</td></tr>"
+        for pair, diffs in pairs.items()
     )
-    verdict = "passed" if info["status"] == "passed" else f"FAILED: {info['reason']}"
-    return f"""<h2>Downstream evaluation</h2>
-<p>Generative retrieval on {retrieval['n_users']} users (leave-one-out; seeds {retrieval['seeds']}); gate:
-<strong>{html.escape(verdict)}</strong>. NLL: negative log-likelihood of the true next item among all valid
-IDs (lower is better). Paired differences are over the same users.</p>
+    protocol = retrieval.get("protocol") or Protocol.LEAVE_ONE_OUT.value  # results written before protocols
+    return f"""<h3>{html.escape(protocol)}: {retrieval.get('n_events', retrieval['n_users'])} test events of \
+{retrieval['n_users']} users (seeds {retrieval['seeds']})</h3>
 <table>
 <tr><th>ID set</th>{''.join(f'<th>{m}</th>' for m in metrics)}<th>nll (cold items)</th></tr>
 {''.join(rows)}
 </table>
 <table>
-<tr><th>paired difference</th><th>Δ recall@10</th><th>Δ ndcg@10</th><th>Δ nll</th></tr>
+<tr><th>paired difference</th><th>Δ recall@10</th><th>Δ ndcg@10</th><th>Δ nll</th><th>detectable (2 SE)</th></tr>
 {paired}
-</table>
-<figure><a href="{EVALUATION_PLOT}"><img src="{EVALUATION_PLOT}" alt="{EVALUATION_PLOT}"></a>\
-<figcaption>{EVALUATION_PLOT}</figcaption></figure>"""
+</table>"""
+
+
+def _mde(mde: dict[str, float | None] | None) -> str:
+    return ", ".join(f"{m} {v:.4f}" for m, v in (mde or {}).items() if v is not None) or "n/a"
 
 
 def _pm(stat: dict[str, Any] | None, signed: bool = False) -> str:

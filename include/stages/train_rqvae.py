@@ -6,9 +6,9 @@ epoch under the model folder, so a retried task resumes rather than starting ove
 
 When the day's interactions snapshot `{interactions_root}/{snapshot}/` is complete (`_SUCCESS`), training adds
 the collaborative term (rqvae.training.collaborative) with `collaborative_weight`; when it is absent, training is the
-content-only one, unchanged. Each user's last two interactions are held out (the leave-one-out training part):
-the evaluation DAG judges the published IDs on exactly those items of the same logs, so the model must not
-have seen them. The cost is two events per user out of the signal; the manifest records the snapshot used.
+content-only one, unchanged. Each user's events the evaluation may test on are held out (the temporal protocol's
+training part, which also leaves out leave-one-out's last two): the evaluation DAG judges the published IDs on
+those events of the same logs, so the model must not have seen them. The manifest records the snapshot used.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from include.files import jsonable, read_json
 from include.layout import RunFolder
 from include.results import RunInfo, Trained, content_only
 from include.versions import Version
-from rqvae.modes import Alignment, RunMode
+from rqvae.modes import Alignment, Protocol, RunMode
 
 if TYPE_CHECKING:
     from rqvae.config import ModelConfig, RetrainPolicy, TrainConfig
@@ -34,7 +34,9 @@ REPORTED_METRICS = (
     "steps", "device", "train_seconds", "init_recon_mse", "init_unique_ratio", "epochs_run", "stopped_early_after",
     "best_epoch",
 )
-HOLDOUT_LAST = 2  # each user's validation and test item (rqvae.io.interactions.leave_one_out) stay unseen
+# Each user's events the evaluation DAG may test on stay unseen: the temporal protocol's (the last 20%, 1-20, and
+# the validation event before them), which include leave-one-out's last two, so either protocol judges fairly.
+HOLDOUT = Protocol.TEMPORAL
 
 
 def train_rqvae(
@@ -101,16 +103,16 @@ def _interactions(artifact: str | Path, run: RunInfo, weight: float) -> tuple[An
     if weight <= 0:
         log.info("train_rqvae: collaborative_weight 0: interactions %s not used, content-only training", folder)
         return None, content_only()
-    sequences = read_sequences(folder, read_embeddings(artifact).ids, holdout_last=HOLDOUT_LAST)
+    sequences = read_sequences(folder, read_embeddings(artifact).ids, holdout=HOLDOUT)
     name = run["interactions_name"]
     summary = sequences.summary()
-    log.info("train_rqvae: collaborative training on interactions %s (weight %s, each user's last %d held out): "
-             "%d interactions on %d items", name, weight, HOLDOUT_LAST, summary["n_interactions"],
-             summary["n_items_with_interactions"])
+    log.info("train_rqvae: collaborative training on interactions %s (weight %s, the %s protocol's test and "
+             "validation events held out): %d interactions on %d items", name, weight, HOLDOUT,
+             summary["n_interactions"], summary["n_items_with_interactions"])
     return sequences, {"used": True, "weight": weight, "interactions": name,
                        "n_interactions": summary["n_interactions"],
                        "n_items_with_interactions": summary["n_items_with_interactions"],
-                       "holdout_last": HOLDOUT_LAST}
+                       "holdout": HOLDOUT.value}
 
 
 def _train(

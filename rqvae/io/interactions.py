@@ -1,8 +1,10 @@
-"""User-item interaction logs: reading, time-ordering and the leave-one-out split.
+"""User-item interaction logs: reading, time-ordering and the evaluation's split of each user's events.
 
 Both the downstream evaluation and collaborative training read the same logs, so the split lives here, once:
-whatever a tokenizer learns from interactions must come from :meth:`LeaveOneOut.train_interactions`, never
-from a user's validation or test item, or the evaluation would reward memorising the answer.
+whatever a tokenizer learns from interactions must come from :meth:`EventSplit.train_interactions` (or the same
+rule streamed, :func:`held_out`), never from a user's validation or test events, or the evaluation would reward
+memorising the answer. Two protocols (:class:`rqvae.modes.Protocol`): leave-one-out (each user's last event,
+TIGER's) and temporal (each user's last 20% of events, 1 to 20, each predicted from all earlier ones).
 
 Layout: a Parquet file, or a folder of Parquet parts (markers such as ``_SUCCESS`` and hidden files ignored),
 with ``user_id`` int64, ``item_id`` int64, ``timestamp`` int64 and any extra columns (ignored).
@@ -20,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, InputError
+from ..modes import Protocol
 from .fsutil import atomic_path
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 COLUMNS = ("user_id", "item_id", "timestamp")
 SUCCESS_MARKER = "_SUCCESS"
 READ_BATCH_ROWS = 4_194_304  # events per streamed batch (~100 MiB of three int64 columns)
+MIN_INTERACTIONS = 3  # a training, a validation and a test event
+TEMPORAL_SHARE = 0.2  # the temporal protocol tests each user's last 20% of events ...
+TEMPORAL_MAX = 20  # ... at most this many (at least one): a heavy user does not dominate the mean
 
 
 @dataclass(frozen=True)
@@ -144,32 +150,102 @@ def write_interactions(folder: str | Path, interactions: Interactions, *, part_r
 
 
 @dataclass(frozen=True)
-class LeaveOneOut:
-    """Per user, items by time: last = test, second last = validation, the rest = training (CSR layout)."""
+class EventSplit:
+    """Per user, events by time: ``[train ... | validation | test ...]`` (CSR over every kept event).
 
+    The validation event (the one just before the test block) chooses a retriever's best epoch; the test
+    events are scored, each from every event before it (earlier test events included, as at serving time). Only
+    the training events may be learned from, by the retriever and by a tokenizer being evaluated.
+    """
+
+    protocol: Protocol
     users: np.ndarray  # int64 [U]
-    offsets: np.ndarray  # int64 [U + 1] into train_items
-    train_items: np.ndarray  # int64, each user's training items in time order
-    valid: np.ndarray  # int64 [U]
-    test: np.ndarray  # int64 [U]
-    train_timestamps: np.ndarray  # int64, aligned with train_items
+    event_offsets: np.ndarray  # int64 [U + 1] into items
+    items: np.ndarray  # int64 [E], each kept user's events in time order
+    timestamps: np.ndarray  # int64 [E]
+    n_train: np.ndarray  # int64 [U]: a user's positions [0, n_train) are training events
 
     def __len__(self) -> int:
         return len(self.users)
 
+    @property
+    def n_test(self) -> np.ndarray:
+        """[U] test events per user."""
+        return np.diff(self.event_offsets) - self.n_train - 1
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """[U + 1] offsets of each user's training events in ``train_items``."""
+        return np.r_[0, np.cumsum(self.n_train)].astype(np.int64)
+
+    def train_mask(self) -> np.ndarray:
+        """[E] bool: the event is a training event."""
+        counts = np.diff(self.event_offsets)
+        position = np.arange(len(self.items)) - np.repeat(self.event_offsets[:-1], counts)
+        return position < np.repeat(self.n_train, counts)
+
+    @property
+    def train_items(self) -> np.ndarray:
+        return self.items[self.train_mask()]
+
+    @property
+    def train_timestamps(self) -> np.ndarray:
+        return self.timestamps[self.train_mask()]
+
+    @property
+    def valid_positions(self) -> np.ndarray:
+        """[U] index into ``items`` of each user's validation event."""
+        return self.event_offsets[:-1] + self.n_train
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.items[self.valid_positions]
+
+    def test_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user index [T], index into ``items`` [T]) of every test event: users in order, each in time order."""
+        count = self.n_test
+        first = self.valid_positions + 1
+        user = np.repeat(np.arange(len(self.users)), count)
+        within = np.arange(int(count.sum())) - np.repeat(np.r_[0, np.cumsum(count)[:-1]], count)
+        return user, first[user] + within
+
+    @property
+    def test_items(self) -> np.ndarray:
+        return self.items[self.test_positions()[1]]
+
     def history(self, index: int) -> np.ndarray:
         """The training items of the ``index``-th user."""
-        return self.train_items[self.offsets[index] : self.offsets[index + 1]]
+        start = self.event_offsets[index]
+        return self.items[start : start + self.n_train[index]]
 
     def train_interactions(self) -> Interactions:
         """Only the training part: the one input a tokenizer may learn from while it is being evaluated."""
-        counts = np.diff(self.offsets)
-        return Interactions(np.repeat(self.users, counts), self.train_items.copy(), self.train_timestamps.copy())
+        mask = self.train_mask()
+        users = np.repeat(self.users, np.diff(self.event_offsets))
+        return Interactions(users[mask], self.items[mask].copy(), self.timestamps[mask].copy())
 
 
-def leave_one_out(interactions: Interactions, min_interactions: int = 3) -> LeaveOneOut:
-    """Split every user with at least ``min_interactions`` (>= 3) events; users with fewer are dropped."""
-    if min_interactions < 3:
+def count_test_events(n_events: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Test events of users with ``n_events`` events: 1 (leave-one-out), or their last ``TEMPORAL_SHARE`` of
+    events, at least 1 and at most ``TEMPORAL_MAX`` (temporal)."""
+    n_events = np.asarray(n_events, np.int64)
+    if Protocol.parse(protocol) == Protocol.LEAVE_ONE_OUT:
+        return np.ones_like(n_events)
+    return np.clip(np.floor(TEMPORAL_SHARE * n_events).astype(np.int64), 1, TEMPORAL_MAX)
+
+
+def held_out(n_events: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Events per user no tokenizer may learn from under ``protocol``: the test events and the validation one."""
+    return count_test_events(n_events, protocol) + 1
+
+
+def split_events(interactions: Interactions, protocol: Protocol,
+                 min_interactions: int = MIN_INTERACTIONS) -> EventSplit:
+    """Split every user with at least ``min_interactions`` (>= 3) events under ``protocol``; others are dropped.
+
+    Every protocol leaves each kept user at least one training event, one validation and one test event."""
+    protocol = Protocol.parse(protocol)
+    if min_interactions < MIN_INTERACTIONS:
         raise ConfigError(f"min_interactions must be >= 3 (train, validation, test), got {min_interactions}")
     user_id = interactions.user_id
     if len(user_id) and np.any(np.diff(user_id) < 0):
@@ -178,19 +254,16 @@ def leave_one_out(interactions: Interactions, min_interactions: int = 3) -> Leav
     ends = np.r_[starts[1:], len(user_id)].astype(np.int64)
     keep = (ends - starts) >= min_interactions
     starts, ends = starts[keep], ends[keep]
-    train_len = ends - starts - 2
-    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(train_len, out=offsets[1:])
-    # Row index of every training event: each user's [start, end - 2) range, concatenated.
-    rows = np.repeat(starts - offsets[:-1], train_len) + np.arange(offsets[-1], dtype=np.int64)
+    counts = ends - starts
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    rows = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1], dtype=np.int64)
     dropped = int(np.count_nonzero(~keep))
     if dropped:
-        log.info("leave-one-out: dropped %d user(s) with fewer than %d interactions", dropped, min_interactions)
-    return LeaveOneOut(
-        users=user_id[starts].copy(),
-        offsets=offsets,
-        train_items=interactions.item_id[rows],
-        valid=interactions.item_id[ends - 2],
-        test=interactions.item_id[ends - 1],
-        train_timestamps=interactions.timestamp[rows],
-    )
+        log.info("%s split: dropped %d user(s) with fewer than %d interactions", protocol, dropped, min_interactions)
+    return EventSplit(protocol, user_id[starts].copy(), offsets, interactions.item_id[rows],
+                      interactions.timestamp[rows], counts - held_out(counts, protocol))
+
+
+def leave_one_out(interactions: Interactions, min_interactions: int = MIN_INTERACTIONS) -> EventSplit:
+    """TIGER's split: per user, last event = test, second last = validation, the rest = training."""
+    return split_events(interactions, Protocol.LEAVE_ONE_OUT, min_interactions)

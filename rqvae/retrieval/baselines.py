@@ -28,11 +28,13 @@ def random_ids(item_ids: np.ndarray, codebook_size: Sequence[int], seed: int = 0
     return IdTable(ids, codes, dedup, tuple(sizes))
 
 
-def model_ids(item_ids: np.ndarray, vectors: np.ndarray, model_config: Any, train_config: Any = None
-              ) -> tuple[IdTable, dict[str, float]]:
+def model_ids(item_ids: np.ndarray, vectors: np.ndarray, model_config: Any, train_config: Any = None, *,
+              interactions: Any = None) -> tuple[IdTable, dict[str, float]]:
     """Train ``rqvae.train`` with these configs on the vectors, encode them, dedup collisions the default way.
 
-    Returns the IDs and ``recon_mse`` / ``unique_ratio`` (of the codes before dedup) to report beside them.
+    ``interactions`` (only the part a tokenizer may learn from) adds the collaborative signal, with
+    ``train_config.collaborative_weight``. Returns the IDs and ``recon_mse`` / ``unique_ratio`` (of the codes
+    before dedup) to report beside them.
     """
     import torch
 
@@ -40,12 +42,13 @@ def model_ids(item_ids: np.ndarray, vectors: np.ndarray, model_config: Any, trai
     from ..training.loop import train
 
     vectors = np.ascontiguousarray(vectors, np.float32)
-    result = train(vectors, model_config, train_config, show_progress=False)
+    ids = np.asarray(item_ids, np.int64)
+    result = train(vectors, model_config, train_config, show_progress=False, interactions=interactions,
+                   item_ids=ids if interactions is not None else None)
     codes = encode_array(result.model, vectors)
     with torch.no_grad():
         x_hat = result.model.decode_codes(torch.from_numpy(codes).long().to(result.model.device)).cpu().numpy()
     sizes = list(result.model.codebook_size)
-    ids = np.asarray(item_ids, np.int64)
     table = IdTable(ids, codes, resolve_collisions(ids, codes, sizes, CollisionMode.DEDUP).dedup, tuple(sizes))
     metrics = {"recon_mse": float(np.mean((vectors - x_hat) ** 2)),
                "unique_ratio": code_metrics(codes, sizes)["unique_ratio"]}

@@ -20,15 +20,15 @@ from .data import PreparedSplit
 from .tokens import IdTable
 from .train import RunResult
 
-FORMAT = 1  # bump when the meaning of a stored run changes
+FORMAT = 2  # bump when the meaning of a stored run changes (2: per test event, any protocol)
 
 
 def run_key(table: IdTable, prepared: PreparedSplit, users: np.ndarray, cfg: dict[str, Any], seed: int) -> str:
     """Hex digest of the IDs, the split, the users, the retriever config and the seed."""
-    h = hashlib.sha256(f"retrieval-run/{FORMAT}".encode())
+    h = hashlib.sha256(f"retrieval-run/{FORMAT}/{prepared.split.protocol}".encode())
     split = prepared.split
     for array in (table.item_ids, table.codes, table.dedup, np.asarray(table.codebook_sizes), split.users,
-                  split.offsets, split.train_items, split.train_timestamps, split.valid, split.test, users):
+                  split.event_offsets, split.items, split.timestamps, split.n_train, users):
         a = np.ascontiguousarray(array)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
@@ -37,7 +37,7 @@ def run_key(table: IdTable, prepared: PreparedSplit, users: np.ndarray, cfg: dic
 
 
 class RunCache:
-    """Runs stored as ``{key}.npz`` (per-user metrics) + ``{key}.json`` (best epoch, history, seconds)."""
+    """Runs stored as ``{key}.npz`` (per-event metrics) + ``{key}.json`` (best epoch, history, seconds)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

@@ -1,10 +1,10 @@
-"""From interaction logs to token sequences: the leave-one-out split, training windows and prompts.
+"""From interaction logs to token sequences: the split, training windows and prompts.
 
-Training uses only each user's training part, cut into non-overlapping windows of ``history + 1`` items, every
+Training uses only each user's training events, cut into non-overlapping windows of ``history + 1`` items, every
 position predicted in one causal pass (far cheaper than one sample per position). The cut points shift by a
-seeded random offset per user and epoch, so no pair of neighbours is always split apart. Prompts for the
-validation item are the last ``history`` training items; prompts for the test item also include the
-validation item, as they would at serving time.
+seeded random offset per user and epoch, so no pair of neighbours is always split apart. A prompt for an event
+(the validation event, or any test event) is the up to ``history`` events right before it in the user's own
+sequence, as it would be at serving time: a test prompt includes the validation event and earlier test events.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..io.interactions import Interactions, LeaveOneOut, leave_one_out
+from ..io.interactions import EventSplit, Interactions, split_events
+from ..modes import Protocol
 from .tokens import IdTable, TokenLayout
 
 logger = logging.getLogger(__name__)
@@ -25,29 +26,31 @@ logger = logging.getLogger(__name__)
 class PreparedSplit:
     """The split every ID set is evaluated on, with what was dropped on the way."""
 
-    split: LeaveOneOut
+    split: EventSplit
     n_interactions: int  # events read
     dropped_interactions: int  # events whose item has no semantic ID
     dropped_users: int  # users left with fewer than min_interactions events
 
 
-def prepare_split(interactions: Interactions, item_ids: np.ndarray, min_interactions: int = 3) -> PreparedSplit:
+def prepare_split(interactions: Interactions, item_ids: np.ndarray, protocol: Protocol,
+                  min_interactions: int) -> PreparedSplit:
     """Drop events of items without an ID, then split; the same call gives a tokenizer its training part."""
     kept = interactions.restrict_items(item_ids)
-    split = leave_one_out(kept, min_interactions)
+    split = split_events(kept, protocol, min_interactions)
     dropped_users = kept.n_users - len(split)
     if len(split) == 0:
         raise InputError(f"no user has {min_interactions} or more interactions with items that have IDs "
                          f"({len(interactions)} interactions, {len(interactions) - len(kept)} without an ID)")
-    logger.info("split: %d users (%d dropped), %d of %d interactions kept (%d items without an ID)",
-                len(split), dropped_users, len(kept), len(interactions), len(interactions) - len(kept))
+    logger.info("%s split: %d users (%d dropped), %d test events, %d of %d interactions kept (%d items without an "
+                "ID)", split.protocol, len(split), dropped_users, int(split.n_test.sum()), len(kept),
+                len(interactions), len(interactions) - len(kept))
     return PreparedSplit(split, len(interactions), len(interactions) - len(kept), dropped_users)
 
 
 class Sequences:
-    """One ID set's view of a split: item rows in the set, and their tokens."""
+    """One ID set's view of a split: the table row of every event, and their tokens."""
 
-    def __init__(self, split: LeaveOneOut, table: IdTable, history: int) -> None:
+    def __init__(self, split: EventSplit, table: IdTable, history: int) -> None:
         if history < 1:
             raise ConfigError(f"history must be >= 1, got {history}")
         self.split = split
@@ -57,17 +60,12 @@ class Sequences:
         self.codes = np.column_stack([table.codes, table.dedup]).astype(np.int64)  # level-local, for the index
         order = np.argsort(table.item_ids)
         sorted_ids = table.item_ids[order]
-
-        def rows(items: np.ndarray) -> np.ndarray:
-            pos = np.minimum(np.searchsorted(sorted_ids, items), len(sorted_ids) - 1)
-            if np.any(sorted_ids[pos] != items):
-                missing = np.unique(items[sorted_ids[pos] != items])
-                raise InputError("items of the split have no ID in this set", missing, count=len(missing))
-            return order[pos]
-
-        self.train_rows = rows(split.train_items)
-        self.valid_rows = rows(split.valid)
-        self.test_rows = rows(split.test)
+        pos = np.minimum(np.searchsorted(sorted_ids, split.items), len(sorted_ids) - 1)
+        if np.any(sorted_ids[pos] != split.items):
+            missing = np.unique(split.items[sorted_ids[pos] != split.items])
+            raise InputError("items of the split have no ID in this set", missing, count=len(missing))
+        self.rows = order[pos]  # [E] table row of every event of the split
+        self.train_rows = self.rows[split.train_mask()]
 
     @property
     def seq_len(self) -> int:
@@ -93,29 +91,27 @@ class Sequences:
         out[window[:, None], cols] = self.item_tokens[self.train_rows]
         return out[rng.permutation(len(out))]
 
-    def prompts(self, users: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(tokens [U, 1 + history * depth] right-padded, lengths [U], target codes [U, L + 1], target rows [U])
-        for the users at positions ``users`` of the split; ``target`` is "valid" or "test"."""
-        if target not in ("valid", "test"):
-            raise ConfigError(f"target must be 'valid' or 'test', got {target!r}")
-        users = np.asarray(users, np.int64)
-        end = self.split.offsets[users + 1]
-        n_train = end - self.split.offsets[users]
-        extra = 1 if target == "test" else 0  # the validation item joins the test prompt
-        n = np.minimum(n_train + extra, self.history)
-        from_train = n - extra
+    def prompts(
+        self, users: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens [P, 1 + history * depth] right-padded, lengths [P], target codes [P, L + 1], target rows [P]) for
+        the events at ``positions`` (indices into the split's items) of the users at ``users`` (their indices)."""
+        users, positions = np.asarray(users, np.int64), np.asarray(positions, np.int64)
+        n = np.minimum(positions - self.split.event_offsets[users], self.history)
         j = np.arange(self.history)
-        rows = np.full((len(users), self.history), -1, np.int64)
-        take = j[None, :] < from_train[:, None]
-        idx = (end - from_train)[:, None] + j[None, :]
-        rows[take] = self.train_rows[idx[take]]
-        if extra:
-            rows[np.arange(len(users)), from_train] = self.valid_rows[users]
+        take = j[None, :] < n[:, None]
+        idx = (positions - n)[:, None] + j[None, :]
         depth = self.layout.depth
-        tokens = np.full((len(users), 1 + self.history * depth), self.layout.pad, np.int64)
+        tokens = np.full((len(positions), 1 + self.history * depth), self.layout.pad, np.int64)
         tokens[:, 0] = self.layout.bos
-        filled = rows >= 0
-        u, s = np.nonzero(filled)
-        tokens[u[:, None], 1 + s[:, None] * depth + np.arange(depth)] = self.item_tokens[rows[filled]]
-        target_rows = (self.valid_rows if target == "valid" else self.test_rows)[users]
+        u, s = np.nonzero(take)
+        tokens[u[:, None], 1 + s[:, None] * depth + np.arange(depth)] = self.item_tokens[self.rows[idx[take]]]
+        target_rows = self.rows[positions]
         return tokens, 1 + n * depth, self.codes[target_rows], target_rows
+
+
+def test_events(split: EventSplit, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user index [T], position [T]) of the test events of the evaluated ``users`` (sorted user indices)."""
+    user, position = split.test_positions()
+    keep = np.isin(user, users)
+    return user[keep], position[keep]

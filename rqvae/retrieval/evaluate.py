@@ -1,7 +1,9 @@
 """Judge ID sets downstream: train the same small retriever on each, on the same split, and compare.
 
-All ID sets are cut to the items they have in common, so each has the same catalogue and the same leave-one-out
-split (interactions with other items are dropped and counted): any difference then comes from the IDs alone.
+All ID sets are cut to the items they have in common, so each has the same catalogue and the same split
+(interactions with other items are dropped and counted): any difference then comes from the IDs alone. The
+split's protocol (RetrievalConfig.protocol) decides which events are tested: each user's last one, or the last
+20% of them (see rqvae.io.interactions).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.interactions import Interactions
+from ..options import plain
 from .cache import RunCache, run_key
-from .data import PreparedSplit, Sequences, prepare_split
+from .data import PreparedSplit, Sequences, prepare_split, test_events
 from .index import PrefixIndex
 from .report import METRICS, RetrievalReport
 from .tokens import IdTable
@@ -43,9 +46,10 @@ def eval_users(n_users: int, max_users: int, seed: int) -> np.ndarray:
 
 
 def cold_mask(prepared: PreparedSplit, users: np.ndarray, threshold: int) -> np.ndarray:
-    """[U] bool: the user's test item has fewer than ``threshold`` training interactions (over all users)."""
+    """[T] bool per test event of the ``users``: its item has fewer than ``threshold`` training interactions (over
+    all users)."""
     split = prepared.split
-    test = split.test[users]
+    test = split.items[test_events(split, users)[1]]
     items, counts = np.unique(split.train_items, return_counts=True)
     if len(items) == 0:
         return np.ones(len(test), bool)
@@ -77,29 +81,33 @@ def evaluate_id_sets(
         if len(table) != len(items):
             logger.warning("ID set %r: %d of its %d items are not in every set; evaluated without them",
                            name, len(table) - len(items), len(table))
-    prepared = prepare_split(interactions, items, cfg.min_interactions)
+    prepared = prepare_split(interactions, items, cfg.protocol, cfg.min_interactions)
     users = eval_users(len(prepared.split), cfg.max_users, cfg.seed)
     cold = cold_mask(prepared, users, cfg.cold_threshold)
+    groups = test_events(prepared.split, users)[0]
     info = {
         "n_interactions": prepared.n_interactions,
         "dropped_interactions": prepared.dropped_interactions,
         "dropped_users": prepared.dropped_users,
         "n_split_users": len(prepared.split),
         "n_items": len(items),
-        "n_train_interactions": int(len(prepared.split.train_items)),
+        "n_train_interactions": int(prepared.split.n_train.sum()),
+        "n_test_events": len(groups),
     }
-    per_user: dict[str, dict[str, np.ndarray]] = {}
+    per_event: dict[str, dict[str, np.ndarray]] = {}
     runs: dict[str, list[dict]] = {}
     for name, table in tables.items():
         t0 = time.perf_counter()
         seqs = Sequences(prepared.split, table, cfg.history)
         index = PrefixIndex(table)
         results = [_run(seqs, index, table, prepared, users, cfg, seed, cache) for seed in seeds]
-        per_user[name] = {m: np.stack([r.metrics[m] for r in results]) for m in METRICS}
+        per_event[name] = {m: np.stack([r.metrics[m] for r in results]) for m in METRICS}
         runs[name] = [{"seed": s, **run_summary(r)} for s, r in zip(seeds, results, strict=True)]
         logger.info("ID set %r: %d seed(s) in %.1fs; recall@10 %.4f, NLL %.4f", name, len(seeds),
-                    time.perf_counter() - t0, per_user[name]["recall@10"].mean(), per_user[name]["nll"].mean())
-    return RetrievalReport(list(tables), seeds, prepared.split.users[users], cold, per_user, runs, info, asdict(cfg))
+                    time.perf_counter() - t0, per_event[name]["recall@10"].mean(), per_event[name]["nll"].mean())
+    _, groups = np.unique(groups, return_inverse=True)  # the index into the evaluated users of each event
+    return RetrievalReport(list(tables), seeds, prepared.split.users[users], groups, cold, per_event, runs, info,
+                           plain(asdict(cfg)), cfg.protocol.value)
 
 
 def _run(seqs: Sequences, index: PrefixIndex, table: IdTable, prepared: PreparedSplit, users: np.ndarray,

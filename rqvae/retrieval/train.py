@@ -19,7 +19,8 @@ import torch
 from ..config import AUTO_DEVICE
 from ..errors import ConfigError
 from ..model import resolve_device
-from .data import Sequences
+from ..modes import Protocol
+from .data import Sequences, test_events
 from .decode import beam_search, exact_nll, rank_of, ranking_metrics
 from .index import PrefixIndex
 from .model import Retriever
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 class RetrievalConfig:
     """The retriever's budget; one config is applied to every ID set of a comparison.
 
+    ``protocol``: which events are tested (rqvae.modes.Protocol: each user's last one, or the last 20% of them).
     ``history``: items of context (at most). ``max_users``: evaluate (validation and test) a sample of this many
     users, drawn with ``seed``, so every ID set and retriever seed sees the same users; 0 = all. Training always
     uses every user's training part. ``cold_threshold``: a test item with fewer training interactions is "cold".
@@ -39,6 +41,7 @@ class RetrievalConfig:
     cost 0.2 nats of validation NLL after 5 epochs, and time).
     """
 
+    protocol: Protocol = Protocol.LEAVE_ONE_OUT
     history: int = 20
     d_model: int = 128
     layers: int = 2
@@ -58,6 +61,7 @@ class RetrievalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.protocol = Protocol.parse(self.protocol)
         for name in ("history", "d_model", "layers", "heads", "epochs", "batch_size", "beam", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -69,9 +73,9 @@ class RetrievalConfig:
 
 @dataclass
 class RunResult:
-    """One (ID set, seed) run: per-user metrics of the evaluated users and how training went."""
+    """One (ID set, seed) run: per-event metrics of the evaluated users' test events and how training went."""
 
-    metrics: dict[str, np.ndarray]  # name -> [U]
+    metrics: dict[str, np.ndarray]  # name -> [T]
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -81,23 +85,26 @@ def _batches(n: int, size: int) -> range:
     return range(0, n, size)
 
 
-def _nll(model: Retriever, index: PrefixIndex, seqs: Sequences, users: np.ndarray, target: str,
+def _nll(model: Retriever, index: PrefixIndex, seqs: Sequences, users: np.ndarray, positions: np.ndarray,
          cfg: RetrievalConfig, device: torch.device) -> np.ndarray:
+    """Exact NLL of the events at ``positions`` (of the users at ``users``), each from its own history."""
     model.eval()
     out = []
-    for start in _batches(len(users), cfg.eval_batch):
-        tokens, lengths, codes, _ = seqs.prompts(users[start : start + cfg.eval_batch], target)
+    for start in _batches(len(positions), cfg.eval_batch):
+        part = slice(start, start + cfg.eval_batch)
+        tokens, lengths, codes, _ = seqs.prompts(users[part], positions[part])
         out.append(exact_nll(model, index, torch.from_numpy(tokens).to(device),
                              torch.from_numpy(lengths).to(device), codes))
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _ranks(model: Retriever, index: PrefixIndex, seqs: Sequences, users: np.ndarray, cfg: RetrievalConfig,
-           device: torch.device, item_ids: np.ndarray) -> np.ndarray:
+def _ranks(model: Retriever, index: PrefixIndex, seqs: Sequences, users: np.ndarray, positions: np.ndarray,
+           cfg: RetrievalConfig, device: torch.device, item_ids: np.ndarray) -> np.ndarray:
     model.eval()
     out = []
-    for start in _batches(len(users), cfg.eval_batch):
-        tokens, lengths, _, rows = seqs.prompts(users[start : start + cfg.eval_batch], "test")
+    for start in _batches(len(positions), cfg.eval_batch):
+        part = slice(start, start + cfg.eval_batch)
+        tokens, lengths, _, rows = seqs.prompts(users[part], positions[part])
         items, scores = beam_search(model, index, torch.from_numpy(tokens).to(device),
                                     torch.from_numpy(lengths).to(device), cfg.beam)
         out.append(rank_of(items, item_ids[rows], scores))
@@ -109,7 +116,8 @@ def train_and_score(seqs: Sequences, index: PrefixIndex, item_ids: np.ndarray, u
     """Train with teacher forcing (AdamW, warm-up then cosine), keep the best-validation-NLL epoch, score test.
 
     ``item_ids``: the ID table's item ids in row order (what beam search returns is compared with them).
-    ``users``: positions in the split of the users to evaluate. Seeded: same inputs and seed, same result on CPU.
+    ``users``: indices in the split of the users to evaluate (sorted); every test event of theirs is scored, in
+    the split's order. Seeded: same inputs and seed, same result on CPU.
     """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -127,6 +135,7 @@ def train_and_score(seqs: Sequences, index: PrefixIndex, item_ids: np.ndarray, u
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    valid_positions = seqs.split.valid_positions[users]
     best_nll, best_epoch, best_state = math.inf, 0, None
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
@@ -144,7 +153,7 @@ def train_and_score(seqs: Sequences, index: PrefixIndex, item_ids: np.ndarray, u
             sched.step()
             loss_sum += float(loss.detach())
             steps += 1
-        valid_nll = float(np.mean(_nll(model, index, seqs, users, "valid", cfg, device)))
+        valid_nll = float(np.mean(_nll(model, index, seqs, users, valid_positions, cfg, device)))
         history.append({"epoch": epoch, "train_loss": loss_sum / max(1, steps), "valid_nll": valid_nll})
         logger.info("retriever seed %d epoch %d/%d: train loss %.4f, valid NLL %.4f (%.1fs)", seed, epoch,
                     cfg.epochs, loss_sum / max(1, steps), valid_nll, time.perf_counter() - t0)
@@ -152,8 +161,9 @@ def train_and_score(seqs: Sequences, index: PrefixIndex, item_ids: np.ndarray, u
             best_nll, best_epoch, best_state = valid_nll, epoch, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
-    metrics = ranking_metrics(_ranks(model, index, seqs, users, cfg, device, item_ids))
-    metrics["nll"] = _nll(model, index, seqs, users, "test", cfg, device)
+    test_users, test_positions = test_events(seqs.split, users)
+    metrics = ranking_metrics(_ranks(model, index, seqs, test_users, test_positions, cfg, device, item_ids))
+    metrics["nll"] = _nll(model, index, seqs, test_users, test_positions, cfg, device)
     return RunResult(metrics, best_epoch, history, time.perf_counter() - t0)
 
 

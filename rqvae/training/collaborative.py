@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..io.interactions import Interactions, interaction_batches
+from ..io.interactions import MIN_INTERACTIONS, Interactions, held_out, interaction_batches
+from ..modes import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class ItemSequences:
     def from_interactions(cls, interactions: Interactions, item_ids: np.ndarray) -> ItemSequences:
         """Map an in-memory log (sorted by user, time) onto ``item_ids``' rows; unknown items are dropped."""
         rows = item_rows(interactions.item_id, item_ids)
-        return _build(interactions.user_id, rows, len(item_ids), len(interactions), holdout_last=0)
+        return _build(interactions.user_id, rows, len(item_ids), len(interactions), holdout=None)
 
 
 def item_rows(item_id: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
@@ -112,14 +113,15 @@ def item_rows(item_id: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos_c], -1).astype(np.int32)
 
 
-def read_sequences(path: str | Path, item_ids: np.ndarray, *, holdout_last: int = 0) -> ItemSequences:
+def read_sequences(path: str | Path, item_ids: np.ndarray, *, holdout: Protocol | None) -> ItemSequences:
     """Stream an interactions file or snapshot folder into :class:`ItemSequences` for ``item_ids``.
 
-    ``holdout_last=2`` keeps only each user's training part as :func:`rqvae.io.interactions.leave_one_out` cuts it
-    (last event = test, second last = validation; users with fewer than 3 events dropped), after items without
-    an embedding are removed: the same events as ``leave_one_out(log.restrict_items(item_ids))
-    .train_interactions()``, without holding the full int64 log in memory. Peak memory is about 28 bytes per
-    kept event (user and time int64, row int32, the sort order) whatever the number of Parquet parts.
+    ``holdout`` (a Protocol) keeps only each user's training part as :func:`rqvae.io.interactions.split_events`
+    cuts it (the test events and the validation event held out; users with fewer than 3 events dropped), after
+    items without an embedding are removed: the same events as ``split_events(log.restrict_items(item_ids),
+    protocol).train_interactions()``, without holding the full int64 log in memory. None keeps every event.
+    Peak memory is about 28 bytes per kept event (user and time int64, row int32, the sort order) whatever the
+    number of Parquet parts.
     """
     users, times, rows = [], [], []
     n_read = 0
@@ -139,28 +141,29 @@ def read_sequences(path: str | Path, item_ids: np.ndarray, *, holdout_last: int 
     user = user[order]
     row = np.concatenate(rows)[order] if rows else np.empty(0, np.int32)
     del rows, order
-    seqs = _build(user, row, len(item_ids), n_read, holdout_last=holdout_last)
-    log.info("interactions %s: %d of %d events on items with embeddings kept, %d users, %d items (hold-out %d)",
-             path, seqs.n_events, n_read, seqs.n_users, seqs.summary()["n_items_with_interactions"], holdout_last)
+    seqs = _build(user, row, len(item_ids), n_read, holdout=holdout)
+    log.info("interactions %s: %d of %d events on items with embeddings kept, %d users, %d items (held out: %s)",
+             path, seqs.n_events, n_read, seqs.n_users, seqs.summary()["n_items_with_interactions"],
+             holdout or "nothing")
     return seqs
 
 
-def _build(user: np.ndarray, row: np.ndarray, n_items: int, n_read: int, *, holdout_last: int) -> ItemSequences:
-    """From events sorted by (user, time): drop unknown items, cut the last ``holdout_last`` events of each user."""
-    if holdout_last not in (0, 2):
-        raise ConfigError(f"holdout_last must be 0 (all events) or 2 (leave-one-out training part), got {holdout_last}")
+def _build(user: np.ndarray, row: np.ndarray, n_items: int, n_read: int, *, holdout: Protocol | None
+           ) -> ItemSequences:
+    """From events sorted by (user, time): drop unknown items, cut each user's held-out events (``holdout``)."""
     keep = row >= 0
     if not keep.all():
         user, row = user[keep], row[keep]
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if user.size else np.empty(0, np.int64)
     ends = np.r_[starts[1:], user.size].astype(np.int64)
-    if holdout_last:
-        enough = (ends - starts) >= holdout_last + 1
-        starts, ends = starts[enough], ends[enough] - holdout_last
+    if holdout is not None:
+        enough = (ends - starts) >= MIN_INTERACTIONS
+        starts, ends = starts[enough], ends[enough]
+        ends = ends - held_out(ends - starts, holdout)
     lengths = ends - starts
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    if holdout_last or lengths.sum() != row.size:
+    if holdout is not None or lengths.sum() != row.size:
         take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
         row = row[take]
     return ItemSequences(np.ascontiguousarray(row, dtype=np.int32), offsets, int(n_items), int(n_read))

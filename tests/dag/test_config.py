@@ -36,7 +36,7 @@ from rqvae.config import (
     TrainConfig,
 )
 from rqvae.errors import ConfigError
-from rqvae.options import cli_default_of, default_of, described
+from rqvae.options import cli_default_of, default_of, described, plain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,8 @@ def assert_params_are_config_fields(params, known: dict[str, tuple]) -> None:
         spec, opt = known[name]
         param = params.get_param(name)
         schema = param.schema
-        assert param.value == deployed_default(spec) and type(param.value) is type(deployed_default(spec)), name
+        default = plain(deployed_default(spec))  # a mode's default is its plain string in the form
+        assert param.value == default and type(param.value) is type(default), name
         assert schema.get("minimum") == opt.minimum, name
         expected_max = deployed_default(spec) if opt.cap_at_default else opt.maximum
         assert schema.get("maximum") == expected_max, name
@@ -128,6 +129,8 @@ EVALUATION_BEFORE = [
     ("embeddings_root", "", ["null", "string"], {}, "Input"),
     ("min_known_share", 0.5, "number", {"minimum": 0, "maximum": 1}, "Interactions"),
     ("min_users", 10, "integer", {"minimum": 1}, "Interactions"),
+    ("protocol", "temporal", "string", {"enum": ["leave_one_out", "temporal", "leave-one-out", "loo"]}, "Retriever"),
+    ("also_leave_one_out", True, "boolean", {}, "Retriever"),
     ("max_users", 5000, "integer", {"minimum": 10}, "Retriever"),
     ("epochs", 5, "integer", {"minimum": 1, "maximum": 200}, "Retriever"),
     ("seeds", 1, "integer", {"minimum": 1, "maximum": 10}, "Retriever"),
@@ -156,7 +159,8 @@ def test_evaluation_params_become_typed_config_objects():
     assert evaluation_from_params({}) == defaults, "a missing param keeps its default"
     config = evaluation_from_params({"epochs": 2.0, "max_users": 200, "seeds": 3, "min_users": 4, "max_se": 1,
                                      "version": None, "min_known_share": 1})
-    assert config.retriever.retrieval_fields() == {"epochs": 2, "max_users": 200} and config.retriever.seeds == 3
+    assert config.retriever.retrieval_fields() == {"protocol": "temporal", "epochs": 2, "max_users": 200}
+    assert config.retriever.seeds == 3
     assert isinstance(config.run.max_se, float) and isinstance(config.run.min_known_share, float)
     assert config.run.min_users == 4 and config.run.version is None
 
@@ -350,11 +354,13 @@ def test_every_mode_field_takes_its_choices_from_one_enum():
             assert isinstance(default_of(spec), opt.modes), spec.name
             modes.add(opt.modes)
             if opt.in_form:
-                assert dag_params()[spec.name].schema["enum"] == list(opt.modes.choices())
+                form = dag_params() if cls in FORM_CLASSES else dag_params(EVALUATION_CLASSES, EVALUATION_ORDER)
+                assert form[spec.name].schema["enum"] == list(opt.modes.choices())
+                assert type(form[spec.name].value) is str, "the form holds the mode's plain string"
             for choice in opt.modes.choices():  # every choice parses, as a form or flag value would arrive
                 assert opt.modes.parse(choice) in set(opt.modes)
     assert {m.__name__ for m in modes} >= {"CollisionMode", "Method", "KMeansInit", "Distance", "Gradient",
-                                           "Alignment", "RunMode", "Precision"}
+                                           "Alignment", "RunMode", "Precision", "Protocol"}
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     for init in KMeansInit:
         assert fit_codebook(x, 4, init, 2, torch.Generator().manual_seed(0)).shape == (4, 2)

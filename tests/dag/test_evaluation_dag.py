@@ -73,11 +73,18 @@ def test_evaluation_writes_verdict_beside_the_unchanged_ids(published, evaluatio
     evaluation = json.loads((published / "evaluation.json").read_text())
     sets = evaluation["retrieval"]["id_sets"]
     assert set(sets) == {"this", "rqkmeans", "random"}, "no previous version yet"
+    retrieval, loo = evaluation["retrieval"], evaluation["leave_one_out"]["retrieval"]
+    assert evaluation["protocol"] == retrieval["protocol"] == "temporal" and loo["protocol"] == "leave_one_out"
+    assert retrieval["n_events"] > retrieval["n_users"] == loo["n_users"] == loo["n_events"] > 0
     for entry in sets.values():
         for metric in ("recall@5", "recall@10", "ndcg@10", "nll"):
-            assert entry["all"][metric]["n"] == evaluation["retrieval"]["n_users"] > 0
-            assert entry["all"][metric]["se"] is not None
+            stat = entry["all"][metric]
+            assert stat["n"] == retrieval["n_events"] and stat["users"] == retrieval["n_users"]
+            assert stat["se"] is not None
     assert set(evaluation["paired"]) == {"this-rqkmeans", "this-random", "rqkmeans-random"}
+    mde = evaluation["paired"]["this-rqkmeans"]["mde"]
+    assert mde["nll"] == pytest.approx(2 * evaluation["paired"]["this-rqkmeans"]["nll"]["se"], abs=1e-5)
+    assert evaluation["summary"]["protocol"] == "temporal"
     summary = evaluation["summary"]
     assert summary["status"] == found["record_evaluation"].replace("success", "passed").replace("failed", "failed")
     assert summary["nll"] == sets["this"]["all"]["nll"]["mean"]
@@ -90,6 +97,7 @@ def test_evaluation_writes_verdict_beside_the_unchanged_ids(published, evaluatio
         assert manifest["files"][name]["sha256"] == sha256_file(published / name, tagged=True), name
     page = (published / "report" / "index.html").read_text()
     assert page.count("<h2>Downstream evaluation</h2>") == 1 and "evaluation.png" in page
+    assert "<h3>temporal:" in page and "<h3>leave_one_out:" in page and "detectable (2 SE)" in page
 
 
 def test_second_version_is_compared_with_the_previous_one(published, pipeline_dag, evaluation_dag, roots):

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
-from rqvae.io.interactions import Interactions, leave_one_out, read_interactions, write_interactions
+from rqvae.io.interactions import Interactions, leave_one_out, read_interactions, split_events, write_interactions
+from rqvae.modes import Protocol
 from rqvae.training.collaborative import (
     DEFAULT_WEIGHT,
     ItemSequences,
@@ -59,27 +60,28 @@ def test_item_rows_maps_ids_and_marks_unknown_items():
     assert item_rows(np.array([10, 20, 30, 40, 50, 0]), ids).tolist() == [1, 3, 2, 0, -1, -1]
 
 
-def test_streamed_holdout_equals_leave_one_out_training_part(tmp_path):
-    """read_sequences(holdout_last=2) learns from exactly the events the evaluation trains its retriever on."""
+@pytest.mark.parametrize("protocol", list(Protocol))
+def test_streamed_holdout_equals_the_evaluation_training_part(tmp_path, protocol):
+    """read_sequences(holdout=protocol) learns from exactly the events the evaluation trains its retriever on."""
     rng = np.random.default_rng(0)
     log = _log(rng, n_users=60, n_items=80, events=8)
     folder = tmp_path / "2026-01-01"
     write_interactions(folder, log, part_rows=97)  # sorted parts
     item_ids = np.arange(70, dtype=np.int64)[::-1] * 3 + 5  # items 70..79 have no embedding
     expected = ItemSequences.from_interactions(
-        leave_one_out(read_interactions(folder).restrict_items(item_ids)).train_interactions(), item_ids)
-    got = read_sequences(folder, item_ids, holdout_last=2)
+        split_events(read_interactions(folder).restrict_items(item_ids), protocol).train_interactions(), item_ids)
+    got = read_sequences(folder, item_ids, holdout=protocol)
     np.testing.assert_array_equal(got.rows, expected.rows)
     np.testing.assert_array_equal(got.offsets, expected.offsets)
     assert got.n_events_read == len(log)
-    full = read_sequences(folder, item_ids)
+    full = read_sequences(folder, item_ids, holdout=None)
     assert full.n_events == int(np.isin(log.item_id, item_ids).sum())
     # rows in random order over several parts (distinct times: ties would make "last" ambiguous): sorted the same
     log = _log(rng, n_users=60, n_items=80, events=8, ties=False)
     _shuffled_parts(tmp_path / "shuffled", log, rng)
-    again = read_sequences(tmp_path / "shuffled", item_ids, holdout_last=2)
-    expected = ItemSequences.from_interactions(leave_one_out(log.restrict_items(item_ids)).train_interactions(),
-                                               item_ids)
+    again = read_sequences(tmp_path / "shuffled", item_ids, holdout=protocol)
+    expected = ItemSequences.from_interactions(
+        split_events(log.restrict_items(item_ids), protocol).train_interactions(), item_ids)
     np.testing.assert_array_equal(again.rows, expected.rows)
     np.testing.assert_array_equal(again.offsets, expected.offsets)
 
@@ -279,7 +281,7 @@ def test_pipeline_stage_uses_a_complete_interactions_snapshot_and_the_manifest_s
         "used": False, "weight": 0.0, "interactions": None, "n_interactions": 0, "n_items_with_interactions": 0}
     assert plain_sha == unfinished_sha
     used, used_sha = run("complete", log)
-    held_out = leave_one_out(log).train_interactions()
+    held_out = split_events(log, Protocol.TEMPORAL).train_interactions()  # what the evaluation DAG may test on
     entry = used["collaborative"]
     assert entry["used"] and entry["weight"] == 1.0 and entry["interactions"] == "complete"
     assert entry["n_interactions"] == len(held_out)
@@ -328,7 +330,7 @@ def test_downstream_benchmark_trains_collaborative_ids_on_the_training_part_only
     seen: list[Interactions] = []
     real = rqvae.training.loop.train
     monkeypatch.setattr(rqvae.training.loop, "train", lambda *a, **k: seen.append(k["interactions"]) or real(*a, **k))
-    inputs = bench.BenchInputs(ids, x, split.train_interactions(), levels=2, codebook_size=8, seed=0)
+    inputs = bench.BenchInputs(ids, x, split.train_interactions(), log, levels=2, codebook_size=8, seed=0)
     table, quality = bench.ID_SETS["collab"].build(inputs)
     events = set(zip(seen[0].user_id.tolist(), seen[0].timestamp.tolist(), strict=True))
     held_out = {(u, t) for u in split.users.tolist() for t in (18, 19)}  # validation and test events

@@ -16,7 +16,8 @@ import torch
 from rqvae.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from rqvae.errors import InputError
 from rqvae.io.idfile import SemanticIdWriter
-from rqvae.io.interactions import Interactions, write_interactions
+from rqvae.io.interactions import Interactions, count_test_events, held_out, split_events, write_interactions
+from rqvae.modes import Protocol
 from rqvae.retrieval import (
     IdTable,
     PrefixIndex,
@@ -28,6 +29,7 @@ from rqvae.retrieval import (
     beam_search,
     evaluate_id_sets,
     exact_nll,
+    mean_se,
     paired_diff,
     prepare_split,
     random_ids,
@@ -150,9 +152,9 @@ def test_split_never_leaks_validation_or_test_items() -> None:
     events = _unique_tail_interactions()
     catalogue = np.unique(events.item_id)
     table = random_ids(catalogue, [8, 8], seed=1)
-    prepared = prepare_split(events, catalogue)
+    prepared = prepare_split(events, catalogue, Protocol.LEAVE_ONE_OUT, 3)
     split = prepared.split
-    held_out = set(split.valid.tolist()) | set(split.test.tolist())
+    held_out = set(split.valid.tolist()) | set(split.test_items.tolist())
     assert held_out == set(range(1000, 1024))
     assert not held_out & set(split.train_items.tolist())
     assert not held_out & set(split.train_interactions().item_id.tolist())
@@ -169,39 +171,89 @@ def test_split_never_leaks_validation_or_test_items() -> None:
     windows = seqs.windows(np.random.default_rng(0))
     assert sorted(items_of(windows)) == sorted(split.train_items.tolist())  # every training event, once
     users = np.arange(len(split))
-    valid_prompt = items_of(seqs.prompts(users, "valid")[0])
+    valid_prompt = items_of(seqs.prompts(users, split.valid_positions)[0])
     assert not held_out & set(valid_prompt)
-    test_prompt, _, target, _ = seqs.prompts(users, "test")
-    assert not set(split.test.tolist()) & set(items_of(test_prompt))
+    test_prompt, _, target, _ = seqs.prompts(*split.test_positions())
+    assert not set(split.test_items.tolist()) & set(items_of(test_prompt))
     assert set(split.valid.tolist()) <= set(items_of(test_prompt))  # the test prompt ends with the valid item
-    assert np.array_equal(index.lookup(target), split.test)
+    assert np.array_equal(index.lookup(target), split.test_items)
 
 
 def test_items_without_ids_and_short_users_are_dropped_and_counted() -> None:
     events = Interactions.from_arrays(np.array([1, 1, 1, 1, 2, 2, 2]), np.array([5, 6, 99, 7, 5, 99, 6]),
                                       np.arange(7))
-    prepared = prepare_split(events, np.array([5, 6, 7]))
+    prepared = prepare_split(events, np.array([5, 6, 7]), Protocol.LEAVE_ONE_OUT, 3)
     assert prepared.dropped_interactions == 2 and prepared.dropped_users == 1
-    assert prepared.split.users.tolist() == [1] and prepared.split.test.tolist() == [7]
+    assert prepared.split.users.tolist() == [1] and prepared.split.test_items.tolist() == [7]
 
 
 def test_paired_se_matches_hand_computation() -> None:
     a = np.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])  # 2 seeds x 4 users
     b = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
-    report = RetrievalReport(["a", "b"], [0, 1], np.arange(4), np.array([True, False, True, False]),
+    report = RetrievalReport(["a", "b"], [0, 1], np.arange(4), np.arange(4), np.array([True, False, True, False]),
                              {"a": {m: a for m in ("recall@5", "recall@10", "ndcg@10", "nll")},
                               "b": {m: b for m in ("recall@5", "recall@10", "ndcg@10", "nll")}})
     diff = [0.5 - 0.0, 0.0 - 0.5, 1.0 - 0.5, 1.0 - 0.0]  # seed-averaged per user, then a - b
     mean = sum(diff) / 4
     sd = math.sqrt(sum((d - mean) ** 2 for d in diff) / 3)
+    runs = [0.5, 0.25]  # each seed's mean difference: their spread is seed noise, added to the users' SE
+    between = sum((r - 0.375) ** 2 for r in runs) / 1 / 2
     stat = report.paired("a", "b", "recall@10")
-    assert stat.mean == pytest.approx(mean) and stat.se == pytest.approx(sd / 2) and stat.n == 4
+    assert stat.mean == pytest.approx(mean) and stat.se == pytest.approx(math.sqrt((sd / 2) ** 2 + between))
+    assert stat.n == 4 and stat.users == 4
     cold = report.paired("a", "b", "recall@10", "cold")  # users 0 and 2
     assert cold.mean == pytest.approx(0.5) and cold.se == pytest.approx(0.0) and cold.n == 2
     assert report.summary("a", "nll", seed=1).mean == pytest.approx(0.5)
     assert paired_diff(np.array([1.0, 2.0]), np.array([1.0, 1.0])).se == pytest.approx(0.5)
     json.dumps(report.to_dict())
     assert "(cold)" in report.table()
+
+
+def test_temporal_split_tests_the_last_fifth_of_each_user_and_never_trains_on_it() -> None:
+    """Per user: the last clip(floor(0.2 n), 1, 20) events are test events, the one before validates, only the rest
+    is trained on; each test event's prompt is the events right before it (earlier test events included)."""
+    lengths = [3, 4, 9, 10, 14, 60, 150]
+    users = np.repeat(np.arange(len(lengths)), lengths)
+    items = np.concatenate([np.arange(n) + 1000 * u for u, n in enumerate(lengths)])  # item = 1000 u + position
+    events = Interactions.from_arrays(users, items, np.concatenate([np.arange(n) for n in lengths]))
+    split = split_events(events, Protocol.TEMPORAL)
+    assert count_test_events(np.array(lengths), Protocol.TEMPORAL).tolist() == [1, 1, 1, 2, 2, 12, 20]
+    assert split.n_test.tolist() == [1, 1, 1, 2, 2, 12, 20] and split.n_train.tolist() == [1, 2, 7, 7, 11, 47, 129]
+    assert held_out(np.array(lengths), Protocol.LEAVE_ONE_OUT).tolist() == [2] * len(lengths)
+    test_items = split.test_items
+    position = test_items % 1000
+    assert np.all(position >= np.repeat(np.array(lengths) - split.n_test, split.n_test)), "only the last events"
+    trained = set(split.train_interactions().item_id.tolist())
+    assert not trained & (set(test_items.tolist()) | set(split.valid.tolist()))
+    assert len(trained) + len(test_items) + len(split) == sum(lengths)  # every event in exactly one part
+    table = random_ids(np.unique(items), [4, 4], seed=0)
+    seqs = Sequences(split, table, history=5)
+    index = PrefixIndex(table)
+    tokens, lengths_, target, _ = seqs.prompts(*split.test_positions())
+    depth = seqs.layout.depth
+    for row in range(len(test_items)):  # the prompt is the (up to) five events right before the test event
+        body = tokens[row, 1 : lengths_[row]].reshape(-1, depth) - seqs.layout.offsets[:-1]
+        before = index.lookup(body).tolist()
+        item = int(test_items[row])
+        assert before == list(range(max(item - 5, item - item % 1000), item)), (item, before)
+    assert np.array_equal(index.lookup(target), test_items)
+    with pytest.raises(ValueError, match="protocol"):
+        split_events(events, "random")
+
+
+def test_clustered_se_matches_a_hand_computation() -> None:
+    """Events of one user are not independent: the SE is clustered by user (CR1), and equals the ordinary SE
+    when each user has one event."""
+    values = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    users = np.array([0, 0, 0, 1, 2, 2])  # user 0: three events, user 1: one, user 2: two
+    mean = 0.5
+    sums = [(1 - mean) + (0 - mean) + (1 - mean), 1 - mean, (0 - mean) + (0 - mean)]  # 0.5, 0.5, -1.0
+    expected = math.sqrt(3 / 2 * sum(x * x for x in sums) / 6**2)
+    stat = mean_se(values, users)
+    assert stat.mean == pytest.approx(mean) and stat.se == pytest.approx(expected) and stat.users == 3
+    iid = mean_se(values)  # one user per event: the textbook SE
+    assert iid.se == pytest.approx(np.std(values, ddof=1) / math.sqrt(6)) and iid.se < stat.se
+    assert math.isnan(mean_se(values, np.zeros(6)).se)  # one user: no spread to estimate from
 
 
 def test_ranking_metrics_by_hand() -> None:
@@ -236,7 +288,7 @@ def test_retriever_learns_a_sequential_pattern_and_is_reproducible() -> None:
     short = RetrievalConfig(**{**TINY, "dropout": 0.1}, epochs=2, batch_size=16, lr=1e-2, warmup_steps=5, beam=10)
     first, again = (evaluate_id_sets({"s": structured}, events, short, seeds=(3,)) for _ in range(2))
     for metric in ("nll", "recall@10"):  # seeded windows, shuffles, init and dropout: the same numbers
-        np.testing.assert_array_equal(again.per_user["s"][metric], first.per_user["s"][metric])
+        np.testing.assert_array_equal(again.per_event["s"][metric], first.per_event["s"][metric])
 
 
 def test_cached_runs_are_reused_only_for_the_same_ids_split_config_and_seed(tmp_path: Path, monkeypatch) -> None:
@@ -262,7 +314,7 @@ def test_cached_runs_are_reused_only_for_the_same_ids_split_config_and_seed(tmp_
     again = evaluate_id_sets({"s": structured}, events, cfg, seeds=(0,), cache=cache)
     assert trained == []
     for metric in ("nll", "recall@10"):
-        np.testing.assert_array_equal(again.per_user["s"][metric], first.per_user["s"][metric])
+        np.testing.assert_array_equal(again.per_event["s"][metric], first.per_event["s"][metric])
     assert again.runs["s"][0]["best_epoch"] == first.runs["s"][0]["best_epoch"]
     evaluate_id_sets({"r": random_ids(catalogue, [4, 8], seed=0)}, events, cfg, seeds=(0,), cache=cache)
     evaluate_id_sets({"s": structured}, events, cfg, seeds=(1,), cache=cache)
@@ -290,8 +342,20 @@ def test_cli_compares_id_files_and_refuses_bad_input(tmp_path: Path, capsys: pyt
     assert "| ours |" in out and "| other |" in out and "(cold)" in out
     assert main([*argv, "--json", "--name", "a", "--name", "b", "--seeds", "0,1"]) == EXIT_OK
     result = json.loads(capsys.readouterr().out)
-    assert result["n_users"] == 20 and result["seeds"] == [0, 1]
+    assert result["n_users"] == 20 and result["seeds"] == [0, 1] and result["protocol"] == "leave_one_out"
+    assert result["n_events"] == 20
     assert set(result["id_sets"]["b"]["all_vs_a"]) == {"recall@5", "recall@10", "ndcg@10", "nll"}
+    assert main([*argv, "--json", "--protocol", "temporal"]) == EXIT_OK
+    temporal = json.loads(capsys.readouterr().out)
+    assert temporal["protocol"] == "temporal" and temporal["n_users"] == 20 and temporal["n_events"] == 20
+    diff = temporal["id_sets"]["other"]["all_vs_ours"]["nll"]
+    assert set(diff) == {"mean", "se", "n", "users"} and diff["n"] == 20 and diff["users"] == 20
+    assert temporal["id_sets"]["other"]["all_mde_vs_ours"]["nll"] == pytest.approx(2 * diff["se"], abs=1e-6)
+    longer = write_interactions(tmp_path / "longer", _sequential_events(users=20, length=16))
+    assert main([*argv[:-5], str(longer), "--epochs", "1", "--history", "3", "--json", "--protocol",
+                 "temporal"]) == EXIT_OK
+    many = json.loads(capsys.readouterr().out)
+    assert many["n_events"] == 20 * 3 and many["id_sets"]["other"]["all_vs_ours"]["recall@10"]["users"] == 20
 
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"user_id": pa.array([1, 1, 1], pa.int64()), "item_id": pa.array([1, 2, 3], pa.int64())}),
