@@ -56,7 +56,8 @@ def plan(policy: RetrainPolicy, publish_root: str | Path | None, artifact: str |
     from rqvae.ids.stability import file_hashes, read_hashes, unchanged_items
     from rqvae.io.checkpoint import read_config
 
-    model_cfg = read_config(version.model_dir)["model"]
+    stored = read_config(version.model_dir)
+    content_dim = int(stored.get("content_dim") or stored["model"]["input_dim"])  # a behaviour model's is wider
     ids, hashes = file_hashes(artifact)
     old_ids, old_hashes = read_hashes(version.item_hashes)
     kept = unchanged_items(old_ids, old_hashes, ids, hashes)
@@ -67,8 +68,8 @@ def plan(policy: RetrainPolicy, publish_root: str | Path | None, artifact: str |
         n_new_or_changed=int((~kept).sum()),
     )
     dim = _artifact_dim(artifact)
-    if int(model_cfg["input_dim"]) != dim:
-        decision["reason"] = f"embedding dimension changed ({model_cfg['input_dim']} -> {dim})"
+    if content_dim != dim:
+        decision["reason"] = f"embedding dimension changed ({content_dim} -> {dim})"
         return decision
     if mode == RunMode.INCREMENTAL:
         decision.update(used=RunMode.INCREMENTAL.value, reason="mode incremental")
@@ -161,10 +162,11 @@ def _recon_mse_of(model_dir: Path, artifact: str | Path, item_ids, device: str) 
     model = load_model(model_dir, device=resolve_device(device)).eval()
     total, count = 0.0, 0
     for batch_ids, x in iter_embeddings(artifact):
-        hit = np.isin(np.asarray(batch_ids, np.int64), ids)
+        batch_ids = np.asarray(batch_ids, np.int64)
+        hit = np.isin(batch_ids, ids)
         if not hit.any():
             continue
-        xt = torch.from_numpy(np.ascontiguousarray(x[hit], np.float32)).to(model.device)
+        xt = torch.from_numpy(np.ascontiguousarray(model.inputs(batch_ids[hit], x[hit]), np.float32)).to(model.device)
         with torch.no_grad():
             err = (model.decode_codes(model.encode(xt)) - xt) ** 2
         total += float(err.double().sum())

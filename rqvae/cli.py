@@ -230,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.collaborative_weight = DEFAULT_WEIGHT
     model_cfg, train_cfg = _train_configs(args, data.vectors.shape[1])
     result = train(data.vectors, model_cfg, train_cfg, out_dir=args.out, show_progress=not args.quiet,
-                   interactions=sequences)
+                   interactions=sequences, item_ids=data.ids)
     print(json.dumps({"model": str(args.out), **_round(result.metrics)}))
     return EXIT_OK
 

@@ -238,22 +238,18 @@ class TrainConfig(_Strict):
         "fp32); fp32 turns autocast off. CPU training is always fp32.",
     )
     collaborative_weight: float = option(
-        0.0,  # opt-in: NLL gain on MovieLens, Recall@10 gain not yet shown, +26% recon MSE (docs/collaborative.md)
+        0.0,  # opt-in until the downstream benchmark shows a win (docs/collaborative.md)
         title="Collaborative weight", section="Training", minimum=0, maximum=100,
-        description="Weight of the behaviour signal when the interactions snapshot {interactions_root}/{snapshot}/ "
-        "is complete (_SUCCESS): items users consume together are pulled into shared code prefixes; each user's "
-        "last two interactions are held out for the evaluation. 0 (the default), or no snapshot, = content-only "
-        "training.",
-        cli_help="behaviour's weight against content in the latent (default 1 with --interactions; "
+        description="When the interactions snapshot {interactions_root}/{snapshot}/ is complete (_SUCCESS), the "
+        "model quantises each item's content plus its behaviour (what users consume it with), the behaviour "
+        "block weighted by this (1 = as much as the content); the events the evaluation tests on are held out. "
+        "0, or no snapshot, = content-only IDs.",
+        cli_help="behaviour's weight against content in the model's input (default 1 with --interactions; "
         "0 = content only)",
     )
     collaborative_dim: int = option(
-        64, title="Collaborative block", section="Training", minimum=1, per_run=False,
-        description="Latent block aligned with the collaborative embeddings (at most latent / 4).",
-    )
-    collaborative_hidden: int = option(
-        8192, title="Collaborative hidden cap", section="Training", minimum=0, per_run=False,
-        description="Max hidden width with interactions (about one unit per warm item); 0 = unchanged.",
+        64, title="Behaviour dimensions", section="Training", minimum=1, per_run=False,
+        description="Behaviour factors per item (a truncated SVD of the user-item matrix) added to the content.",
     )
 
     def __post_init__(self) -> None:
@@ -263,9 +259,8 @@ class TrainConfig(_Strict):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.collaborative_weight < 0 or self.collaborative_hidden < 0:
-            raise ConfigError("collaborative_weight and collaborative_hidden must be >= 0, got "
-                              f"{self.collaborative_weight} and {self.collaborative_hidden}")
+        if self.collaborative_weight < 0:
+            raise ConfigError(f"collaborative_weight must be >= 0, got {self.collaborative_weight}")
 
 
 class _Bounded(_Strict):

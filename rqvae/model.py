@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,9 @@ from .errors import ConfigError
 from .modes import Distance, Gradient, KMeansInit, Method
 from .quantize.kmeans import KMeansMethod
 from .quantize.quantizer import ResidualQuantizer
+
+if TYPE_CHECKING:
+    from .training.behaviour import Behaviour
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +131,9 @@ class RQVAE(nn.Module):
         # model directories store them, so a saved model's config is the whole ModelConfig
         self.method = Method.RQVAE
         self.last_level_balance = 0.0
+        # collaborative IDs (rqvae.training.behaviour): what turns an item's id and content into this model's
+        # input; None when the input is the content itself
+        self.behaviour: Behaviour | None = None
         logger.info(
             "RQVAE: input %d -> hidden %s -> latent %d; %d levels x %s codes (%s, %s%s)",
             self.input_dim, self.hidden_channels, self.latent_dim, len(sizes), sizes, distances_method,
@@ -143,6 +150,20 @@ class RQVAE(nn.Module):
         model.method = config.method
         model.last_level_balance = float(config.last_level_balance)
         return model
+
+    @property
+    def content_dim(self) -> int:
+        """The width of the item vectors it encodes: the input's, or with behaviour the content block's."""
+        return self.input_dim if self.behaviour is None else self.behaviour.content_dim
+
+    def inputs(self, item_ids: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+        """The model's input for items ``item_ids`` with content vectors ``x``: ``x`` itself, or with behaviour
+        content plus behaviour (which needs the ids)."""
+        if self.behaviour is None:
+            return x
+        if item_ids is None:
+            raise ValueError("this model's IDs learned from behaviour: encoding needs each item's id with its vector")
+        return self.behaviour.inputs(item_ids, x)
 
     @property
     def device(self) -> torch.device:

@@ -96,14 +96,14 @@ def _interactions(artifact: str | Path, run: RunInfo, weight: float) -> tuple[An
         log.info("train_rqvae: interactions snapshot %s is %s: content-only training, as without interactions",
                  folder, state)
         return None, content_only()
-    from rqvae.io.readers import read_embeddings
+    from rqvae.io.readers import item_ids_of
     from rqvae.training.collaborative import read_sequences
 
     weight = float(weight)
     if weight <= 0:
         log.info("train_rqvae: collaborative_weight 0: interactions %s not used, content-only training", folder)
         return None, content_only()
-    sequences = read_sequences(folder, read_embeddings(artifact).ids, holdout=HOLDOUT)
+    sequences = read_sequences(folder, item_ids_of(artifact), holdout=HOLDOUT)
     name = run["interactions_name"]
     summary = sequences.summary()
     log.info("train_rqvae: collaborative training on interactions %s (weight %s, the %s protocol's test and "
@@ -143,7 +143,13 @@ def _train(
         "train_rqvae: %d x %d items from %s, model %s, train %s",
         n_items, dim, artifact, model_cfg.to_dict(), train_cfg.to_dict(),
     )
-    result = train(embeddings, model_cfg, train_cfg, out_dir=folder.model_dir, interactions=sequences)
+    item_ids = None
+    if sequences is not None:
+        from rqvae.io.readers import item_ids_of
+
+        item_ids = item_ids_of(artifact)  # behaviour is looked up by item id when items are encoded
+    result = train(embeddings, model_cfg, train_cfg, out_dir=folder.model_dir, interactions=sequences,
+                   item_ids=item_ids)
     metrics = {k: result.metrics[k] for k in REPORTED_METRICS if k in result.metrics}
     return {
         "model_path": str(folder.model_dir),

@@ -58,8 +58,11 @@ class PinnedIds(NamedTuple):
 
 
 @torch.no_grad()
-def encode_array(model: RQVAE, vectors: np.ndarray | torch.Tensor, batch_size: int = ENCODE_BATCH_ROWS) -> np.ndarray:
-    """Codes [N, L] int32 for vectors [N, D]."""
+def encode_array(model: RQVAE, vectors: np.ndarray | torch.Tensor, batch_size: int = ENCODE_BATCH_ROWS,
+                 item_ids: np.ndarray | None = None) -> np.ndarray:
+    """Codes [N, L] int32 for vectors [N, D] (of the items ``item_ids``, which a model with behaviour needs)."""
+    if model.behaviour is not None:
+        vectors = model.inputs(item_ids, np.asarray(vectors, np.float32))
     x = torch.as_tensor(vectors)
     out = np.empty((x.shape[0], model.num_codebooks), dtype=np.int32)
     model.eval()
@@ -141,12 +144,14 @@ def _encode_pass(
     with Progress(total or 0, "encode", enabled=show_progress and bool(total)) as bar:
         for (ids, x), waited in batches:
             read_seconds += waited
-            if x.shape[1] != model.input_dim:
+            if x.shape[1] != model.content_dim:
                 raise InputError(
-                    f"embedding dimension {x.shape[1]} does not match the model's input_dim {model.input_dim}",
+                    f"embedding dimension {x.shape[1]} does not match the model's input_dim {model.content_dim}",
                     ids[:5], count=len(ids), path=embeddings_path,
                 )
             ids = np.asarray(ids, dtype=np.int64)
+            content = x
+            x = model.inputs(ids, x)
             found, where = _pinned_rows(pinned, ids)
             codes = np.empty((len(ids), model.num_codebooks), np.int32)
             err = np.empty(len(ids), np.float64)
@@ -164,7 +169,7 @@ def _encode_pass(
             fdedup_parts.append(fdedup)
             err_parts.append(err)
             if with_hashes:
-                hash_parts.append(embedding_hash(x))
+                hash_parts.append(embedding_hash(content))  # what changed is judged on the item's own vector
             bar.update(len(ids))
     if not ids_parts:
         raise InputError("no items to encode: the input is empty", path=embeddings_path)
@@ -250,7 +255,7 @@ def last_residuals(
         hit = wanted[pos] == ids
         if not hit.any():
             continue
-        xt = torch.from_numpy(np.ascontiguousarray(x[hit], dtype=np.float32)).to(model.device)
+        xt = torch.from_numpy(np.ascontiguousarray(model.inputs(ids[hit], x[hit]), dtype=np.float32)).to(model.device)
         z = model.encode_latent(xt)
         if known is None:
             r = model.quantizer.residuals_of(z)[last]

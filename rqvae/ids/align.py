@@ -224,6 +224,7 @@ def align_model(
     model.eval()
     for ids, x in iter_embeddings(embeddings_path):
         ids = np.asarray(ids, np.int64)
+        content, x = x, model.inputs(ids, x)  # the model's input (content, or content plus behaviour)
         fit_x.append(x[id_sample(ids ^ 0x5BD1E995, fit_fraction)])
         if not len(p_ids):
             continue
@@ -231,7 +232,7 @@ def align_model(
         keep = (p_ids[pos] == ids) & id_sample(ids, common_fraction)
         if keep.any():
             same = np.ones(int(keep.sum()), bool) if unchanged is None else unchanged_items(
-                unchanged[0], unchanged[1], ids[keep], embedding_hash(x[keep]))
+                unchanged[0], unchanged[1], ids[keep], embedding_hash(content[keep]))
             pairs.append((ids[keep], x[keep], p_codes[pos[keep]], p_dedup[pos[keep]], same))
     if not pairs:
         return None, {"applied": False, "reason": "no item of the previous version to align on"}

@@ -146,7 +146,7 @@ def recon_deltas(
         if not hit.any():
             continue
         rows = order[pos[hit]]
-        xt = torch.from_numpy(np.ascontiguousarray(x[hit], np.float32)).to(model.device)
+        xt = torch.from_numpy(np.ascontiguousarray(model.inputs(ids[hit], x[hit]), np.float32)).to(model.device)
         errs = [((model.decode_codes(torch.from_numpy(c[rows].astype(np.int64)).to(model.device)) - xt) ** 2)
                 .double().mean(1) for c in (final, original)]
         out[rows] = (errs[0] - errs[1]).float().cpu().numpy()

@@ -1,6 +1,7 @@
-"""Model directories: ``config.json`` + ``model.safetensors``, loaded without unpickling anything.
+"""Model directories: ``config.json`` + ``model.safetensors`` (+ ``behaviour.safetensors`` for collaborative
+IDs), loaded without unpickling anything.
 
-The weights' SHA-256 is stored in config.json and checked on load, so a tampered or half-written weights file
+The SHA-256 of each weights file is stored in config.json and checked on load, so a tampered or half-written file
 is refused with a clear error instead of producing wrong IDs.
 """
 
@@ -23,6 +24,7 @@ FORMAT = "rqvae-model"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+BEHAVIOUR_NAME = "behaviour.safetensors"  # collaborative IDs: what turns an item's content into the model's input
 
 
 def _state(model: RQVAE) -> dict[str, torch.Tensor]:
@@ -36,11 +38,20 @@ def save_model(model: RQVAE, model_dir: str | Path, extra: dict[str, Any] | None
     weights = model_dir / WEIGHTS_NAME
     with atomic_path(weights) as tmp:
         save_file(_state(model), str(tmp))
+    behaviour = getattr(model, "behaviour", None)
+    behaviour_file = model_dir / BEHAVIOUR_NAME
+    if behaviour is not None:  # the model's input is content plus behaviour: encoders need both
+        with atomic_path(behaviour_file) as tmp:
+            behaviour.save(tmp)
+    else:
+        behaviour_file.unlink(missing_ok=True)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model.model_config().to_dict(),  # the whole ModelConfig, method and last_level_balance too
         "weights_sha256": sha256_file(weights),
+        **({"behaviour_sha256": sha256_file(behaviour_file), "content_dim": behaviour.content_dim}
+           if behaviour is not None else {}),
         **({"extra": extra} if extra else {}),
     }
     write_bytes_atomic(model_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode())
@@ -85,4 +96,22 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> RQV
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{model_dir}: weights do not fit the recorded architecture: {exc}") from exc
+    model.behaviour = _behaviour(model_dir, config, model.input_dim)
     return model.to(device).eval()
+
+
+def _behaviour(model_dir: Path, config: dict[str, Any], input_dim: int) -> Any:
+    """The directory's behaviour (collaborative IDs), checked against its recorded checksum; None without."""
+    from ..training.behaviour import Behaviour
+
+    path = model_dir / BEHAVIOUR_NAME
+    expected = config.get("behaviour_sha256")
+    if expected is None:
+        return None
+    if not path.is_file() or sha256_file(path) != expected:
+        raise ModelLoadError(f"{path} is missing or does not match the checksum recorded in {CONFIG_NAME}: the model "
+                             "needs it to encode items (content plus behaviour); restore the model directory")
+    behaviour = Behaviour.load(path)
+    if behaviour.dim != input_dim:
+        raise ModelLoadError(f"{path}: behaviour of width {behaviour.dim} does not fit the model's input ({input_dim})")
+    return behaviour

@@ -280,6 +280,15 @@ class EmbeddingRows:
         return out
 
 
+def item_ids_of(path: str | Path) -> np.ndarray:
+    """The item ids of a Parquet input, in row order, without reading its vectors."""
+    source = resolve(Path(path), None)
+    if source.format != "parquet":
+        raise InputError("reading only the item ids needs a Parquet input", path=path)
+    parts = [open_parquet(f).read(columns=["item_id"]).column(0).to_numpy() for f in source.files]
+    return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.empty(0, np.int64)
+
+
 def _parquet_dim(source: Source) -> int:
     """The vector width of a Parquet input, from its first non-empty batch."""
     for _, x in _iter_strict(source, DEFAULT_BATCH_ROWS, False, source.files[0]):

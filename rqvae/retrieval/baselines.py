@@ -45,12 +45,13 @@ def model_ids(item_ids: np.ndarray, vectors: np.ndarray, model_config: Any, trai
     ids = np.asarray(item_ids, np.int64)
     result = train(vectors, model_config, train_config, show_progress=False, interactions=interactions,
                    item_ids=ids if interactions is not None else None)
-    codes = encode_array(result.model, vectors)
+    codes = encode_array(result.model, vectors, item_ids=ids)
+    inputs = result.model.inputs(ids, vectors)  # what the model reconstructs (content, or content plus behaviour)
     with torch.no_grad():
         x_hat = result.model.decode_codes(torch.from_numpy(codes).long().to(result.model.device)).cpu().numpy()
     sizes = list(result.model.codebook_size)
     table = IdTable(ids, codes, resolve_collisions(ids, codes, sizes, CollisionMode.DEDUP).dedup, tuple(sizes))
-    metrics = {"recon_mse": float(np.mean((vectors - x_hat) ** 2)),
+    metrics = {"recon_mse": float(np.mean((inputs - x_hat) ** 2)),
                "unique_ratio": code_metrics(codes, sizes)["unique_ratio"]}
     return table, metrics
 

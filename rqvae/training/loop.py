@@ -29,7 +29,7 @@ from .early_stop import heldout_split, is_best, restore_best, should_stop, stall
 from .resume import CHECKPOINT_DIR, resume_run, try_resume
 from .resume import save_checkpoint as _save_checkpoint  # looked up here each epoch: tests interrupt a run with it
 from .sample import prepare_sample, training_source
-from .start import build_model, collaborative_signal, fit_initial_codebooks
+from .start import behaviour_inputs, build_model, collaborative_signal, fit_initial_codebooks
 from .steps import Run, evaluate, run_epoch
 
 if TYPE_CHECKING:
@@ -62,25 +62,27 @@ def train(
     ``vectors`` may be an :class:`rqvae.io.readers.EmbeddingRows`: then only the rows training uses are read (the
     sample of ``max_train_items`` and the held-out rows), with the same draws, so the model is the same.
 
-    ``interactions`` (with ``item_ids``, the item of each row of vectors) adds the collaborative signal of
-    :mod:`rqvae.training.collaborative` with ``train_cfg.collaborative_weight`` (behaviour's weight against content in
-    the latent the codebooks cut); without them, or with weight 0,
-    training is exactly the content-only one. Pass only logs the model may learn from: when its IDs are to be
-    evaluated on users' last items, the training part of the split (``LeaveOneOut.train_interactions()``).
+    ``interactions`` (with ``item_ids``, the item of each row of vectors) make the model's input content plus
+    behaviour (:mod:`rqvae.training.behaviour`), the behaviour block weighted by ``train_cfg.collaborative_weight``;
+    without them, or with weight 0, training is exactly the content-only one. Pass only logs the model may learn
+    from: when its IDs are to be evaluated on users' later events, the training part of the evaluation's split
+    (``split_events(...).train_interactions()``).
     """
     cfg = train_cfg or TrainConfig()
     source = training_source(vectors, model_cfg, cfg, interactions)
-    signal = collaborative_signal(source, model_cfg, cfg, interactions, item_ids)
+    sequences = collaborative_signal(source, cfg, interactions, item_ids)
+    fused = behaviour_inputs(source, item_ids, sequences, cfg) if sequences is not None else None
     rng = np.random.default_rng(cfg.seed)  # every row draw, in a fixed order: sample, evaluation, initialisation
     device = resolve_device(cfg.device)
-    sample = prepare_sample(source, model_cfg, cfg, rng, device, signal)
-    run = Run.plan(build_model(model_cfg, cfg, signal, device), sample, model_cfg, cfg, device)
+    sample = prepare_sample(source if fused is None else fused, model_cfg, cfg, rng, device, sequences)
+    model = build_model(model_cfg, cfg, None if fused is None else fused.behaviour, device)
+    run = Run.plan(model, sample, model_cfg, cfg, device)
     ckpt = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     saved = try_resume(ckpt, run.model, run.opt, run.sched, sample.meta) if ckpt is not None else None
     if saved is not None:
-        resume_run(run, saved, signal)
+        resume_run(run, saved)
     else:
-        run.collab, run.init_metrics = fit_initial_codebooks(run.model, sample, cfg, signal, rng)
+        run.init_metrics = fit_initial_codebooks(run.model, sample, cfg, rng)
     run.begin()
     for epoch in range(run.start_epoch, run.epochs + 1):
         if should_stop(cfg, run.init_metrics, run.history, epoch, run.epochs):
@@ -90,7 +92,7 @@ def train(
         if run.best is not None and is_best(run.init_metrics, run.history):
             run.best = weights(run.model)
         if ckpt is not None:
-            _save_checkpoint(ckpt, run.model, run.opt, run.sched, epoch, run.progress(), run.collab, run.best)
+            _save_checkpoint(ckpt, run.model, run.opt, run.sched, epoch, run.progress(), run.best)
     metrics = finalise(run, model_cfg, out_dir, ckpt)
     return TrainResult(run.model, run.history, metrics, resumed_from_epoch=run.start_epoch - 1)
 
@@ -126,9 +128,12 @@ def finalise(run: Run, model_cfg: ModelConfig, out_dir: str | Path | None, ckpt:
         "init_recon_mse": init["recon_mse"],
         "init_unique_ratio": init["unique_ratio"],
     }
-    if run.collab is not None:
-        metrics["collaborative"] = {"used": True, "weight": cfg.collaborative_weight, **run.collab.summary,
-                                    "embedding_seconds": round(run.collab.seconds, 3)}
+    behaviour = getattr(model, "behaviour", None)
+    if behaviour is not None:
+        metrics["collaborative"] = {"used": True, "weight": cfg.collaborative_weight,
+                                    "dim": behaviour.dim - behaviour.content_dim,
+                                    "n_items_with_events": len(behaviour.item_ids),
+                                    "embedding_seconds": round(behaviour.seconds, 3)}
     if out_dir is not None:
         save_model(model, out_dir, extra={"train": cfg.to_dict(), "metrics": metrics})
         shutil.rmtree(ckpt, ignore_errors=True)

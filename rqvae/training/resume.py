@@ -1,8 +1,7 @@
 """Epoch checkpoints: written after every epoch, read back by a rerun with the same data and config.
 
-A checkpoint holds everything the next epoch depends on (weights, optimiser and scheduler state, history, the
-collaborative alignment fitted at init, early stopping's best weights), so a resumed run ends where an
-uninterrupted one ends.
+A checkpoint holds everything the next epoch depends on (weights, optimiser and scheduler state, history, early
+stopping's best weights), so a resumed run ends where an uninterrupted one ends.
 """
 
 from __future__ import annotations
@@ -18,11 +17,8 @@ import torch
 from ..io.checkpoint import save_model
 from ..io.fsutil import remove_leftovers, replace_dir, temp_path
 from ..model import RQVAE
-from .start import alignment, freeze_branches
 
 if TYPE_CHECKING:
-    from .collaborative import CollaborativeLoss
-    from .start import Signal
     from .steps import Run
 
 logger = logging.getLogger("rqvae.training.loop")  # the training run's log, whichever of its steps writes
@@ -31,15 +27,13 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 def save_checkpoint(ckpt: Path, model: RQVAE, opt, sched, epoch: int, meta: dict[str, Any],
-                    collab: CollaborativeLoss | None = None, best: dict[str, torch.Tensor] | None = None) -> None:
+                    best: dict[str, torch.Tensor] | None = None) -> None:
     """Model weights (safetensors) + optimiser state (tensors only) + progress, swapped in atomically."""
     remove_leftovers(ckpt)  # what an epoch killed mid-save left beside the checkpoint
     tmp = temp_path(ckpt)
     try:
         save_model(model, tmp)
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-        if collab is not None:  # fitted at init, on the initial latent: a resumed run must not refit it
-            state["collaborative"] = {"basis": collab.basis, "scale": torch.tensor(collab.scale)}
         if best is not None:  # early stopping's best weights so far: a resumed run can still go back to them
             state["best"] = best
         torch.save(state, tmp / "optimizer.pt")
@@ -65,20 +59,13 @@ def try_resume(ckpt: Path, model: RQVAE, opt, sched, meta: dict[str, Any]) -> di
     extra = torch.load(ckpt / "optimizer.pt", map_location=model.device, weights_only=True)
     opt.load_state_dict(extra["optimizer"])
     sched.load_state_dict(extra["scheduler"])
-    saved["collaborative_state"] = extra.get("collaborative")
     saved["best_state"] = extra.get("best")
     return saved
 
 
-def resume_run(run: Run, saved: dict[str, Any], signal: Signal | None) -> None:
+def resume_run(run: Run, saved: dict[str, Any]) -> None:
     """Continue ``run`` after the checkpoint's epoch (weights and optimiser are loaded by :func:`try_resume`):
-    its history, init metrics and early stopping's best weights, and the alignment term as fitted at init (the
-    basis and scale it saved)."""
+    its history, init metrics and early stopping's best weights."""
     run.start_epoch, run.history, run.init_metrics = saved["epoch"] + 1, saved["history"], saved["init"]
     run.best = saved["best_state"]
     logger.info("resuming from checkpoint after epoch %d/%d", saved["epoch"], run.epochs)
-    if signal is not None:
-        with torch.no_grad():  # the latent's width and device; basis and scale come from the checkpoint
-            run.collab = alignment(signal, run.sample.pick, run.model.encode_latent(run.sample.eval_x),
-                                   saved.get("collaborative_state"), run.cfg.collaborative_weight)
-        freeze_branches(run.model)

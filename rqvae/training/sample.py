@@ -20,8 +20,8 @@ from .early_stop import heldout_split
 
 if TYPE_CHECKING:
     from ..io.interactions import Interactions
+    from .behaviour import FusedRows
     from .collaborative import ItemSequences
-    from .start import Signal
 
 _FINGERPRINT_ROWS = 1024  # first and last rows of the training data its fingerprint hashes (checked on resume)
 
@@ -57,15 +57,16 @@ def training_source(vectors: np.ndarray | EmbeddingRows, model_cfg: ModelConfig,
 
 
 def prepare_sample(
-    source: np.ndarray | EmbeddingRows,
+    source: np.ndarray | EmbeddingRows | FusedRows,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     rng: np.random.Generator,
     device: torch.device,
-    signal: Signal | None,
+    sequences: ItemSequences | None,
 ) -> Sample:
     """The training rows (at most ``max_train_items``), the held-out rows when early stopping, the evaluation
-    rows and the checkpoint fingerprint; only these rows are read from a lazy source."""
+    rows and the checkpoint fingerprint; only these rows are read (or, with behaviour, made) from a lazy
+    source."""
     total = source.shape[0]
     pick = held = None
     if cfg.early_stop_patience:
@@ -81,8 +82,8 @@ def prepare_sample(
     else:  # per-epoch metrics (and the early-stopping decision) on items training never sees
         eval_x = torch.from_numpy(x_held).to(device)
     meta = {"data": _fingerprint(x_np), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
-    if signal is not None:
-        meta["interactions"] = signal[0].fingerprint()
+    if sequences is not None:
+        meta["interactions"] = sequences.fingerprint()
     return Sample(x, pick, held, eval_x, meta)
 
 
@@ -94,8 +95,8 @@ def _fingerprint(x: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _rows(source: np.ndarray | EmbeddingRows, rows: np.ndarray | None) -> np.ndarray:
+def _rows(source: np.ndarray | EmbeddingRows | FusedRows, rows: np.ndarray | None) -> np.ndarray:
     """The given sorted rows of the vectors (all of them for None)."""
-    if isinstance(source, EmbeddingRows):
-        return source.take(rows)
-    return source if rows is None else source[rows]
+    if isinstance(source, np.ndarray):
+        return source if rows is None else source[rows]
+    return source.take(rows)

@@ -24,13 +24,12 @@ from ..threads import step_threads
 from .early_stop import weights
 
 if TYPE_CHECKING:
-    from .collaborative import CollaborativeLoss
     from .sample import Sample
 
 logger = logging.getLogger("rqvae.training.loop")  # the training run's log, whichever of its steps writes
 
 _EVAL_BATCH = ENCODE_BATCH_ROWS
-_EVAL_FLOATS = 1 << 27  # rows x hidden width per evaluation batch (a wide collaborative memory gets fewer rows)
+_EVAL_FLOATS = 1 << 27  # rows x hidden width per evaluation batch (a wide hidden layer gets fewer rows)
 _EVAL_MIN_ROWS = 1024  # however wide the model, an evaluation batch has at least this many rows
 
 
@@ -50,7 +49,6 @@ class Run:
     start_epoch: int = 1  # after the checkpoint's epoch when resumed
     history: list[dict[str, Any]] = field(default_factory=list)
     init_metrics: dict[str, Any] = field(default_factory=dict)
-    collab: CollaborativeLoss | None = None  # the alignment term (collaborative signal), else None
     best: dict[str, torch.Tensor] | None = None  # early stopping: weights of the lowest held-out recon MSE so far
     step: int = 0
     stopped_after: int | None = None  # the last epoch run when early stopping ended the run
@@ -140,7 +138,6 @@ def run_epoch(run: Run, epoch: int, show_progress: bool) -> dict[str, Any]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
     reseed_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
     # running sums stay on the device: reading them every step would make a GPU wait for each batch
-    collab_sum = torch.zeros((), dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     counts = torch.zeros(model.num_codebooks, kmax, dtype=torch.long, device=device)
     level_offset = torch.arange(model.num_codebooks, device=device) * kmax
@@ -158,15 +155,8 @@ def run_epoch(run: Run, epoch: int, show_progress: bool) -> dict[str, Any]:
             index = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             xb = x_all[index]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
-                if run.collab is None:
-                    out = model(xb)
-                    loss = out.total_loss
-                else:
-                    with _latent_of(model) as latent:
-                        out = model(xb)
-                    c_loss = run.collab(latent[0], index)
-                    loss = out.total_loss + c_loss
-                    collab_sum += c_loss.detach()
+                out = model(xb)
+                loss = out.total_loss
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             run.opt.step()
@@ -195,27 +185,9 @@ def run_epoch(run: Run, epoch: int, show_progress: bool) -> dict[str, Any]:
         "reseeded_codes": reseeded,
         "seconds": round(time.perf_counter() - t_epoch, 3),
     }
-    if run.collab is not None:
-        record["collaborative_loss"] = float(collab_sum) / max(1, loss_n)
     logger.info(
         "epoch %d/%d: loss %.5f recon_mse %.6f usage %s unique %.4f reseeded %d | %.1fs, ETA %s",
         epoch, run.epochs, record["loss"], ev["recon_mse"], [round(u, 3) for u in ev["usage"]],
         ev["unique_ratio"], reseeded, record["seconds"], format_seconds(eta),
     )
     return record
-
-
-class _latent_of:
-    """Context manager capturing the encoder's output during one forward (the latent the quantiser gets), so the
-    alignment term uses the very tensor of the step without a second encoder pass."""
-
-    def __init__(self, model: RQVAE) -> None:
-        self.model = model
-        self.captured: list[torch.Tensor] = []
-
-    def __enter__(self) -> list[torch.Tensor]:
-        self.handle = self.model.encoder.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
-        return self.captured
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()

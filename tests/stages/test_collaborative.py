@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
+from rqvae.encoding.encode import encode_array
 from rqvae.io.interactions import Interactions, leave_one_out, read_interactions, split_events, write_interactions
 from rqvae.modes import Protocol
 from rqvae.training.collaborative import (
@@ -95,14 +96,16 @@ def test_collaborative_embeddings_put_co_consumed_items_together():
         items.append(rng.integers(0, 20, 12) + 20 * (u % 2))
     log = Interactions.from_arrays(np.concatenate(users), np.concatenate(items), np.tile(np.arange(12), 80))
     seqs = ItemSequences.from_interactions(log, np.arange(50, dtype=np.int64))  # items 40..49: no events
-    emb = collaborative_embeddings(seqs, dim=4, seed=0)
+    emb = collaborative_embeddings(seqs, dim=4, seed=0, unit=True)
     v = emb.vectors
     assert v.shape == (50, 4) and np.allclose(np.linalg.norm(v[:40], axis=1), 1, atol=1e-4)
-    assert not v[40:].any() and not emb.confidence[40:].any()
+    assert not v[40:].any()
     sim = v[:40] @ v[:40].T
     same = np.equal.outer(np.arange(40) // 20, np.arange(40) // 20)
     assert sim[same].mean() > 0.5 > sim[~same].mean()
-    np.testing.assert_array_equal(v, collaborative_embeddings(seqs, dim=4, seed=0).vectors)
+    np.testing.assert_array_equal(v, collaborative_embeddings(seqs, dim=4, seed=0, unit=True).vectors)
+    raw = collaborative_embeddings(seqs, dim=4, seed=0).vectors  # V S^1/2: longer for items with more events
+    np.testing.assert_allclose(raw[:40] / np.linalg.norm(raw[:40], axis=1, keepdims=True), v[:40], atol=1e-5)
 
 
 def _clusters(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +117,7 @@ def _clusters(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 MODEL = {"input_dim": DIM, "num_codebooks": 2, "codebook_size": [8, 16], "kmeans_iters": 10}
-TRAIN = {"epochs": 2, "batch_size": 128, "seed": 0, "device": "cpu", "collaborative_hidden": 512}
+TRAIN = {"epochs": 2, "batch_size": 128, "seed": 0, "device": "cpu", "collaborative_dim": 8}
 
 
 def _state(result) -> dict[str, torch.Tensor]:
@@ -175,8 +178,7 @@ def test_dag_collaborative_training_is_opt_in():
     assert DEFAULT_WEIGHT > 0, "the CLI's --interactions without a weight does use the logs"
 
 
-@pytest.mark.parametrize("bad", [{"collaborative_weight": -1.0}, {"collaborative_dim": 0},
-                                 {"collaborative_hidden": -1}])
+@pytest.mark.parametrize("bad", [{"collaborative_weight": -1.0}, {"collaborative_dim": 0}])
 def test_bad_collaborative_settings_are_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
@@ -218,24 +220,45 @@ def test_collaborative_codes_follow_behaviour_and_cold_items_follow_their_conten
     collab = train(x, ModelConfig(**model), TrainConfig(**TRAIN, collaborative_weight=1.0), show_progress=False,
                    interactions=log, item_ids=ids)
     codes_base = base.model.encode(torch.from_numpy(x)).numpy()
-    codes = collab.model.encode(torch.from_numpy(x)).numpy()
+    codes = encode_array(collab.model, x, item_ids=ids)
+    with pytest.raises(ValueError, match="needs each item's id"):
+        encode_array(collab.model, x)
     before, after = _agreement(codes_base[:, 0], community), _agreement(codes[:, 0], community)
     assert after > before + 0.1, (before, after)
     # cold items: never seen in the logs, placed by what their content says about behaviour
     assert _agreement(codes[cold, 0], community[cold]) > _agreement(codes_base[cold, 0], community[cold]) + 0.1
     report = collab.metrics["collaborative"]
-    assert report["used"] and report["n_interactions"] == len(log)
-    assert report["n_items_with_interactions"] == len(np.unique(log.item_id))
+    assert report["used"] and report["dim"] == TRAIN["collaborative_dim"]
+    assert report["n_items_with_events"] == len(np.unique(log.item_id))
 
-    # reconstruction: cold items are not worse off than warm ones, and the trade-off against content-only codes
-    # stays bounded (here a quarter of a 16-d latent carries behaviour; MovieLens, 32 of 384: +30% recon MSE)
-    def err(result, rows: np.ndarray) -> float:
-        xt = torch.from_numpy(x[rows])
-        return float(((result.model.decode_codes(result.model.encode(xt)) - xt) ** 2).mean())
 
-    assert err(collab, cold) < 1.3 * err(collab, ~cold)
-    everything = np.ones(len(x), bool)
-    assert err(collab, everything) < 3 * err(base, everything)
+def test_behaviour_places_warm_items_by_their_factors_and_cold_ones_by_their_content(tmp_path):
+    """An item with events enters the model with its stored behaviour vector, any other with what its content
+    predicts; the behaviour is saved with the model (checksummed) and a tampered file is refused."""
+    from rqvae.errors import ModelLoadError
+    from rqvae.io.checkpoint import load_model
+
+    x, ids, _, cold, log = _behaviour_world()
+    result = train(x, ModelConfig(**MODEL), TrainConfig(**TRAIN, collaborative_weight=1.0), tmp_path / "m",
+                   show_progress=False, interactions=log, item_ids=ids)
+    behaviour = result.model.behaviour
+    warm_ids = np.unique(log.item_id)
+    np.testing.assert_array_equal(behaviour.item_ids, warm_ids)
+    assert result.model.input_dim == DIM + TRAIN["collaborative_dim"] == behaviour.dim
+    z = behaviour.inputs(ids, x)
+    assert z.shape == (len(ids), behaviour.dim)
+    np.testing.assert_allclose(z[:, :DIM], (x - behaviour.content_mean) * behaviour.content_scale, rtol=1e-6)
+    predicted = (behaviour.predict(x) - behaviour.factor_mean) * behaviour.factor_scale
+    np.testing.assert_allclose(z[cold, DIM:], predicted[cold], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(z[~cold, DIM:], predicted[~cold], atol=1e-3), "warm items keep their own behaviour"
+    unknown = behaviour.inputs(ids + 10_000, x)  # ids the logs never named: content alone decides
+    np.testing.assert_allclose(unknown[:, DIM:], predicted, rtol=1e-5, atol=1e-6)
+    loaded = load_model(tmp_path / "m")
+    np.testing.assert_array_equal(encode_array(loaded, x, item_ids=ids), encode_array(result.model, x, item_ids=ids))
+    weights = tmp_path / "m" / "behaviour.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(ModelLoadError, match="checksum"):
+        load_model(tmp_path / "m")
 
 
 def test_pipeline_stage_uses_a_complete_interactions_snapshot_and_the_manifest_says_so(tmp_path):
@@ -317,7 +340,11 @@ def test_cli_train_with_interactions(tmp_path, capsys):
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["collaborative"]["used"] and printed["collaborative"]["weight"] == DEFAULT_WEIGHT
-    assert printed["collaborative"]["n_interactions"] == len(leave_one_out(log).train_interactions())
+    held = leave_one_out(log).train_interactions()
+    assert printed["collaborative"]["n_items_with_events"] == len(np.unique(held.item_id))
+    assert main(["--quiet", "encode", "--model", str(tmp_path / "m"), "--embeddings", str(tmp_path / "items.parquet"),
+                 "--out", str(tmp_path / "ids.parquet")]) == 0  # the ids in the file find each item's behaviour
+    assert pq.read_table(tmp_path / "ids.parquet").num_rows == len(ids)
 
 
 def test_downstream_benchmark_trains_collaborative_ids_on_the_training_part_only(monkeypatch):
