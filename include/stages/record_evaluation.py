@@ -29,6 +29,7 @@ from include.results import EvaluationSummary, Recorded
 from include.versions import EVALUATION, EVALUATION_PLOT, Version, publish_lock
 from rqvae.errors import PermanentError
 from rqvae.io.fsutil import atomic_path, sha256_file, write_bytes_atomic
+from rqvae.modes import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def summary(result: dict[str, Any], reasons: list[str]) -> EvaluationSummary:
     this = result["retrieval"]["id_sets"]["this"]["all"]
     vs = result.get("paired", {}).get("this-rqkmeans", {}).get("nll", {})
     return EvaluationSummary(
-        status="failed" if reasons else "passed",
+        status=Verdict.FAILED if reasons else Verdict.PASSED,
         recall_at_10=this["recall@10"]["mean"],
         recall_at_10_se=this["recall@10"]["se"],
         nll=this["nll"]["mean"],
@@ -133,8 +134,8 @@ def record_evaluation(
     log.info("record_evaluation: %s %s (%s)", version.path, status, evaluation["summary"])
     if reasons:
         raise QualityGateFailed(
-            f"downstream quality gate failed for {version.name} (flagged in {EVALUATION}; still published): "
-            + "; ".join(reasons)
+            f"downstream quality gate failed for {version.name} (flagged in {EVALUATION}; still published, "
+            "not promoted: serving stays where it was): " + "; ".join(reasons)
         )
     return Recorded(version_path=str(version.path), **evaluation["summary"])
 
@@ -166,7 +167,7 @@ def section_html(evaluation: dict[str, Any]) -> str:
         + "</tr>"
         for pair, diffs in evaluation.get("paired", {}).items()
     )
-    verdict = "passed" if info["status"] == "passed" else f"FAILED: {info['reason']}"
+    verdict = Verdict.PASSED.value if info["status"] == Verdict.PASSED else f"FAILED: {info['reason']}"
     return f"""<h2>Downstream evaluation</h2>
 <p>Generative retrieval on {retrieval['n_users']} users (leave-one-out; seeds {retrieval['seeds']}); gate:
 <strong>{html.escape(verdict)}</strong>. NLL: negative log-likelihood of the true next item among all valid
