@@ -3,9 +3,9 @@ aliases (`serving`, what consumers read; `latest`, the newest published), the pr
 latest report inline, and, for users who may edit the `rqvae_semantic_ids` DAG, a promote button per version.
 
 Reading only: the page is rendered from the publish root at each request; a missing, half-written or malformed
-file gets its own short text, never an error page. The button's form posts to the plugin's `promote` route
-(semantic_ids_plugin), with a reason, a confirmation, `force` for a version that failed the gate, and the CSRF
-token the route checks. Kept apart from the routes and their access control so that each stays readable.
+file gets its own short text, never an error page. The button opens a confirmation whose form posts to the
+plugin's `promote` route (semantic_ids_plugin), with a reason, `force` for a version that failed the gate, and
+the CSRF token the route checks. Kept apart from the routes and their access control so that each stays readable.
 """
 
 from __future__ import annotations
@@ -219,27 +219,29 @@ def _markers(folder: Path, version: Path, latest: str | None, serving: str | Non
 
 
 def _promote_cell(prefix: str, version: Path, s: dict[str, Any], serving: str | None, token: str | None) -> str:
-    """`serving` on the served row; for editors a form per other version: reason, confirmation, force if failed."""
+    """`serving` on the served row; for editors, per other version, a button that opens the confirmation: the
+    question, a reason, `force` for a failed version, and the button that posts. (The UI shows the page in a
+    sandboxed iframe without modals, so the confirmation is part of the page, not a `confirm()` dialog.)"""
     if version.name == serving and _pointer(version) == _pointer(version.parent / SERVING):
         return '<td class="serving">serving</td>'
     if token is None or not s["readable"]:
         return "<td>–</td>"
     target = prefix + version.name
     action = "Roll back" if serving is not None and version.name < serving else "Promote"
-    failed = s["verdict"] == Verdict.FAILED
     question = f"{action} serving to {target}" + (f" (serving {serving} now)" if serving else "") + "?"
     force = ""
-    if failed:
+    if s["verdict"] == Verdict.FAILED:
         question += " It FAILED the downstream gate: the log will mark the move forced."
         force = '<label><input type="checkbox" name="force" value="true" required> force (failed the gate)</label>'
     q = html.escape
     return (
-        f'<td><form method="post" action="promote" class="promote" data-confirm="{q(question)}" '
-        'onsubmit="return confirm(this.dataset.confirm)">'
+        f'<td><details class="promote"><summary>{action}…</summary>'
+        f'<form method="post" action="promote"><p class="confirm">{q(question)}</p>'
         f'<input type="hidden" name="version" value="{q(target)}">'
         f'<input type="hidden" name="{CSRF_FIELD}" value="{q(token)}">'
-        f'<input name="reason" required maxlength="500" placeholder="reason" aria-label="reason for {q(target)}">'
-        f'{force}<button type="submit">{action}</button></form></td>'
+        f'<input name="reason" required maxlength="500" placeholder="reason (logged)" '
+        f'aria-label="reason for {q(target)}">{force}'
+        f'<button type="submit">Yes, {action.lower()} to {q(target)}</button></form></details></td>'
     )
 
 
@@ -340,8 +342,8 @@ td.failed {{ background: #fde2e1; color: #8a1c1c; font-weight: 600; }}
 td.verdict.passed, td.serving {{ background: #e3f4e1; color: #1d5e18; font-weight: 600; }}
 td.unreadable {{ color: #8a5a00; }}
 tr.rollback td {{ background: #fff4dc; }}
-form.promote {{ display: flex; gap: 0.3rem; align-items: center; margin: 0; }}
-form.promote input[name=reason] {{ width: 11rem; }}
+details.promote form {{ display: flex; flex-direction: column; gap: 0.3rem; margin-top: 0.3rem; }}
+details.promote p.confirm {{ margin: 0; max-width: 18rem; font-weight: 600; }}
 iframe {{ width: 100%; height: 80vh; border: 1px solid #ddd; }}
 </style></head>
 <body><h1>Published semantic IDs</h1>{body}{frames.get("serving", "")}{frames.get("latest", "")}</body></html>
