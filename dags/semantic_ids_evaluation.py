@@ -9,7 +9,7 @@ residual k-means IDs at the same L x K, random IDs and the previous version's ID
 | task | does | XCom |
 |---|---|---|
 | `find_version` | the version of the triggering asset event (or the `version` param, else `latest`) | folders |
-| `has_interactions` | skips the rest when `{interactions_root}/{snapshot}/_SUCCESS` is missing | bool |
+| `has_interactions` | skips the evaluation when `{interactions_root}/{snapshot}/_SUCCESS` is missing | bool |
 | `validate_interactions` | GX suite: ids, timestamps, share of items with an ID, users with >= 3 events | counts |
 | `evaluate_retrieval` | queue `gpu`: retriever per ID set, leave-one-out, paired per user | result path |
 | `record_evaluation` | `evaluation.json` + plots + report section into the version; the quality gate | summary |

@@ -1,7 +1,8 @@
 """Stage `record_evaluation`: put the downstream verdict next to the published IDs, and apply the gate.
 
 The published IDs are never touched: consumers may be reading them, and a worse evaluation is a reason to
-look, not to unpublish. What is added to the version folder:
+look, not to unpublish. What consumers are given is decided next: the DAG's `promote` task moves the `serving`
+alias only after this stage passed (include.stages.promote). What is added to the version folder:
 
 - `evaluation.json`: the verdict (`summary`, read by the UI page), the gate, every ID set's metrics with
   standard errors and the paired differences;
