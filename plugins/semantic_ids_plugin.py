@@ -96,7 +96,7 @@ def require_reader(request: Request, user: Annotated[BaseUser, Depends(current_u
     requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)(request, user)
 
 
-def require_editor(request: Request, user: BaseUser) -> None:
+def require_editor(request: Request, user: Annotated[BaseUser, Depends(current_user)]) -> None:
     """403 unless the user may edit the DAG (PUT, as Airflow's own API asks to change a DAG): who may promote."""
     from airflow.api_fastapi.core_api.security import requires_access_dag
 
@@ -124,12 +124,13 @@ def csrf_token(user: BaseUser) -> str:
     return str(_csrf_serializer().dumps(str(user.get_id())))
 
 
-def check_csrf(token: str | None, user: BaseUser) -> None:
+def check_csrf(token: Any, user: BaseUser) -> None:
     """403 unless `token` was signed for this user within CSRF_MAX_AGE_S: another site's form cannot know it."""
     from itsdangerous import BadSignature
 
     try:
-        valid = bool(token) and _csrf_serializer().loads(token, max_age=CSRF_MAX_AGE_S) == str(user.get_id())
+        valid = isinstance(token, str) and bool(token) and \
+            _csrf_serializer().loads(token, max_age=CSRF_MAX_AGE_S) == str(user.get_id())
     except BadSignature:  # tampered, expired or another user's
         valid = False
     if not valid:
@@ -275,19 +276,20 @@ def create_app(publish_root: str | Path | None = None) -> FastAPI:
     def index(request: Request, user: Annotated[BaseUser, Depends(current_user)]) -> str:
         return render_index(root(), csrf_token(user) if may_promote(request, user) else None)
 
-    @app.post("/promote")
+    @app.post("/promote", dependencies=[Depends(require_editor)])
     async def promote_version(
         request: Request,
         user: Annotated[BaseUser, Depends(current_user)],
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Response:
         """Promote or roll back: 303 back to the page for its form, the outcome as JSON for an API client."""
-        require_editor(request, user)
         fields = await posted_fields(request)
         by_token = credentials is not None and credentials.scheme.lower() == "bearer"
         if not by_token:
             check_csrf(fields.get(CSRF_FIELD), user)
-        answer = await run_in_threadpool(promote_request, root(), fields, user, "api" if by_token else "ui")
+        via = "api" if by_token else "ui"
+        # the root (an Airflow Variable maybe), the lock and the asset event block: off the event loop
+        answer = await run_in_threadpool(lambda: promote_request(root(), fields, user, via))
         if _is_page_navigation(request):
             return RedirectResponse("./", status_code=303)
         return JSONResponse(answer)

@@ -208,6 +208,8 @@ def test_a_cookie_post_without_the_pages_csrf_token_is_refused(history, app, tok
         form = {"version": D1, "reason": "cross-site", **({"csrf_token": token} if token is not None else {})}
         answer = admin.post("/semantic-ids/promote", data=form)
         assert answer.status_code == 403 and "CSRF" in answer.json()["detail"], answer.text
+    as_json = admin.post("/semantic-ids/promote", json={"version": D1, "reason": "x", "csrf_token": 123})
+    assert as_json.status_code == 403, "a cookie needs the token however the body is sent"
     assert picture(root) == before
 
 
