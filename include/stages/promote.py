@@ -18,7 +18,8 @@ from include.params import EvaluationOptions
 from include.promotion import promoted
 from include.results import Promoted
 from include.version_ref import VersionRef
-from rqvae.ids.promotion import promote_automatically
+from rqvae.ids.promotion import judge, promote_automatically
+from rqvae.modes import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ def promote(
     """
     folder = Path(ref.publish_root)
     unjudged = not had_interactions and options.promote_without_evaluation
-    if had_interactions:
-        reason = f"passed the downstream gate (evaluation run {run_id})"
+    if judge(ref.version_path).verdict == Verdict.PASSED:  # the rule is applied again, under the lock
+        reason = f"passed the downstream gate (promoted by run {run_id})"
     else:
         reason = f"no interactions snapshot for {ref.snapshot}; promote_without_evaluation is on"
     outcome = promote_automatically(folder, ref.snapshot, by=by, reason=reason, allow_unevaluated=unjudged,
