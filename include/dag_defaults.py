@@ -1,4 +1,4 @@
-"""What both DAG files share: retry defaults, the retry policy, GPU routing and the `semantic_ids` asset.
+"""What the DAG files share: retry defaults, the retry policy, GPU routing and the two assets.
 
 Imported at DAG-parse time, so it stays light: Airflow's SDK and :mod:`rqvae.errors` only (no torch, pandas,
 pyarrow or Great Expectations). Deployment settings come from the environment of the process that parses the
@@ -23,8 +23,12 @@ from rqvae.errors import PermanentError
 OWNER = "ml-platform"
 RETRY_BACKOFF = 2.0  # each retry waits twice as long as the one before
 
-# `rqvae_semantic_ids.publish` updates it; `semantic_ids_evaluation` is scheduled on it.
+# `rqvae_semantic_ids.publish` updates it ("published"); `semantic_ids_evaluation` is scheduled on it.
 SEMANTIC_IDS = Asset("semantic_ids")
+# Updated whenever the `serving` alias moves (`semantic_ids_evaluation.promote`, `semantic_ids_promote`, the UI
+# page's promote button): what consumers that load the served version schedule on.
+SERVING_ASSET = "semantic_ids_serving"
+SEMANTIC_IDS_SERVING = Asset(SERVING_ASSET)
 
 # A retry repeats the same input, params and files: permanent failures (bad input, failed validation or quality
 # gate, bad snapshot, path outside the roots, unusable model directory, refused publish) fail the task at once.

@@ -101,9 +101,36 @@ class EvaluationOptions:
         description="Fail the gate when this version is worse than residual k-means or the previous version by "
         "more than this many paired standard errors (NLL or Recall@10).",
     )
+    promote_without_evaluation: bool = option(
+        False, title="Promote without evaluation", section="Promotion", cli=False,
+        description="When the version's day has no interactions snapshot (nothing to judge it with), still move "
+        "the serving alias to it. Off: serving stays on the last version that passed the gate.",
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
+
+
+VERSION_PATTERN = r"^([A-Za-z0-9_-][A-Za-z0-9_.-]*/){0,3}\d{4}-\d{2}-\d{2}$"  # [namespace/...]snapshot
+
+
+@dataclass
+class PromotionOptions:
+    """The `semantic_ids_promote` DAG's form: a person moves (or rolls back) the serving alias, on the record."""
+
+    version: str = option(
+        "", title="Version", section="Promotion", cli=False, pattern=VERSION_PATTERN,
+        description="Published version to serve, relative to the publish root (e.g. 2026-11-30 or "
+        "movielens/2026-11-30). Older than the one serving now: a rollback.",
+    )
+    reason: str = option(
+        "", title="Reason", section="Promotion", cli=False, pattern=r"\S",
+        description="Why (written to promotions.jsonl with your user name, the time and the version's verdict).",
+    )
+    force: bool = option(
+        False, title="Force a failed version", section="Promotion", cli=False,
+        description="Needed to serve a version that failed the downstream gate; the log marks the move forced.",
+    )
 
 
 FORM_CLASSES: tuple[type, ...] = (RunOptions, *CONFIG_CLASSES)
@@ -124,7 +151,11 @@ FORM_ORDER = (
 # The evaluation DAG's form: Input, Interactions, Retriever, Gate.
 EVALUATION_CLASSES: tuple[type, ...] = (EvaluationOptions, RetrieverOptions)
 EVALUATION_ORDER = ("version", "embeddings_root", "min_known_share", "min_users", "protocol", "also_leave_one_out",
-                    "max_users", "epochs", "seeds", "max_se")
+                    "max_users", "epochs", "seeds", "max_se", "promote_without_evaluation")
+
+# The promote DAG's form.
+PROMOTION_CLASSES: tuple[type, ...] = (PromotionOptions,)
+PROMOTION_ORDER = ("version", "reason", "force")
 
 JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"))
 
@@ -247,3 +278,8 @@ def evaluation_from_params(params: Mapping[str, Any]) -> EvaluationConfig:
     specs = form_fields(EVALUATION_CLASSES, EVALUATION_ORDER)
     values = form_values(params, specs)
     return EvaluationConfig(run=build(EvaluationOptions, values), retriever=build(RetrieverOptions, values))
+
+
+def promotion_from_params(params: Mapping[str, Any]) -> PromotionOptions:
+    """The promote DAG's params as PromotionOptions (a missing one keeps its default)."""
+    return build(PromotionOptions, form_values(params, form_fields(PROMOTION_CLASSES, PROMOTION_ORDER)))

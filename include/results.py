@@ -12,9 +12,9 @@ run-mode param); `Encoded.mode` keeps naming the run mode that was used.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
-from rqvae.modes import CollisionMode, RunMode
+from rqvae.modes import CollisionMode, PromotionKind, RunMode, Verdict
 
 
 class RunInfo(TypedDict):
@@ -221,7 +221,7 @@ class Evaluated(TypedDict):
 class EvaluationSummary(TypedDict):
     """The verdict `evaluation.json` and the manifest's `downstream` entry keep (the UI page reads these keys)."""
 
-    status: Literal["passed", "failed"]
+    status: Verdict  # PASSED or FAILED: NOT_EVALUATED is what a version without evaluation.json gets
     protocol: str  # the rqvae.modes.Protocol the gate judged with
     recall_at_10: float
     recall_at_10_se: float | None
@@ -236,6 +236,24 @@ class Recorded(EvaluationSummary):
     """`record_evaluation`: the version the verdict was written into, and the verdict."""
 
     version_path: str
+
+
+class Promoted(TypedDict):
+    """`promote` (the evaluation DAG) and `promote_version` (the promote DAG): whether `serving` moved.
+
+    `version` is the version's folder relative to the configured publish root (e.g. movielens/2026-11-30), as the
+    forms take it; `serving` the snapshot serving names afterwards (None: nothing promoted yet in that root).
+    """
+
+    moved: bool
+    version: str
+    snapshot: str
+    publish_root: str
+    serving: str | None
+    verdict: Verdict
+    kind: PromotionKind | None  # None when nothing moved
+    forced: bool
+    message: str
 
 
 def content_only(weight: float = 0.0) -> dict[str, Any]:

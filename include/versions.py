@@ -4,45 +4,47 @@ Under a publish root (one per data-set namespace)::
 
     latest                 symlink -> {snapshot} (relative); the newest snapshot published, never older
     latest.json            the same pointer as a file, for readers that cannot follow symlinks
-    {snapshot}             symlink -> .versions/{snapshot}/{copy}/{snapshot}: the version consumers are given
+    serving                symlink -> .versions/{snapshot}/{copy}/{snapshot}: the version consumers read, moved
+                           only by promotion (rqvae.ids.promotion) to a copy that passed the downstream gate
+    serving.json           the same pointer as a file, with the promotion that set it
+    promotions.jsonl       one line per move of `serving` (who, when, from, to, reason, verdict, kind)
+    {snapshot}             symlink -> .versions/{snapshot}/{copy}/{snapshot}: the version as published
     .versions/{snapshot}/{copy}/{snapshot}/
                            one immutable stored copy per publish ({copy}: publish time + random id)
-    .publish.lock          serialises publishers (and record_evaluation's writes into a version)
+    .publish.lock          serialises publishers, promotions and record_evaluation's writes into a version
 
 Inside a version (`Version`): semantic_ids.parquet, model/, manifest.json (written last: a version with a
 manifest is complete), validation/, item_hashes.parquet, serving_index/, migration.parquet,
 retired_ids.parquet, collision_audit.parquet, report/, semantic_id_dict.json (optional), and later
 evaluation.json + report/evaluation.png from the evaluation DAG.
 
-Every name is spelled here and nowhere else. include.stages.publish writes this layout (atomically, under the lock);
-incremental mode, lineage, the report, the evaluation DAG and the UI plugin read it through this module.
-Standard library only: the Airflow API server imports the UI plugin, and with it this module, at start.
+Every name is spelled here and nowhere else, except those of the root's pointers, its lock and the two files a
+promotion reads: they are the library's (rqvae.io.published, re-exported here), because the `rqvae promote` CLI
+must move `serving` without the pipeline package. include.stages.publish writes this layout (atomically, under
+the lock); incremental mode, lineage, the report, the evaluation DAG and the UI plugin read it through this
+module. Standard library only: the Airflow API server imports the UI plugin, and with it this module, at start.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from include.snapshot import parse_snapshot
+from rqvae.io.published import EVALUATION, LATEST, LATEST_JSON, MANIFEST, VERSIONS, read_pointer
+from rqvae.io.published import LOCK_FILE as LOCK_FILE  # re-exported: the publish root's names, one spelling
+from rqvae.io.published import PROMOTIONS as PROMOTIONS
+from rqvae.io.published import SERVING as SERVING
+from rqvae.io.published import SERVING_JSON as SERVING_JSON
+from rqvae.io.published import copy_named_by as copy_named_by
+from rqvae.io.published import publish_lock as publish_lock
 
-# the publish root
-LATEST = "latest"
-LATEST_JSON = "latest.json"
-VERSIONS = ".versions"  # the immutable stored copies the `{snapshot}` symlinks name
-LOCK_FILE = ".publish.lock"
-
-# inside a version
+# inside a version (MANIFEST and EVALUATION come from rqvae.io.published)
 SEMANTIC_IDS = "semantic_ids.parquet"
 MODEL_DIR = "model"
 MODEL_CONFIG = "config.json"  # rqvae.io.checkpoint.CONFIG_NAME, repeated so readers need not import torch
-MANIFEST = "manifest.json"
 VALIDATION_DIR = "validation"
 JSON_DICT = "semantic_id_dict.json"
 ITEM_HASHES = "item_hashes.parquet"  # item_id, emb_hash: what an incremental run compares
@@ -52,7 +54,6 @@ RETIRED_IDS = "retired_ids.parquet"
 COLLISION_AUDIT = "collision_audit.parquet"
 REPORT_DIR = "report"
 REPORT_INDEX = "index.html"
-EVALUATION = "evaluation.json"
 EVALUATION_PLOT = "evaluation.png"  # in report/
 
 
@@ -156,17 +157,7 @@ def read_latest(publish_root: str | Path) -> str | None:
 
     The symlink is read first (switched atomically); `latest.json` serves file systems without symlinks.
     """
-    root = Path(publish_root)
-    link = root / LATEST
-    if link.is_symlink():
-        return Path(os.readlink(link)).name
-    try:
-        pointer = json.loads((root / LATEST_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(pointer, dict) and pointer.get("snapshot"):
-        return str(pointer["snapshot"])
-    return None
+    return read_pointer(publish_root, LATEST, LATEST_JSON)
 
 
 def latest_version(publish_root: str | Path) -> Version | None:
@@ -202,25 +193,6 @@ def previous_version(publish_root: str | Path, snapshot: str) -> Version | None:
     """The newest published version older than `snapshot`: what this one replaces for consumers."""
     older = [v for v in list_versions(publish_root) if v.name < snapshot]
     return older[-1] if older else None
-
-
-@contextmanager
-def publish_lock(publish_root: str | Path) -> Iterator[None]:
-    """An exclusive advisory lock on `{root}/.publish.lock`, held while versions and `latest` change (publish)
-    or files are added to a version (record_evaluation)."""
-    with open(Path(publish_root) / LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def copy_named_by(link: Path) -> str | None:
-    """The `{copy}` a pointer (`{snapshot}` or `latest`) names as `.versions/{snapshot}/{copy}/{snapshot}`, else
-    None (a pointer to a name, a plain folder, or nothing)."""
-    parts = Path(os.readlink(link)).parts if link.is_symlink() else ()
-    return parts[-2] if len(parts) >= 4 and parts[-4] == VERSIONS else None
 
 
 def stored_copy_as_name(parts: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,32 +1,41 @@
-"""Airflow UI plugin: the published semantic-ID versions and their reports, as a page in the Airflow 3 UI.
+"""Airflow UI plugin: the published semantic-ID versions, their reports and the `serving` alias, as a page in
+the Airflow 3 UI.
 
-A FastAPI sub-app mounted by the API server at `/semantic-ids` lists every published version (per data-set
-namespace: snapshot, items, unique-ID ratio, recon MSE, churn, interactions, downstream evaluation, which one
-`latest` names) and serves each version's `report/` folder, manifest and evaluation files; an external view
-puts it in the UI's Browse menu (shown in an iframe at /plugin/semantic-ids). Only those files are served,
-never the IDs or the model, and no path can leave the publish root.
+A FastAPI sub-app mounted by the API server at `/semantic-ids` shows the page (semantic_ids_page: every version
+per data-set namespace with its figures and verdict, which one `serving` and `latest` name, the promotion log,
+the serving report inline), serves each version's `report/` folder, manifest and evaluation files, and takes
+promotions and rollbacks (`POST /semantic-ids/promote`); an external view puts it in the UI's Browse menu
+(shown in an iframe at /plugin/semantic-ids). Only those files are served, never the IDs or the model, and no
+path can leave the publish root.
 
 Airflow authenticates its own routers only: a mounted plugin app inherits none of that, so every route here
 asks Airflow's auth manager itself (the UI's `_token` cookie, or an `Authorization: Bearer` JWT) and requires
 read access to the runs of the `rqvae_semantic_ids` DAG, since manifests carry run ids and run configs.
-Importing this module is cheap (no torch, no pandas, no API-server security module): the API server imports
-every plugin at start, and so does every task process, for macros.
+Promoting needs edit access to that DAG (what Airflow's own API asks to change a DAG). A promotion sent with
+the session cookie (the page's form) must carry the CSRF token the page was rendered with, signed with the
+API server's secret key for that user; one sent with a bearer token (an API client) needs none, as on the
+core API, since a browser never adds that header by itself. Importing this module is cheap (no torch, no
+pandas, no API-server security module): the API server imports every plugin at start, and so does every task
+process, for macros.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import math
+import logging
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from semantic_ids_page import CSRF_FIELD, MAX_DEPTH, namespaces, render_index
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.versions import (
@@ -35,18 +44,22 @@ from include.versions import (
     REPORT_DIR,
     REPORT_INDEX,
     Version,
-    list_versions,
     read_latest,
     stored_copy_as_name,
 )
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/semantic-ids"
 DAG_ID = "rqvae_semantic_ids"
 REPORT_SUFFIXES = {".html", ".png", ".json"}
 VERSION_FILES = {MANIFEST, EVALUATION}  # plus evaluation*.png, next to the manifest
-MAX_DEPTH = 3  # namespaces nest at most this deep under the publish root (e.g. movielens/)
 MAX_PATH_CHARS = 1024  # far above any real report path; longer requests are refused before touching the disk
 MAX_NAME_BYTES = 255  # the filesystem's own limit: a longer name would raise instead of "not found"
+MAX_FORM_BYTES = 16 * 1024  # a promotion is a version, a reason and a token
+CSRF_SALT = "semantic-ids-promote"  # tokens signed for this form are good for nothing else
+CSRF_MAX_AGE_S = 12 * 3600  # a page left open longer is reloaded before promoting
+TRUE_VALUES = {"true", "1", "on", "yes"}  # how a form or JSON says `force`
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -83,234 +96,139 @@ def require_reader(request: Request, user: Annotated[BaseUser, Depends(current_u
     requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)(request, user)
 
 
+def require_editor(request: Request, user: Annotated[BaseUser, Depends(current_user)]) -> None:
+    """403 unless the user may edit the DAG (PUT, as Airflow's own API asks to change a DAG): who may promote."""
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    requires_access_dag("PUT", param_dag_id=DAG_ID)(request, user)
+
+
+def may_promote(request: Request, user: BaseUser) -> bool:
+    """Whether the page shows this user the promote buttons (the route checks again, whatever the page showed)."""
+    try:
+        require_editor(request, user)
+    except HTTPException:
+        return False
+    return True
+
+
+def _csrf_serializer() -> Any:
+    from airflow.configuration import conf
+    from itsdangerous import URLSafeTimedSerializer
+
+    return URLSafeTimedSerializer(conf.get("api", "secret_key"), salt=CSRF_SALT)
+
+
+def csrf_token(user: BaseUser) -> str:
+    """The token the page puts in each promote form: the user's id, signed and timed with the API secret key."""
+    return str(_csrf_serializer().dumps(str(user.get_id())))
+
+
+def check_csrf(token: Any, user: BaseUser) -> None:
+    """403 unless `token` was signed for this user within CSRF_MAX_AGE_S: another site's form cannot know it."""
+    from itsdangerous import BadSignature
+
+    try:
+        valid = isinstance(token, str) and bool(token) and \
+            _csrf_serializer().loads(token, max_age=CSRF_MAX_AGE_S) == str(user.get_id())
+    except BadSignature:  # tampered, expired or another user's
+        valid = False
+    if not valid:
+        raise HTTPException(403, "CSRF token missing or invalid: reload the Semantic IDs page and try again")
+
+
 def _is_page_navigation(request: Request) -> bool:
-    """A browser opening a page (address bar, link, iframe), as opposed to a script or an API client."""
+    """A browser opening a page (address bar, link, iframe, form), as opposed to a script or an API client."""
     headers = request.headers
     return headers.get("sec-fetch-mode") == "navigate" and headers.get("sec-fetch-dest") in ("document", "iframe")
 
 
 async def refused(request: Request, exc: StarletteHTTPException) -> Response:
-    """Send a logged-out browser to the UI's login page (back here afterwards); everyone else gets the error."""
+    """Send a logged-out browser to the UI's login page (back here afterwards); show a refused form's reason as a
+    page with a way back; everyone else gets the error as JSON."""
     if exc.status_code == 401 and _is_page_navigation(request):
         from airflow.api_fastapi.app import get_auth_manager
 
-        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
+        status = 307 if request.method == "GET" else 303  # after a POST, the login page is fetched with GET
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=status)
+    if request.method == "POST" and _is_page_navigation(request):
+        page = (f"<!doctype html><title>Not promoted</title><h1>Not promoted ({exc.status_code})</h1>"
+                f"<p>{html.escape(str(exc.detail))}</p><p><a href=\"./\">Back to the Semantic IDs page</a></p>")
+        return HTMLResponse(page, status_code=exc.status_code)
     return await http_exception_handler(request, exc)
 
 
-# ------------------------------------------------------------------------------------------ reading versions
+# ------------------------------------------------------------------------------------------ promotion
 
 
-def _read_json(path: Path) -> Any:
-    """The parsed file, or None when it is missing or not JSON: one bad file must not break the page."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+async def posted_fields(request: Request) -> dict[str, Any]:
+    """The fields of a promotion: a form (the page) or a JSON object (an API client)."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"a promotion is at most {MAX_FORM_BYTES} bytes")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            fields = json.loads(body or b"{}")
+        except ValueError:
+            raise HTTPException(400, "the body is not JSON") from None
+        if not isinstance(fields, dict):
+            raise HTTPException(400, "send a JSON object: version, reason, force")
+        return fields
+    if kind == "application/x-www-form-urlencoded":
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20)
+        return {name: values[-1] for name, values in parsed.items()}
+    raise HTTPException(415, "send the promotion as a form (application/x-www-form-urlencoded) or as JSON")
 
 
-def _versions(folder: Path) -> list[Path]:
-    """Published versions, newest first: `{snapshot}` symlinks to their stored copies (include.versions)."""
-    return [version.path for version in reversed(list_versions(folder))]
+def emit_serving_event(extra: dict[str, Any]) -> bool:
+    """Record a `semantic_ids_serving` asset event, as the core API's `POST /assets/events` does, so consumers
+    scheduled on the asset run for a promotion made here too. False when the asset is not registered yet (no
+    DAG declaring it has been parsed): the move stands, and the log and serving.json say it."""
+    from airflow.assets.manager import asset_manager
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from include.dag_defaults import SERVING_ASSET
+
+    with create_session() as session:
+        asset = session.scalar(select(AssetModel).where(AssetModel.name == SERVING_ASSET).limit(1))
+        if asset is None:
+            log.warning("asset %s is not registered yet: no event for this promotion", SERVING_ASSET)
+            return False
+        event = asset_manager.register_asset_change(asset=asset, extra=extra, source_is_api=True, session=session)
+    return event is not None
 
 
-def namespaces(root: Path) -> list[Path]:
-    """Folders holding published versions: the root and data-set sub-folders (e.g. movielens/)."""
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    stack = [(root, 0)]
-    while stack:
-        folder, depth = stack.pop()
-        if read_latest(folder) is not None or list_versions(folder):
-            found.append(folder)
-        if depth < MAX_DEPTH:
-            for child in folder.iterdir():
-                inner = child.is_dir() and not child.is_symlink() and not child.name.startswith(".")
-                if inner and not Version(child).is_complete():
-                    stack.append((child, depth + 1))
-    return sorted(found)
+def promote_request(root: Path, fields: dict[str, Any], user: BaseUser, via: str) -> dict[str, Any]:
+    """Move `serving` as a request asks (rqvae.ids.promotion); HTTP errors for what the library refuses.
 
-
-def _number(value: Any) -> float | None:
-    """A finite JSON number, else None (booleans and strings are not figures)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _with_se(value: float, se: float | None, digits: int, signed: bool = False) -> str:
-    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-    return text if se is None else f"{text} ± {se:.{digits}f}"
-
-
-def interactions(manifest: dict[str, Any]) -> str:
-    """Whether training mixed in collaborative (interaction) signal, and how strongly."""
-    collaborative = manifest.get("collaborative")
-    if not isinstance(collaborative, dict) or collaborative.get("used") is not True:
-        return "content only"
-    weight = _number(collaborative.get("weight"))
-    return f"w={weight:g}" if weight is not None else "w=?"
-
-
-def migration(manifest: dict[str, Any]) -> str | None:
-    """Items kept / changed / new / removed against the previous version, and full-ID churn after alignment."""
-    moved = manifest.get("migration")
-    if not isinstance(moved, dict) or moved.get("previous") is None:
-        return None
-    counts = [f"{name} {_number(moved.get(name)):,.0f}" for name in ("kept", "changed", "new", "removed")
-              if _number(moved.get(name)) is not None]
-    text = " · ".join(counts)
-    align = moved.get("alignment")
-    if isinstance(align, dict) and align.get("applied"):
-        before, after = _number(align.get("id_churn_before")), _number(align.get("id_churn_after"))
-        if before is not None and after is not None:
-            text += f" (aligned: churn {before:.0%} -> {after:.0%})"
-    return f"vs {moved['previous']}: {text}"
-
-
-def downstream(version: Path) -> tuple[str, str]:
-    """The Downstream column as (text, state): state is passed, failed, skipped, absent or unreadable.
-
-    evaluation.json is written later, by another DAG, and may be absent, half-known or malformed: each case
-    gets its own short text instead of an error page.
+    An unknown or malformed version is 404 whatever the reason (nothing about the disk is told), a failed one
+    without force 409, a missing reason 400; nothing moves then.
     """
-    path = Version(version).evaluation
-    if not path.is_file():
-        return "—", "absent"
-    document = _read_json(path)
-    summary = document.get("summary") if isinstance(document, dict) else None
-    status = summary.get("status") if isinstance(summary, dict) else None
-    if not isinstance(summary, dict) or status not in ("passed", "failed", "skipped"):
-        return "unreadable", "unreadable"
-    if status == "failed":
-        return f"FAILED: {summary.get('reason') or 'no reason recorded'}", "failed"
-    if status == "skipped":
-        return "skipped", "skipped"
-    recall, nll = _number(summary.get("recall_at_10")), _number(summary.get("nll"))
-    if recall is None or nll is None:
-        return "unreadable", "unreadable"
-    text = (
-        f"passed · R@10 {_with_se(recall, _number(summary.get('recall_at_10_se')), 3)}"
-        f" · NLL {_with_se(nll, _number(summary.get('nll_se')), 2)}"
-    )
-    versus = _number(summary.get("vs_rqkmeans_nll"))
-    if versus is not None:
-        text += f" (vs rq-kmeans {_with_se(versus, _number(summary.get('vs_rqkmeans_nll_se')), 2, signed=True)})"
-    return text, "passed"
+    from include.promotion import event_extra, promoted, resolve_version
+    from include.settings import PathOutsideRootError
+    from rqvae.ids.promotion import NeedsForce, ReasonRequired, UnknownVersion, promote
 
-
-def version_summary(version: Path) -> dict[str, Any]:
-    """The figures the index shows, read from the version's manifest (all None if it cannot be read)."""
-    files = Version(version)
-    manifest = _read_json(files.manifest)
-    readable = isinstance(manifest, dict)
-    manifest = manifest if readable else {}
-
-    def section(key: str) -> dict[str, Any]:
-        value = manifest.get(key)
-        return value if isinstance(value, dict) else {}
-
-    metrics = section("metrics")
-    encode = metrics.get("encode") if isinstance(metrics.get("encode"), dict) else {}
-    codes = metrics.get("codes") if isinstance(metrics.get("codes"), dict) else {}
-    evaluation, evaluation_state = downstream(version)
-    return {
-        "readable": readable,
-        "snapshot": manifest.get("snapshot", version.name),
-        "n_items": section("counts").get("n_items"),
-        "unique_ratio": encode.get("unique_ratio", codes.get("unique_ratio")),
-        "recon_mse": encode.get("recon_mse", codes.get("recon_mse")),
-        "collision_mode": section("collisions").get("collision_mode", "dedup"),
-        "mode": section("mode").get("used", "retrain"),
-        "churn": section("churn").get("churn"),
-        "migration": migration(manifest) if readable else None,
-        "interactions": interactions(manifest) if readable else None,
-        "downstream": evaluation,
-        "downstream_state": evaluation_state,
-        "created_at": manifest.get("created_at"),
-        "report": files.report_index.is_file(),
-        "evaluation": files.evaluation.is_file(),
-        "evaluation_plots": sorted(p.name for p in version.glob("evaluation*.png") if p.is_file()),
-    }
-
-
-# ------------------------------------------------------------------------------------------ the page
-
-COLUMNS = ["snapshot", "items", "unique ratio", "recon MSE", "mode", "collisions", "churn", "Migration",
-           "Interactions", "Downstream", "files"]
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
-
-def _files(prefix: str, version: Path, s: dict[str, Any]) -> str:
-    base = html.escape(prefix + version.name)
-    links = [f'<a href="{base}/{REPORT_DIR}/{REPORT_INDEX}">report</a>' if s["report"] else "–",
-             f'<a href="{base}/{MANIFEST}">manifest</a>']
-    if s["evaluation"]:
-        links.append(f'<a href="{base}/{EVALUATION}">evaluation</a>')
-    links += [f'<a href="{base}/{html.escape(name)}">{html.escape(name)}</a>' for name in s["evaluation_plots"]]
-    return " · ".join(links)
-
-
-def _row(prefix: str, version: Path, s: dict[str, Any], marker: str) -> str:
-    if not s["readable"]:
-        snapshot = f"{_cell(version.name)}{marker}"
-        return f'<tr><td>{snapshot}</td><td colspan="{len(COLUMNS) - 2}">unreadable manifest</td>' \
-               f"<td>{_files(prefix, version, s)}</td></tr>"
-    state = s["downstream_state"]
-    title = f' title="{html.escape(s["downstream"])}"' if state == "failed" else ""
-    cells = [f"{_cell(s['snapshot'])}{marker}", _cell(s["n_items"]), _cell(s["unique_ratio"]), _cell(s["recon_mse"]),
-             _cell(s["mode"]), _cell(s["collision_mode"]), _cell(s["churn"]), _cell(s["migration"]),
-             _cell(s["interactions"])]
-    return (
-        "<tr>" + "".join(f"<td>{c}</td>" for c in cells)
-        + f'<td class="downstream {state}"{title}>{_cell(s["downstream"])}</td>'
-        + f"<td>{_files(prefix, version, s)}</td></tr>"
-    )
-
-
-def render_index(root: Path) -> str:
-    sections = []
-    latest_frame = ""
-    header = "<thead><tr>" + "".join(f"<th>{name}</th>" for name in COLUMNS) + "</tr></thead>"
-    for folder in namespaces(root):
-        rel = folder.relative_to(root).as_posix()
-        prefix = "" if rel == "." else f"{rel}/"
-        latest = read_latest(folder)
-        rows = []
-        for version in _versions(folder):
-            s = version_summary(version)
-            marker = " <b>(latest)</b>" if version.name == latest else ""
-            rows.append(_row(prefix, version, s, marker))
-            if marker and s["report"] and not latest_frame:
-                link = html.escape(f"{prefix}{version.name}/{REPORT_DIR}/{REPORT_INDEX}")
-                latest_frame = (
-                    f'<h2>Latest report: {html.escape(prefix + version.name)}</h2>'
-                    f'<iframe src="{link}" title="latest report"></iframe>'
-                )
-        title = "publish root" if rel == "." else rel
-        sections.append(f"<h2>{html.escape(title)}</h2><table>{header}<tbody>{''.join(rows)}</tbody></table>")
-    body = "".join(sections) or "<p>No published versions yet.</p>"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Semantic IDs</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; font-size: 0.9rem; }}
-th {{ background: #f4f4f4; }}
-td.failed {{ background: #fde2e1; color: #8a1c1c; font-weight: 600; }}
-td.unreadable {{ color: #8a5a00; }}
-iframe {{ width: 100%; height: 80vh; border: 1px solid #ddd; }}
-</style></head>
-<body><h1>Published semantic IDs</h1>{body}{latest_frame}</body></html>
-"""
+    version = fields.get("version")
+    parts = _request_parts(version) if isinstance(version, str) else None
+    if parts is None or len(parts) > MAX_DEPTH + 1:
+        raise HTTPException(404, "Not Found")
+    reason = fields.get("reason")
+    force = fields.get("force") is True or str(fields.get("force", "")).strip().lower() in TRUE_VALUES
+    try:
+        folder, snapshot = resolve_version(root, "/".join(parts))
+        outcome = promote(folder, snapshot, by=user.get_name(), via=via, reason=str(reason or ""), force=force)
+    except (UnknownVersion, PathOutsideRootError, OSError):
+        raise HTTPException(404, "Not Found") from None
+    except NeedsForce as exc:
+        raise HTTPException(409, str(exc)) from None
+    except ReasonRequired as exc:
+        raise HTTPException(400, str(exc)) from None
+    result = promoted(root, folder, snapshot, outcome)
+    event = emit_serving_event(event_extra(result)) if outcome.moved else False
+    return {**outcome.to_dict(), "version": result["version"], "asset_event": event}
 
 
 # ------------------------------------------------------------------------------------------ serving files
@@ -355,8 +273,26 @@ def create_app(publish_root: str | Path | None = None) -> FastAPI:
         return Path(publish_root) if publish_root is not None else default_publish_root()
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return render_index(root())
+    def index(request: Request, user: Annotated[BaseUser, Depends(current_user)]) -> str:
+        return render_index(root(), csrf_token(user) if may_promote(request, user) else None)
+
+    @app.post("/promote", dependencies=[Depends(require_editor)])
+    async def promote_version(
+        request: Request,
+        user: Annotated[BaseUser, Depends(current_user)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Response:
+        """Promote or roll back: 303 back to the page for its form, the outcome as JSON for an API client."""
+        fields = await posted_fields(request)
+        by_token = credentials is not None and credentials.scheme.lower() == "bearer"
+        if not by_token:
+            check_csrf(fields.get(CSRF_FIELD), user)
+        via = "api" if by_token else "ui"
+        # the root (an Airflow Variable maybe), the lock and the asset event block: off the event loop
+        answer = await run_in_threadpool(lambda: promote_request(root(), fields, user, via))
+        if _is_page_navigation(request):
+            return RedirectResponse("./", status_code=303)
+        return JSONResponse(answer)
 
     @app.get("/latest")
     def latest_report() -> RedirectResponse:

@@ -1,4 +1,4 @@
-"""The ``rqvae`` command: synth, train, encode, evaluate, evaluate-retrieval.
+"""The ``rqvae`` command: synth, train, encode, evaluate, evaluate-retrieval, promote.
 
 Exit codes: 0 success; 2 bad input (unreadable or invalid embeddings, bad arguments, a refused model
 directory); 1 any other failure. Errors print one line starting with ``error:``. Long steps (synth chunks,
@@ -55,6 +55,12 @@ EPILOG = {
   rqvae evaluate-retrieval --ids ours.parquet --name ours --ids faiss.parquet --name faiss \\
       --interactions interactions/ --seeds 0,1,2 --epochs 8 --max-users 5000 --json
   (differences are paired on the same users, against the first --ids)""",
+    "promote": """examples:
+  rqvae promote --publish-root var/data/published 2026-11-30 --reason "roll back: CTR drop after 2026-12-01"
+  rqvae promote --publish-root var/data/published movielens/2026-11-30 --reason "no interactions that day"
+  rqvae promote --publish-root var/data/published 2026-12-01 --reason "gate noise, checked by hand" --force
+  (moves `serving`, appends to promotions.jsonl; the UI page and the semantic_ids_promote DAG also update the
+  semantic_ids_serving asset for consumers scheduled on it, which this command, without Airflow, cannot)""",
 }
 
 
@@ -167,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam width (default 20)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a Markdown table)")
+
+    p = add("promote", "Move a publish root's `serving` alias (what consumers read) to a published version: a "
+            "promotion, or a rollback to an older one; one line goes to promotions.jsonl.")
+    p.add_argument("version", help="the version to serve, relative to --publish-root: 2026-11-30 or "
+                   "movielens/2026-11-30")
+    p.add_argument("--publish-root", required=True, help="the publish root (RQVAE_PUBLISH_ROOT of the pipeline)")
+    p.add_argument("--reason", required=True, help="why: recorded in the log with your user name and the verdict")
+    p.add_argument("--force", action="store_true", help="serve a version that failed the downstream gate (the log "
+                   "marks the move forced)")
+    p.add_argument("--by", help="who promotes, for the log (default: your login name)")
     return parser
 
 
@@ -303,6 +319,23 @@ def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    import getpass
+    from pathlib import Path
+
+    from .ids.promotion import UnknownVersion, promote
+
+    *namespace, name = [part for part in args.version.split("/") if part] or [""]
+    if any(part.startswith(".") for part in namespace):
+        raise UnknownVersion(f"{args.version!r} is not a version path (no hidden or `..` parts)")
+    folder = Path(args.publish_root).joinpath(*namespace)
+    outcome = promote(folder, name, by=args.by or getpass.getuser(), via="cli", reason=args.reason,
+                      force=args.force)
+    print(outcome.message, file=sys.stderr)
+    print(json.dumps(outcome.to_dict()))
+    return EXIT_OK
+
+
 def _round(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 6)
@@ -314,7 +347,7 @@ def _round(value: Any) -> Any:
 
 
 COMMANDS = {"synth": cmd_synth, "train": cmd_train, "encode": cmd_encode, "evaluate": cmd_evaluate,
-            "evaluate-retrieval": cmd_evaluate_retrieval}
+            "evaluate-retrieval": cmd_evaluate_retrieval, "promote": cmd_promote}
 
 
 def main(argv: list[str] | None = None) -> int:

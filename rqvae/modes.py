@@ -113,3 +113,19 @@ class Protocol(Mode):
     @classmethod
     def aliases(cls) -> dict[str, str]:
         return {"leave-one-out": cls.LEAVE_ONE_OUT.value, "loo": cls.LEAVE_ONE_OUT.value}
+
+
+class Verdict(Mode):
+    """verdict: what the downstream judge (the evaluation DAG's gate) said about a published version"""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_EVALUATED = "not evaluated"  # no evaluation.json, or one describing other IDs (a re-publish since)
+
+
+class PromotionKind(Mode):
+    """kind: how the `serving` alias was moved"""
+
+    AUTOMATIC = "automatic"  # the evaluation DAG's last task, after the gate passed; never to an older snapshot
+    MANUAL = "manual"  # a person (page, REST, CLI, the promote DAG) to a snapshot not older than serving's
+    ROLLBACK = "rollback"  # a person, to a snapshot older than the one serving named

@@ -5,7 +5,9 @@ metadata DB migrated, the GPU pool created, a synthetic snapshot (200k x 32 by d
 `{embeddings_root}/{today}/` unless it is already there, then `airflow dags test rqvae_semantic_ids {today}`:
 the same code path as a scheduled run, in one process. When the shared MovieLens set sits beside the
 project (`../shared/data/movielens_small`, or $RQVAE_MOVIELENS), it is run too, as the `movielens` data set.
-Prints the published folder, the manifest's metrics and each task's duration.
+Prints the published folder, the manifest's metrics and each task's duration, the downstream evaluation, and
+both aliases: `latest` (the newest published version) and `serving` (what consumers read: moved by the
+evaluation DAG only when the version passed its gate).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main() -> int:
         failed = failed or code != 0
         if code == 0:
             failed = evaluate(name, snapshot, publish_root, logs, json.loads(args.eval_conf)) or failed
+        aliases(name, publish_root)
     step("demo wall time", f"{time.perf_counter() - started:.1f}s")
     return 1 if failed else 0
 
@@ -117,6 +120,23 @@ def evaluate(name: str, snapshot: str, publish_root: Path, logs: Path, extra: di
         cells = [_pm(diffs[m], signed=True) for m in ("recall@10", "ndcg@10", "nll")]
         print(f"   {pair:<18} paired diff: R@10 {cells[0]}, NDCG@10 {cells[1]}, NLL {cells[2]}")
     return code != 0 and evaluation["summary"]["status"] != "failed"
+
+
+def aliases(name: str, publish_root: Path) -> None:
+    """Both aliases of the data set's publish root: which version the pipeline made last, which one is served."""
+    from include.versions import read_latest
+    from rqvae.ids.promotion import read_promotions, read_serving
+
+    serving = read_serving(publish_root)
+    moves = [m for m in read_promotions(publish_root) if m.get("to") == serving]
+    if serving is None:
+        how = "none yet: no version passed the gate (promote one by hand: rqvae promote --publish-root ...)"
+    elif moves:
+        last = moves[-1]
+        how = f"{serving}  ({last['verdict']}; {last['kind']} by {last['by']}: {last['reason']})"
+    else:
+        how = serving
+    step(f"aliases [{name}]", f"latest -> {read_latest(publish_root)}, serving -> {how}")
 
 
 def _pm(stat: dict, signed: bool = False) -> str:

@@ -1,7 +1,7 @@
 """Render docs/reliability.md from what the reliability tests observed, never by hand.
 
-Runs tests/dag/test_bad_inputs.py, tests/stages/test_faults.py, tests/dag/test_run_isolation.py and
-tests/system/test_security.py
+Runs tests/dag/test_bad_inputs.py, tests/stages/test_faults.py, tests/stages/test_promotion_faults.py,
+tests/dag/test_run_isolation.py and tests/system/test_security.py
 with RQVAE_RELIABILITY_JSON pointing at a temp file (the `reliability_log` fixture in tests/conftest.py writes each
 case's outcome there), refuses to write anything if a test failed, then renders the tables:
 
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = ["tests/dag/test_bad_inputs.py", "tests/stages/test_faults.py", "tests/dag/test_run_isolation.py",
-         "tests/system/test_security.py"]
+TESTS = ["tests/dag/test_bad_inputs.py", "tests/stages/test_faults.py", "tests/stages/test_promotion_faults.py",
+         "tests/dag/test_run_isolation.py", "tests/system/test_security.py"]
 OUT = REPO / "docs" / "reliability.md"
 KEPT_MARKERS = [("<!-- chaos:start -->", "<!-- chaos:end -->")]  # written by scripts/chaos.py
 

@@ -84,6 +84,12 @@ def evaluation_dag():
     return _dag_bag().dags["semantic_ids_evaluation"]
 
 
+@pytest.fixture(scope="session")
+def promote_dag():
+    """The by-hand promotion DAG (`serving` alias), parsed by Airflow's DagBag."""
+    return _dag_bag().dags["semantic_ids_promote"]
+
+
 def _dag_bag():
     from airflow.dag_processing.dagbag import DagBag
 

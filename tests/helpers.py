@@ -160,3 +160,55 @@ def publish_work(
     run = run_info(work_dir, publish_root=publish_root, snapshot=snapshot)
     return publish(run, RunOptions(export_json=export_json), loaded=loaded, trained=trained, encoded=encoded,
                    run_id=run_id, params=params)
+
+
+def prepare_work(snapshot_dir: str | Path, work_dir: str | Path, dim: int = DIM, min_items: int = 100) -> Path:
+    """load_embeddings -> validate_dims -> train_rqvae (1 epoch, 2 x 16) -> encode -> validate_codes in this
+    process: a work folder ready to publish under any snapshot name (the tests that exercise publish and what
+    follows it without the DAG)."""
+    from include.layout import RunFolder
+    from include.stages.load_embeddings import load_embeddings
+    from include.stages.train_rqvae import train_rqvae
+    from include.stages.validate_codes import validate_codes
+    from include.stages.validate_dims import validate_dims
+    from rqvae.config import CodeChecks, InputChecks, ModelConfig, RetrainPolicy, TrainConfig
+
+    loaded = load_embeddings(snapshot_dir, work_dir)
+    folder = RunFolder(Path(work_dir))
+    validate_dims(loaded["path"], folder.input_report, InputChecks(expected_dim=dim, min_items=min_items))
+    trained = train_rqvae(run_info(work_dir), loaded["path"], ModelConfig(input_dim=dim, num_codebooks=2,
+                          codebook_size=16), TrainConfig(epochs=1, batch_size=128), RetrainPolicy())
+    encoded = encode_all(trained["model_path"], loaded["path"], work_dir)
+    validate_codes(encoded["path"], loaded["path"], folder.codes_report,
+                   CodeChecks(min_unique_ratio=0.01, min_usage=0.25, max_recon_mse=1.0),
+                   codebook_sizes=encoded["codebook_size"], recon_mse=encoded["recon_mse"])
+    return Path(work_dir)
+
+
+def evaluation_result(version: str | Path, nll_vs_rqkmeans: float, path: str | Path) -> Path:
+    """A `result.json` as evaluate_retrieval writes it for `version` (its IDs' checksum included), with the paired
+    NLL difference this - residual k-means set to `nll_vs_rqkmeans` ± 0.1 (0.5: 5 SE worse, the gate fails at
+    max_se=2; -0.1: better, it passes), for record_evaluation's real gate without training a retriever."""
+    import json
+
+    def stat(mean: float, se: float = 0.01) -> dict:
+        return {"mean": mean, "se": se, "n": 100}
+
+    folder = Path(version)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    metrics = {"recall@5": stat(0.05), "recall@10": stat(0.07), "ndcg@10": stat(0.04), "nll": stat(5.2, 0.08)}
+    result = {
+        "snapshot": folder.name,
+        "version_path": str(folder),
+        "semantic_ids_sha256": manifest["checksums"]["semantic_ids"],
+        "labels": {"this": "this version", "rqkmeans": "residual k-means", "random": "random IDs"},
+        "retrieval": {"n_users": 100, "seeds": [0],
+                      "id_sets": {name: {"all": metrics, "cold": {"nll": stat(5.5, 0.1)}}
+                                  for name in ("this", "rqkmeans", "random")}},
+        "paired": {"this-rqkmeans": {"nll": stat(nll_vs_rqkmeans, 0.1), "recall@10": stat(0.0),
+                                     "ndcg@10": stat(0.0)}},
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result))
+    return target

@@ -10,7 +10,8 @@ Nothing a pointer names is ever renamed or deleted, so neither `{snapshot}` nor 
 superseded copy of a re-published snapshot is kept one generation (a reader or a run building on it may be
 mid-way) and deleted by the publish after. A backfill of old days publishes their versions but leaves
 `latest` on the newest snapshot. A file lock serialises publishers, so two runs finishing together cannot
-interleave the compare-and-switch.
+interleave the compare-and-switch. `serving` is not moved here (rqvae.ids.promotion moves it once a version
+passes the downstream gate), but the stored copy it names is never deleted.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from include.versions import (
     MANIFEST,
     MODEL_CONFIG,
     SEMANTIC_IDS,
+    SERVING,
     VERSIONS,
     Version,
     copy_named_by,
@@ -42,7 +44,8 @@ from include.versions import (
     read_latest,
 )
 from rqvae.errors import PermanentError
-from rqvae.io.fsutil import sha256_file, sha256_tree, temp_path
+from rqvae.io.fsutil import sha256_file, sha256_tree
+from rqvae.io.published import swap_link
 
 log = logging.getLogger(__name__)
 
@@ -218,13 +221,6 @@ def _store(staging: Path, root: Path, snapshot: str, token: str) -> Path:
     return holder / snapshot
 
 
-def _swap_link(link: Path, target: Path | str) -> None:
-    """Point `link` at `target` with one rename over it: readers see the old target or the new, never neither."""
-    tmp = temp_path(link, "link")  # `.{name}.link-{8 hex}`: hidden, and found again by _remove_leftovers
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-
-
 def _link_snapshot(root: Path, snapshot: str, stored: Path) -> Path:
     """Make `{root}/{snapshot}` name the stored copy; returns that path (what consumers are given)."""
     link = root / snapshot
@@ -232,7 +228,7 @@ def _link_snapshot(root: Path, snapshot: str, stored: Path) -> Path:
     if link.is_dir() and not link.is_symlink():
         _convert_folder(root, snapshot, target)
     else:
-        _swap_link(link, target)
+        swap_link(link, target)
     return link
 
 
@@ -243,10 +239,10 @@ def _convert_folder(root: Path, snapshot: str, target: Path) -> None:
     names this snapshot) points straight at the new copy; `_move_latest` then points it back at the name.
     """
     if read_latest(root) == snapshot:
-        _swap_link(root / LATEST, target)  # `.versions/{snapshot}/{copy}/{snapshot}`: still named {snapshot}
+        swap_link(root / LATEST, target)  # `.versions/{snapshot}/{copy}/{snapshot}`: still named {snapshot}
     aside = root / f".old-{snapshot}-{uuid.uuid4().hex[:8]}"
     os.rename(root / snapshot, aside)
-    _swap_link(root / snapshot, target)
+    swap_link(root / snapshot, target)
     shutil.rmtree(aside)
     log.info("converted %s from a folder into a pointer to %s", snapshot, target)
 
@@ -257,7 +253,7 @@ def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bo
     if current is not None and current > snapshot:
         log.info("latest stays at %s: %s is older (a backfill)", current, snapshot)
         return current, False
-    _swap_link(root / LATEST, snapshot)
+    swap_link(root / LATEST, snapshot)
     write_json_atomic(
         root / LATEST_JSON,
         {
@@ -272,12 +268,13 @@ def _move_latest(root: Path, snapshot: str, run_id: str | None) -> tuple[str, bo
 
 def _drop_copies(root: Path, snapshot: str) -> None:
     """Delete the stored copies of `snapshot` no pointer names: all but the newest `KEEP_SUPERSEDED` older than
-    the current one, and any newer one (a publish killed before linking it). We hold the publish lock."""
+    the current one, and any newer one (a publish killed before linking it). The copy `serving` names is never
+    deleted: consumers read it until a promotion moves them on. We hold the publish lock."""
     parent = root / VERSIONS / snapshot
     if not parent.is_dir():
         return
     current = copy_named_by(root / snapshot)
-    named = {current, copy_named_by(root / LATEST)}
+    named = {current, copy_named_by(root / LATEST), copy_named_by(root / SERVING)}
     copies = sorted(p for p in parent.iterdir() if p.name not in named)
     older = [p for p in copies if current is not None and p.name < current]
     for copy in [*older[: max(0, len(older) - KEEP_SUPERSEDED)], *(p for p in copies if p not in older)]:

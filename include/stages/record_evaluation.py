@@ -1,7 +1,8 @@
 """Stage `record_evaluation`: put the downstream verdict next to the published IDs, and apply the gate.
 
 The published IDs are never touched: consumers may be reading them, and a worse evaluation is a reason to
-look, not to unpublish. What is added to the version folder:
+look, not to unpublish. What consumers are given is decided next: the DAG's `promote` task moves the `serving`
+alias only after this stage passed (include.stages.promote). What is added to the version folder:
 
 - `evaluation.json`: the verdict (`summary`, read by the UI page), the gate, every ID set's metrics with
   standard errors and the paired differences;
@@ -29,7 +30,7 @@ from include.results import EvaluationSummary, Recorded
 from include.versions import EVALUATION, EVALUATION_PLOT, Version, publish_lock
 from rqvae.errors import PermanentError
 from rqvae.io.fsutil import atomic_path, sha256_file, write_bytes_atomic
-from rqvae.modes import Protocol
+from rqvae.modes import Protocol, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def summary(result: dict[str, Any], reasons: list[str]) -> EvaluationSummary:
     this = result["retrieval"]["id_sets"]["this"]["all"]
     vs = result.get("paired", {}).get("this-rqkmeans", {}).get("nll", {})
     return EvaluationSummary(
-        status="failed" if reasons else "passed",
+        status=Verdict.FAILED if reasons else Verdict.PASSED,
         protocol=result.get("protocol") or result["retrieval"].get("protocol") or Protocol.LEAVE_ONE_OUT.value,
         recall_at_10=this["recall@10"]["mean"],
         recall_at_10_se=this["recall@10"]["se"],
@@ -135,8 +136,8 @@ def record_evaluation(
     log.info("record_evaluation: %s %s (%s)", version.path, status, evaluation["summary"])
     if reasons:
         raise QualityGateFailed(
-            f"downstream quality gate failed for {version.name} (flagged in {EVALUATION}; still published): "
-            + "; ".join(reasons)
+            f"downstream quality gate failed for {version.name} (flagged in {EVALUATION}; still published, "
+            "not promoted: serving stays where it was): " + "; ".join(reasons)
         )
     return Recorded(version_path=str(version.path), **evaluation["summary"])
 
@@ -155,7 +156,7 @@ def section_html(evaluation: dict[str, Any]) -> str:
     """The gate's protocol: each ID set's metrics (mean ± SE), the paired differences of this version and what
     each could detect; then, when it was run, the same under leave-one-out (TIGER's protocol)."""
     info = evaluation["summary"]
-    verdict = "passed" if info["status"] == "passed" else f"FAILED: {info['reason']}"
+    verdict = Verdict.PASSED.value if info["status"] == Verdict.PASSED else f"FAILED: {info['reason']}"
     blocks = [f"<h2>Downstream evaluation</h2>\n<p>Gate: <strong>{html.escape(verdict)}</strong>. NLL: negative "
               "log-likelihood of the true next item among all valid IDs (lower is better). Differences are paired "
               "over the same test events; standard errors are clustered by user; \"detectable\" is two of them.</p>"]

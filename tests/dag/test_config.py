@@ -16,12 +16,16 @@ from include.params import (
     EVALUATION_CLASSES,
     EVALUATION_ORDER,
     FORM_CLASSES,
+    PROMOTION_CLASSES,
+    PROMOTION_ORDER,
     EvaluationOptions,
+    PromotionOptions,
     RunOptions,
     dag_params,
     deployed_default,
     evaluation_from_params,
     from_params,
+    promotion_from_params,
 )
 from rqvae.cli import build_parser, main
 from rqvae.config import (
@@ -149,7 +153,29 @@ def test_evaluation_form_is_the_one_written_by_hand_before(evaluation_dag):
         assert param.value == default and type(param.value) is type(default), name
         schema = {k: v for k, v in param.schema.items() if k in ("minimum", "maximum", "exclusiveMinimum", "enum")}
         assert (param.schema["type"], schema, param.schema["section"]) == (kind, bounds, section), name
-    assert [n for n, *_ in EVALUATION_BEFORE] == list(evaluation_dag.params.keys())
+    # fields added since keep the old ones' places: promotion (issue 27) comes last, in its own section
+    assert [*(n for n, *_ in EVALUATION_BEFORE), "promote_without_evaluation"] == list(evaluation_dag.params.keys())
+    promote = evaluation_dag.params.get_param("promote_without_evaluation")
+    assert promote.value is False and promote.schema["section"] == "Promotion"
+
+
+def test_every_promote_param_is_its_config_field(promote_dag):
+    """The by-hand promotion form: a version that must look like one, a reason that must say something, force."""
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    assert_params_are_config_fields(promote_dag.params, all_fields(PROMOTION_CLASSES))
+    assert list(promote_dag.params.keys()) == list(PROMOTION_ORDER)
+    for name, good, bad in (("version", "movielens/2026-11-30", "../2026-11-30"), ("reason", "rollback", "  "),
+                            ("version", "2026-11-30", "")):
+        param = copy.deepcopy(promote_dag.params.get_param(name))
+        assert param.resolve(good) == good
+        with pytest.raises(ParamValidationError):
+            copy.deepcopy(promote_dag.params.get_param(name)).resolve(bad)
+    options = promotion_from_params({"version": "2026-11-30", "reason": "r", "force": True})
+    assert options == PromotionOptions(version="2026-11-30", reason="r", force=True)
+    assert promotion_from_params({}) == PromotionOptions()
 
 
 def test_evaluation_params_become_typed_config_objects():
@@ -381,7 +407,8 @@ def test_shard_size_default_is_written_once():
 
 
 @pytest.mark.parametrize(("classes", "heading"), [(FORM_CLASSES, "## Every field"),
-                                                  (EVALUATION_CLASSES, "## The evaluation DAG's form")])
+                                                  (EVALUATION_CLASSES, "## The evaluation DAG's form"),
+                                                  (PROMOTION_CLASSES, "## The promote DAG's form")])
 def test_docs_list_every_field_with_its_default(classes, heading):
     whole = (REPO / "docs" / "configuration.md").read_text()
     doc = whole[whole.index(heading):]

@@ -134,3 +134,16 @@ def test_parsing_imports_no_heavy_module_and_honours_queue_override():
     assert result["queues"]["encode_items"] == "gpu-a100"
     # Recorded, not asserted (timings depend on the machine): see the test log with -s / -rP.
     print(f"airflow import {result['airflow_import_s']}s, DAG parse {result['parse_s']}s")
+
+
+def test_promote_is_the_evaluations_last_task_and_never_follows_a_failure(evaluation_dag, promote_dag):
+    """`serving` moves after a passed gate or a skipped evaluation (no interactions), never after a failure; the
+    short circuit skips only the evaluation itself, so `promote` still decides for a day without interactions."""
+    promote = evaluation_dag.get_task("promote")
+    assert promote.downstream_task_ids == set() and "record_evaluation" in promote.upstream_task_ids
+    assert promote.trigger_rule == "none_failed"
+    assert evaluation_dag.get_task("has_interactions").ignore_downstream_trigger_rules is False
+    assert [asset.name for asset in promote.outlets] == ["semantic_ids_serving"]
+    by_hand = promote_dag.get_task("promote_version")
+    assert [asset.name for asset in by_hand.outlets] == ["semantic_ids_serving"]
+    assert type(promote_dag.timetable).__name__ == "NullTimetable" and promote_dag.task_ids == ["promote_version"]

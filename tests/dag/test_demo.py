@@ -48,3 +48,9 @@ def test_demo_publishes_a_version_and_prints_where(tmp_path: Path) -> None:
     assert evaluation["retrieval"]["n_users"] == 200
     for set_name in ("this", "rqkmeans", "random"):
         assert any(line.split()[:1] == [set_name] for line in out.splitlines()), out
+    # both aliases: serving moved only if the gate passed (the tiny evaluation may go either way)
+    status = evaluation["summary"]["status"]
+    serving = f"serving -> {SNAPSHOT}  (passed; automatic by semantic_ids_evaluation" if status == "passed" \
+        else "serving -> none yet: no version passed the gate"
+    assert f"== aliases [synthetic]: latest -> {SNAPSHOT}, {serving}" in out, out
+    assert (tmp_path / "data" / "published" / "serving").exists() == (status == "passed")

@@ -1,8 +1,9 @@
 """Which failures a retry can help: the classification of every project exception, and the DAGs' policy on it.
 
 A permanent failure (bad input, failed validation or gate, bad snapshot, path outside the roots, unusable model
-directory, refused publish, stale evaluation, bad config) derives from `rqvae.errors.PermanentError`: both DAGs
-fail such a task at once and the CLI exits with 2. Anything else keeps the task's normal retries.
+directory, refused publish, stale evaluation, bad config, refused promotion) derives from
+`rqvae.errors.PermanentError`: the DAGs fail such a task at once and the CLI exits with 2. Anything else keeps
+the task's normal retries.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from include.stages.publish import PublishError
 from include.stages.record_evaluation import QualityGateFailed, StaleEvaluation
 from rqvae import cli
 from rqvae.errors import ConfigError, InputError, ModelLoadError, PermanentError, RQVAEError
+from rqvae.ids.promotion import PromotionRefused
 
 REPO = Path(__file__).resolve().parents[2]
 PERMANENT = (
     InputError, ModelLoadError, ConfigError, ValidationFailed, PathOutsideRootError, SnapshotError,
-    QualityGateFailed, StaleEvaluation, PublishError,
+    QualityGateFailed, StaleEvaluation, PublishError, PromotionRefused,  # its subclasses: unknown version, ...
 )
 BASES = (RQVAEError, PermanentError)
 # Failures another try may not repeat: a lost or overloaded worker, a full disk, a flaky mount, CUDA out of

@@ -1,5 +1,7 @@
 """The downstream-evaluation DAG end to end with `dag.test()`: after a real publish, on a tiny interactions
-snapshot; skipped cleanly without one; refused on bad interactions; the gate flags a version, never unpublishes.
+snapshot; skipped cleanly without one; refused on bad interactions; the gate flags a version, never unpublishes;
+its last task moves `serving` only to a version that passed (or, without interactions, when allowed) and
+updates the `semantic_ids_serving` asset.
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ def _write_interactions(roots: dict[str, Path], snapshot: str, **kwargs) -> Path
     return write_interactions(roots["interactions"] / snapshot, events)
 
 
+def serving_events() -> list[dict]:
+    """The extras of every `semantic_ids_serving` asset event so far, oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.name == "semantic_ids_serving").order_by(AssetEvent.id)).all()
+        return [dict(event.extra or {}) for event in events]
+
+
+def serving(roots: dict[str, Path]) -> str | None:
+    from rqvae.ids.promotion import read_serving
+
+    return read_serving(roots["publish"])
+
+
 def _evaluate(dag, **conf):
     defaults = {name: dag.params[name] for name in dag.params}
     return dag.test(logical_date=datetime(2026, 5, 2, tzinfo=UTC), run_conf={**defaults, **EVAL_CONF, **conf})
@@ -57,17 +77,29 @@ def test_missing_interactions_skip_cleanly_and_touch_nothing(published, evaluati
     assert found["find_version"] == "success" and found["has_interactions"] == "success"
     assert found["validate_interactions"] == "skipped"
     assert found["evaluate_retrieval"] == "skipped" and found["record_evaluation"] == "skipped"
+    assert found["promote"] == "skipped", "promote_without_evaluation is off: serving does not move"
     assert str(dag_run.state) == "success"
     assert _tree_digest(published) == before
     assert "no interactions snapshot for 2026-05-01" in caplog.text
+    assert serving(roots) is None and not (roots["publish"] / "promotions.jsonl").exists() and not serving_events()
 
 
 def test_evaluation_writes_verdict_beside_the_unchanged_ids(published, evaluation_dag, roots):
     _write_interactions(roots, SNAPSHOT)
     ids_before = (published / "semantic_ids.parquet").read_bytes()
-    dag_run = _evaluate(evaluation_dag, version="")  # empty: the latest version is evaluated
+    # empty: the latest version is evaluated; a tolerant gate, so that it passes whatever the tiny data says
+    dag_run = _evaluate(evaluation_dag, version="", max_se=1000.0)
     found = states(dag_run)
     assert found["validate_interactions"] == "success" and found["evaluate_retrieval"] == "success", found
+    assert found["record_evaluation"] == "success" and found["promote"] == "success", found
+    assert serving(roots) == SNAPSHOT and (roots["publish"] / "serving").resolve() == published.resolve()
+    (move,) = [json.loads(line) for line in (roots["publish"] / "promotions.jsonl").read_text().splitlines()]
+    assert move["kind"] == "automatic" and move["verdict"] == "passed" and move["from"] is None
+    assert move["to"] == SNAPSHOT and move["by"] == "semantic_ids_evaluation" and move["run_id"] == dag_run.run_id
+    assert "passed the downstream gate" in move["reason"]
+    assert serving_events()[-1] == {"version": SNAPSHOT, "snapshot": SNAPSHOT, "verdict": "passed",
+                                    "kind": "automatic", "forced": False,
+                                    "serving_path": str(roots["publish"] / "serving")}
     assert (published / "semantic_ids.parquet").read_bytes() == ids_before
 
     evaluation = json.loads((published / "evaluation.json").read_text())
@@ -110,6 +142,17 @@ def test_second_version_is_compared_with_the_previous_one(published, pipeline_da
     write_embeddings(roots["embeddings"] / "2026-05-02" / "part-00000.parquet", emb.ids, vectors)
     (roots["embeddings"] / "2026-05-02" / "_SUCCESS").touch()
     assert str(run(pipeline_dag, "2026-05-02").state) == "success"
+    assert serving(roots) == SNAPSHOT, "publishing moves latest, never serving"
+
+    # no interactions for the new day yet: serving moves to it only when the form allows it
+    assert states(_evaluate(evaluation_dag, version="2026-05-02"))["promote"] == "skipped"
+    assert serving(roots) == SNAPSHOT
+    allowed = _evaluate(evaluation_dag, version="2026-05-02", promote_without_evaluation=True)
+    assert states(allowed)["promote"] == "success" and serving(roots) == "2026-05-02"
+    assert serving_events()[-1]["verdict"] == "not evaluated"
+    moves = [json.loads(line) for line in (roots["publish"] / "promotions.jsonl").read_text().splitlines()]
+    assert moves[-1]["from"] == SNAPSHOT and "promote_without_evaluation" in moves[-1]["reason"]
+
     _write_interactions(roots, "2026-05-02")
     dag_run = _evaluate(evaluation_dag, version="2026-05-02")
     assert states(dag_run)["evaluate_retrieval"] == "success", states(dag_run)
@@ -119,11 +162,13 @@ def test_second_version_is_compared_with_the_previous_one(published, pipeline_da
 
 
 def test_bad_interactions_fail_validation_and_record_nothing(published, evaluation_dag, roots):
-    before = _tree_digest(published)
+    before, root_before = _tree_digest(published), _tree_digest(roots["publish"])
     dag_run = _evaluate(evaluation_dag, version=SNAPSHOT, min_users=10_000)
     found = states(dag_run)
     assert found["validate_interactions"] == "failed" and found["evaluate_retrieval"] == "upstream_failed"
+    assert found["promote"] == "upstream_failed" and str(dag_run.state) == "failed"
     assert _tree_digest(published) == before
+    assert _tree_digest(roots["publish"]) == root_before, "serving, serving.json and the log unchanged"
     report = json.loads((roots["work"] / "evaluation" / SNAPSHOT / "interactions.json").read_text())
     assert not report["success"]
     assert any("min_users=10000" in line for line in report["failures"])

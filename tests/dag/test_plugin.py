@@ -285,7 +285,7 @@ def version(root: Path, name: str, manifest: dict | str = "{}", evaluation: dict
     ],
 )
 def test_downstream_cell(tmp_path, evaluation, text, state):
-    from plugins.semantic_ids_plugin import downstream
+    from plugins.semantic_ids_page import downstream
 
     assert downstream(version(tmp_path, "2026-03-01", evaluation=evaluation)) == (text, state)
 
@@ -298,7 +298,7 @@ def test_downstream_cell(tmp_path, evaluation, text, state):
      ({"collaborative": "yes"}, "content only")],
 )
 def test_interactions_marker(manifest, text):
-    from plugins.semantic_ids_plugin import interactions
+    from plugins.semantic_ids_page import interactions
 
     assert interactions(manifest) == text
 
@@ -334,6 +334,6 @@ def test_bad_files_do_not_break_the_page(tmp_path, tokens):
      ({"migration": "yes"}, None)],
 )
 def test_migration_cell(manifest, text):
-    from plugins.semantic_ids_plugin import migration
+    from plugins.semantic_ids_page import migration
 
     assert migration(manifest) == text

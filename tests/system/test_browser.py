@@ -1,5 +1,6 @@
 """The users' path through the Airflow UI, in a real browser: log in, fill the trigger form, watch the run
-succeed, read the published version's report on the project's plugin page; bad form values are refused.
+succeed, read the published version's report on the project's plugin page and promote it to serving; bad form
+values are refused.
 
 A module fixture runs `make airflow`'s script, scripts/airflow_standalone.sh (`airflow standalone`: api-server,
 scheduler, dag-processor, triggerer; LocalExecutor, SQLite; tests/airflow_server.py), with its home and data
@@ -57,7 +58,7 @@ pytest.importorskip("playwright", reason="playwright is in the dev extra (make v
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)", allow_module_level=True)
 
-from playwright.sync_api import Locator, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import FrameLocator, Locator, Page, expect, sync_playwright  # noqa: E402
 
 expect.set_options(timeout=20_000)  # pages that fetch logs or runs take a few seconds on a busy 2-core machine
 
@@ -245,6 +246,48 @@ def check_report_plugin(page: Page, ui: AirflowUI) -> None:
         plot.scroll_into_view_if_needed()
         assert plot.evaluate("img => img.complete && img.naturalWidth > 0"), plot.get_attribute("src")
     shot(page, "09-report", full_page=True)
+
+
+def test_promote_from_the_page_marks_the_version_serving(airflow_ui: AirflowUI, page: Page) -> None:
+    """As admin, on Browse -> Semantic IDs (inside the UI's sandboxed iframe, where `confirm()` dialogs are
+    blocked): press Promote on the published version's row, read the confirmation, give a reason, confirm; the
+    page comes back marking the version serving, with the move in its promotion log, and `serving` on disk
+    names the version."""
+    ui = airflow_ui
+    version = ui.publish_root / SNAPSHOT
+    assert version.is_dir(), "published by test_trigger_form_run_and_report"
+    assert not (ui.publish_root / "serving").exists(), "no interactions that day: nothing promoted it yet"
+    login(page, ui)
+    listing = open_plugin_page(page, ui)
+    versions = listing.locator("table:not(.log) tbody tr").filter(has_text=SNAPSHOT)
+    expect(listing.locator("p.aliases")).to_contain_text("serving (what consumers read): none yet")
+    expect(versions.locator("td.verdict")).to_have_text("not evaluated")
+    confirm = versions.get_by_role("button", name=f"Yes, promote to {SNAPSHOT}")
+    expect(confirm).to_be_hidden()  # one click to open the confirmation, one to confirm
+    versions.get_by_text("Promote…").click()
+    expect(versions.locator("p.confirm")).to_have_text(f"Promote serving to {SNAPSHOT}?")
+    versions.get_by_label(f"reason for {SNAPSHOT}").fill("browser test: serve the first version")
+    shot(page, "16-promote-confirmation")
+    confirm.click()
+    expect(listing.locator("p.aliases")).to_contain_text(f"serving (what consumers read): {SNAPSHOT}")
+    expect(versions.first).to_contain_text("(serving)")
+    expect(versions.locator("td.serving")).to_have_text("serving")
+    expect(listing.locator("table.log")).to_contain_text("browser test: serve the first version")
+    shot(page, "17-promoted-serving")
+    assert (ui.publish_root / "serving").resolve() == version.resolve()
+    (move,) = [json.loads(line) for line in (ui.publish_root / "promotions.jsonl").read_text().splitlines()]
+    assert (move["by"], move["via"], move["kind"], move["to"]) == ("admin", "ui", "manual", SNAPSHOT)
+
+
+def open_plugin_page(page: Page, ui: AirflowUI) -> FrameLocator:
+    """Browse -> Semantic IDs: the plugin's page in the UI's iframe."""
+    page.goto(ui.url + "/")
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Semantic IDs").click()
+    page.wait_for_url(re.compile(r"/plugin/semantic-ids(/.*)?$"))
+    listing = page.frame_locator("iframe").first
+    expect(listing.get_by_role("heading", name="Published semantic IDs")).to_be_visible()
+    return listing
 
 
 def test_bad_form_values_are_refused(airflow_ui: AirflowUI, page: Page, pipeline_dag) -> None:

@@ -1,6 +1,8 @@
 """Security: no code path unpickles model files, trigger-form paths cannot leave the configured roots, no
-secret is committed, neither the compose file nor the stack script turns login off, and the UI plugin's
-routes (mounted apart from Airflow's authenticated API) refuse anonymous callers on a real `airflow standalone`.
+secret is committed, neither the compose file nor the stack script turns login off, the UI plugin's routes
+(mounted apart from Airflow's authenticated API) refuse anonymous callers on a real `airflow standalone`, and
+its promote route moves `serving` only for a user with edit access (a viewer gets 403, anonymous 401, a
+cookie without the page's CSRF token 403, an unknown version 404: nothing moves).
 
 Already covered elsewhere and referenced by docs/reliability.md: model weights are safetensors, a tampered
 weights file and a pickle smuggled in as weights are refused (tests/unit/test_checkpoint.py); a pickle input is
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ast
 import http.client
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -304,6 +307,23 @@ def fake_version(root: Path) -> None:
     (folder / "model" / "config.json").write_text("{}")
     (root / "secret.txt").write_text("not for the UI")
     (root / "latest").symlink_to(PLUGIN_VERSION)
+    for snapshot in PROMOTABLE:
+        stored_version(root, snapshot)
+
+
+PROMOTABLE = ("2026-04-29", "2026-04-30")  # versions in the stored-copy layout, judged passed: promotable
+
+
+def stored_version(root: Path, snapshot: str) -> None:
+    """A published version as publish lays it out (`{snapshot}` -> its stored copy) with a passed verdict."""
+    copy = root / ".versions" / snapshot / "c1" / snapshot
+    copy.mkdir(parents=True)
+    manifest = {"snapshot": snapshot, "counts": {"n_items": 1234}, "checksums": {"semantic_ids": "sha256:ab"}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    summary = {"status": "passed", "recall_at_10": 0.07, "recall_at_10_se": 0.01, "nll": 5.2, "nll_se": 0.08,
+               "reason": ""}
+    (copy / "evaluation.json").write_text(json.dumps({"summary": summary, "semantic_ids_sha256": "sha256:ab"}))
+    (root / snapshot).symlink_to(f".versions/{snapshot}/c1/{snapshot}")
 
 
 @pytest.fixture(scope="module")
@@ -386,3 +406,78 @@ def test_plugin_malformed_paths_are_404_on_a_real_api_server(plugin_server, reli
             "tests": "test_security.py (real airflow standalone), test_plugin.py",
         }
     )
+
+
+def promotion_state(root: Path) -> dict[str, object]:
+    """Everything a promotion changes: the alias, its file and the log."""
+    link = root / "serving"
+    return {"serving": os.readlink(link) if link.is_symlink() else None,
+            **{name: (root / name).read_text() if (root / name).is_file() else None
+               for name in ("serving.json", "promotions.jsonl")}}
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_promotion_needs_edit_access_on_a_real_api_server(plugin_server, reliability_log):
+    """POST /semantic-ids/promote against `airflow standalone`: refused to anonymous (401), forged and role-less
+    tokens (403), the viewer by token or by UI cookie (403), the admin's cookie without the page's CSRF token
+    (403), unknown and malformed versions (404), each leaving serving, serving.json and the log as they were;
+    the admin's token moves serving, and the admin's UI session rolls it back with the page's own form."""
+    import requests
+
+    ui = plugin_server
+    root = ui.publish_root
+    url = f"{ui.url}/semantic-ids/promote"
+    move = {"version": PROMOTABLE[1], "reason": "security test"}
+    before = promotion_state(root)
+
+    def post(headers: dict[str, str] | None = None, **body: object) -> requests.Response:
+        return requests.post(url, headers=headers or {}, timeout=30, allow_redirects=False, **body)
+
+    bearer = {name: {"Authorization": f"Bearer {ui.token(name)}"} for name in ("admin", "reader", "nobody")}
+    refused = {
+        "anonymous": post(json=move).status_code,
+        "forged token": post({"Authorization": "Bearer not-a-jwt"}, json=move).status_code,
+        "user without a role": post(bearer["nobody"], json=move).status_code,
+        "viewer's token": post(bearer["reader"], json=move).status_code,
+        "viewer's UI cookie": post({"Cookie": f"_token={ui.token('reader')}"}, data=move).status_code,
+        "admin's UI cookie, no CSRF token": post({"Cookie": f"_token={ui.token('admin')}"}, data=move).status_code,
+        "admin, forged CSRF token": post({"Cookie": f"_token={ui.token('admin')}"},
+                                         data={**move, "csrf_token": "forged"}).status_code,
+    }
+    assert refused == {"anonymous": 401, "forged token": 403, "user without a role": 403, "viewer's token": 403,
+                       "viewer's UI cookie": 403, "admin's UI cookie, no CSRF token": 403,
+                       "admin, forged CSRF token": 403}, refused
+    unknown = ["2026-04-28", "../2026-04-30", "latest", ".versions/2026-04-30", "2026-04-30/../2026-04-29",
+               PLUGIN_VERSION, "a" * 300]  # PLUGIN_VERSION: a plain folder from before stored copies
+    not_found = {version: post(bearer["admin"], json={**move, "version": version}) for version in unknown}
+    assert {v: a.status_code for v, a in not_found.items()} == dict.fromkeys(unknown, 404)
+    assert not any(str(root) in a.text for a in not_found.values())
+    assert promotion_state(root) == before, "nothing moved"
+
+    moved = post(bearer["admin"], json=move)
+    assert moved.status_code == 200 and moved.json()["moved"], moved.text
+    assert os.readlink(root / "serving").endswith(f"/{PROMOTABLE[1]}")
+    cookie = {"Cookie": f"_token={ui.token('admin')}"}
+    page = requests.get(f"{ui.url}/semantic-ids/", headers=cookie, timeout=30).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    back = post({**cookie, "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+                data={"version": PROMOTABLE[0], "reason": "rollback from the page", "csrf_token": token})
+    assert back.status_code == 303 and os.readlink(root / "serving").endswith(f"/{PROMOTABLE[0]}")
+    log = [json.loads(line) for line in (root / "promotions.jsonl").read_text().splitlines()]
+    assert [(m["by"], m["via"], m["kind"], m["to"]) for m in log] == [
+        ("admin", "api", "manual", PROMOTABLE[1]), ("admin", "ui", "rollback", PROMOTABLE[0])]
+    viewer_page = requests.get(f"{ui.url}/semantic-ids/", headers={"Cookie": f"_token={ui.token('reader')}"},
+                               timeout=30).text
+    assert f"{PROMOTABLE[0]} <b>(serving)</b>" in viewer_page and "<form" not in viewer_page
+    reliability_log.append(
+        {
+            "section": "security",
+            "check": "UI plugin, POST /semantic-ids/promote",
+            "result": "; ".join(f"{who} {code}" for who, code in refused.items())
+            + f"; {len(unknown)} unknown or malformed versions 404; nothing moved by any of them; admin token 200 "
+            "(moved), admin UI session with the page's CSRF token 303 (rolled back), both logged",
+            "tests": "test_security.py (real airflow standalone), test_promotion.py",
+        }
+    )
+

@@ -235,11 +235,16 @@ def test_trigger_and_backfill_on_the_celery_stack(stack: Stack) -> None:
     assert evaluation_run["run_type"] == "asset_triggered", evaluation_run
     eval_tis = {ti["task_id"]: ti for ti in stack.request(
         "GET", f"/api/v2/dags/{EVAL_DAG_ID}/dagRuns/{evaluation_run['dag_run_id']}/taskInstances")["task_instances"]}
-    assert {t: ti["state"] for t, ti in eval_tis.items() if t != "record_evaluation"} == dict.fromkeys(
-        ["find_version", "has_interactions", "validate_interactions", "evaluate_retrieval"], "success"), eval_tis
+    assert {t: ti["state"] for t, ti in eval_tis.items() if t not in ("record_evaluation", "promote")} == \
+        dict.fromkeys(["find_version", "has_interactions", "validate_interactions", "evaluate_retrieval"],
+                      "success"), eval_tis
     assert eval_tis["evaluate_retrieval"]["queue"] == "gpu"
     evaluation = json.loads((stack.data / "published" / TRIGGERED / "evaluation.json").read_text())
     assert evaluation["snapshot"] == TRIGGERED and evaluation["summary"]["status"] in ("passed", "failed")
+    # the last task moved `serving` to the version only if it passed; after a failed gate it did not run
+    passed = evaluation["summary"]["status"] == "passed"
+    assert eval_tis["promote"]["state"] == ("success" if passed else "upstream_failed"), eval_tis["promote"]
+    assert (stack.data / "published" / "serving").exists() == passed
 
     # 2. A backfill of three days from the CLI: the scheduler creates and runs them (one per midnight logical date).
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@
 - no mode value spelled outside `rqvae/modes.py` where it acts as a mode (compared, defaulted, listed);
 - no literal default in a stage's signature (`include/stages/`): the config objects carry every default;
 - the folders say what they hold: `rqvae/` keeps at most 10 top-level modules, `include/stages/` one module
-  per task id of the two DAGs.
+  per task id of the DAG files.
 
 Imports under `if TYPE_CHECKING:` are left out: they are never run. The last test checks the one file name
 the published layout repeats from the library (to read a model's config without importing torch).
@@ -344,11 +344,11 @@ def test_no_mode_value_is_spelled_outside_its_enum() -> None:
 
 # ------------------------------------------------------------------------------------------------ stages
 
-DAG_FILES = ("rqvae_semantic_ids.py", "semantic_ids_evaluation.py")
+DAG_FILES = ("rqvae_semantic_ids.py", "semantic_ids_evaluation.py", "semantic_ids_promote.py")
 
 
 def task_ids() -> set[str]:
-    """The task ids of both DAGs, read from their `task_id="..."` arguments."""
+    """The task ids of the DAG files, read from their `task_id="..."` arguments."""
     ids = set()
     for file in DAG_FILES:
         for node in ast.walk(ast.parse((REPO / "dags" / file).read_text(encoding="utf-8"))):
