@@ -155,11 +155,27 @@ def test_decoder_has_no_final_relu() -> None:
     assert not isinstance(model.decoder.branch[-1], torch.nn.ReLU)
 
 
-def test_training_improves_on_its_kmeans_start(data: torch.Tensor) -> None:
+def test_training_improves_on_its_kmeans_start_and_the_refit_spreads_codes_again(data: torch.Tensor) -> None:
+    """Steps lower the recon MSE; the final refit (refit_codebooks) is kept only when it spreads the items over
+    more IDs than the trained codebooks do, so the IDs never get fewer; the epochs before it are the same."""
     cfg = ModelConfig(input_dim=16, num_codebooks=2, codebook_size=16, hidden_channels=[32])
-    result = train(data.numpy(), cfg, TrainConfig(epochs=4, batch_size=128, seed=0), show_progress=False)
-    assert result.metrics["recon_mse"] < result.metrics["init_recon_mse"]
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    budget = {"epochs": 6, "batch_size": 128, "lr": 1e-3, "seed": 0}  # 6 x 24 steps: over REFIT_MIN_STEPS
+    trained = train(data.numpy(), cfg, TrainConfig(**budget, refit_codebooks=False), show_progress=False)
+    assert trained.metrics["recon_mse"] < trained.metrics["init_recon_mse"]
+    assert [h["epoch"] for h in trained.history] == [1, 2, 3, 4, 5, 6] and not trained.metrics["refitted"]
+    refitted = train(data.numpy(), cfg, TrainConfig(**budget), show_progress=False)
+    same_epochs = [{k: v for k, v in h.items() if k != "seconds"} for h in refitted.history] == [
+        {k: v for k, v in h.items() if k != "seconds"} for h in trained.history]
+    assert same_epochs  # the refit comes after the epochs
+    assert refitted.metrics["unique_ratio"] >= trained.metrics["unique_ratio"]
+    if refitted.metrics["refitted"]:
+        assert refitted.metrics["unique_ratio"] > trained.metrics["unique_ratio"]
+    else:
+        assert refitted.metrics["recon_mse"] == trained.metrics["recon_mse"]
+    wide = ModelConfig(input_dim=16, num_codebooks=2, codebook_size=[32, 64], hidden_channels=[32])
+    spread = train(data.numpy(), wide, TrainConfig(**budget), show_progress=False)  # this one is kept
+    kept = train(data.numpy(), wide, TrainConfig(**budget, refit_codebooks=False), show_progress=False)
+    assert spread.metrics["refitted"] and spread.metrics["unique_ratio"] > kept.metrics["unique_ratio"]
 
 
 def test_default_architecture_follows_the_users_rule(caplog: pytest.LogCaptureFixture) -> None:
