@@ -6,6 +6,7 @@ each user's last 20% of events, the power to resolve small gaps; leave-one-out: 
 
 - ``random``: the floor; ``faiss``: faiss residual k-means on content (the strongest cheap peer, bench only);
 - ``rqkmeans`` and ``rqvae``: the product's content-only methods;
+- ``rqvae_old``: ``rqvae`` with the training budget before issue 28 (five passes, no refit);
 - ``collab``: the product's collaborative IDs (content + the training part of the ratings);
 - ``oracle``: residual k-means on behaviour factors of ALL ratings, test events included: a leaky upper bound,
   never a product option, that says how much room behaviour leaves.
@@ -87,14 +88,19 @@ def _dedup(inputs: BenchInputs, codes: np.ndarray, recon_mse: float) -> Built:
     return table, {"recon_mse": recon_mse, "unique_ratio": code_metrics(codes, sizes)["unique_ratio"]}
 
 
-def _ours(inputs: BenchInputs, method: str) -> Built:
-    """The project's content-only model with its defaults at this L x K."""
+# The training budget before issue 28 (five passes of 1,024-item steps, no codebook refit): the new default must
+# not be worse downstream than this by more than 1 paired SE.
+OLD_BUDGET = {"epochs": 5, "batch_size": 1024, "refit_codebooks": False}
+
+
+def _ours(inputs: BenchInputs, method: str, budget: dict | None = None) -> Built:
+    """The project's content-only model with its defaults at this L x K (``budget`` overrides the training's)."""
     from rqvae.config import ModelConfig, TrainConfig
     from rqvae.retrieval import model_ids
 
     cfg = ModelConfig(input_dim=inputs.vectors.shape[1], num_codebooks=inputs.levels,
                       codebook_size=inputs.codebook_size, method=method)
-    return model_ids(inputs.item_ids, inputs.vectors, cfg, TrainConfig(seed=inputs.seed))
+    return model_ids(inputs.item_ids, inputs.vectors, cfg, TrainConfig(seed=inputs.seed, **(budget or {})))
 
 
 def _collaborative(inputs: BenchInputs) -> Built:
@@ -144,6 +150,8 @@ ID_SETS: dict[str, IdSetSpec] = {
     "faiss": IdSetSpec("faiss residual k-means (content)", _faiss),
     "rqkmeans": IdSetSpec("rqkmeans (this project, content)", lambda inputs: _ours(inputs, "rqkmeans")),
     "rqvae": IdSetSpec("rqvae (this project, content)", lambda inputs: _ours(inputs, "rqvae")),
+    "rqvae_old": IdSetSpec("rqvae, the budget before issue 28 (content)",
+                           lambda inputs: _ours(inputs, "rqvae", OLD_BUDGET)),
     "collab": IdSetSpec("collaborative (this project)", _collaborative),
     "oracle": IdSetSpec("oracle: all ratings, leaky (upper bound)", _oracle),
 }

@@ -29,7 +29,7 @@ from ..modes import KMeansInit
 from .early_stop import heldout_split, is_best, restore_best, should_stop, stalled, weights
 from .resume import CHECKPOINT_DIR, resume_run, try_resume
 from .resume import save_checkpoint as _save_checkpoint  # looked up here each epoch: tests interrupt a run with it
-from .sample import prepare_sample, training_source
+from .sample import fit_rows, prepare_sample, training_source
 from .start import behaviour_inputs, build_model, collaborative_signal, fit_initial_codebooks
 from .steps import Run, evaluate, run_epoch
 
@@ -110,8 +110,8 @@ def train(
 @torch.no_grad()
 def refit_codebooks(model: RQVAE, sample: Sample, cfg: TrainConfig) -> bool:
     """Residual k-means again, on the trained latent of REFIT_ITEMS rows of the sample (drawn from their own
-    seeded generator, so the run's other draws do not move), kept only when it spreads the items over more IDs on
-    the evaluation rows; returns whether it was kept.
+    seeded generator, so the run's other draws do not move; weighted by traffic as the initial fit), kept only
+    when it spreads the items over more IDs on the evaluation rows; returns whether it was kept.
 
     Why: many training steps pull items onto fewer codewords (1M x 32: unique-ID ratio 0.835 against residual
     k-means's 0.848), and the refit spreads the codewords over the items again (0.848). After a few steps (100k
@@ -119,8 +119,7 @@ def refit_codebooks(model: RQVAE, sample: Sample, cfg: TrainConfig) -> bool:
     """
     books = [book.detach().clone() for book in model.quantizer.codebooks]
     before = evaluate(model, sample.eval_x)["unique_ratio"]
-    rows = np.sort(np.random.default_rng([cfg.seed, REFIT_STREAM]).choice(sample.n, min(sample.n, REFIT_ITEMS),
-                                                                        replace=False))
+    rows = fit_rows(sample, REFIT_ITEMS, np.random.default_rng([cfg.seed, REFIT_STREAM]))
     latent = model.encode_latent(sample.x[torch.from_numpy(rows).to(sample.x.device)])
     model.quantizer.init_from_data_(latent, KMeansInit.KMEANS, model.kmeans_iters,
                                     torch.Generator().manual_seed(cfg.seed))

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from .collaborative import ItemSequences
 
 _FINGERPRINT_ROWS = 1024  # first and last rows of the training data its fingerprint hashes (checked on resume)
+# With interactions, the codebooks are fitted on rows drawn with probability ~ (events + 1) ** TRAFFIC_POWER: codebook
+# capacity goes where the traffic is, so popular regions get finer IDs. On MovieLens (temporal protocol, one seed,
+# residual k-means on [content, behaviour]) power 1 moved Recall@10 from +0.001 to +0.014 over faiss (NLL -0.16 to
+# -0.24 nats); 0.5 did little, 1.5 lost the NLL gain (docs/collaborative.md).
+TRAFFIC_POWER = 1.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Sample:
     held: np.ndarray | None  # held-out row numbers for early stopping (None: no early stopping)
     eval_x: torch.Tensor  # the held-out rows, else a fixed sample of the training rows
     meta: dict[str, Any]  # what a checkpoint must have been written for: data fingerprint and both configs
+    traffic: np.ndarray | None = None  # [n] probability of each training row in a codebook fit; None: uniform
 
     @property
     def n(self) -> int:
@@ -82,9 +88,22 @@ def prepare_sample(
     else:  # per-epoch metrics (and the early-stopping decision) on items training never sees
         eval_x = torch.from_numpy(x_held).to(device)
     meta = {"data": _fingerprint(x_np), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    traffic = None
     if sequences is not None:
         meta["interactions"] = sequences.fingerprint()
-    return Sample(x, pick, held, eval_x, meta)
+        counts = sequences.item_counts()
+        traffic = (counts if pick is None else counts[pick]).astype(np.float64) + 1.0
+        traffic = traffic ** TRAFFIC_POWER
+        traffic /= traffic.sum()
+    return Sample(x, pick, held, eval_x, meta, traffic)
+
+
+def fit_rows(sample: Sample, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of the sample a codebook fit runs on: ``count`` distinct rows drawn uniformly, or with
+    interactions ``count`` draws weighted by traffic (with replacement: a popular item counts several times)."""
+    if sample.traffic is None:
+        return np.sort(rng.choice(sample.n, min(sample.n, count), replace=False))
+    return np.sort(rng.choice(sample.n, count, p=sample.traffic))
 
 
 def _fingerprint(x: np.ndarray) -> str:

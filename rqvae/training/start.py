@@ -18,6 +18,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..model import RQVAE
+from .sample import fit_rows
 from .steps import evaluate
 
 if TYPE_CHECKING:
@@ -82,10 +83,10 @@ def build_model(model_cfg: ModelConfig, cfg: TrainConfig, behaviour: Behaviour |
 
 def fit_initial_codebooks(model: RQVAE, sample: Sample, cfg: TrainConfig, rng: np.random.Generator
                           ) -> dict[str, Any]:
-    """Initialise the model (input mean, linear paths, residual k-means) on ``init_items`` rows of the sample;
-    returns the initial metrics."""
+    """Initialise the model (input mean, linear paths, residual k-means) on ``init_items`` rows of the sample
+    (weighted by traffic with interactions: :func:`rqvae.training.sample.fit_rows`); returns the initial metrics."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    init_idx = np.sort(rng.choice(sample.n, min(sample.n, cfg.init_items), replace=False))
+    init_idx = fit_rows(sample, cfg.init_items, rng)
     t0 = time.perf_counter()
     model.initialize(sample.x[torch.from_numpy(init_idx).to(sample.x.device)], generator=gen)
     init_metrics = {**evaluate(model, sample.eval_x), "seconds": round(time.perf_counter() - t0, 3)}
