@@ -32,7 +32,6 @@ MEASURES: dict[str, list[str]] = {
     "alignment": [*LIBRARY, *ENCODING, "rqvae/ids", *PIPELINE, "bench/serving.py"],
     "serving": ["rqvae/ids/serving.py", "rqvae/ids/serving_writer.py", "rqvae/retrieval/index.py", "bench/serving.py"],
     "downstream": [*LIBRARY, "rqvae/retrieval", "rqvae/io/interactions.py", "bench/downstream.py"],
-    "downstream-collaborative": [*LIBRARY, "rqvae/retrieval", "rqvae/io/interactions.py", "bench/downstream.py"],
     "encode": [*LIBRARY, *ENCODING, "rqvae/cli.py", "bench/encode.py"],
     "validation": ["include/stages/validate_dims.py", "include/stages/validate_codes.py", "include/gx_suites.py",
                    "include/gx_rules.py", "bench/validation.py"],

@@ -271,7 +271,8 @@ def to_markdown(reports: dict[str, RetrievalReport], labels: dict[str, str], qua
     head = (
         f"MovieLens small: {info['n_items']:,} items x 384 (MiniLM text embeddings), {info['n_interactions']:,} "
         f"ratings of {info['n_users']} users; {args.levels} x {args.codebook_size} codes. ID sets built with seeds "
-        f"{args.id_seeds}; those that learn from ratings see only the temporal split's training part "
+        f"{sorted(set(args.id_seeds) | set(args.loo_id_seeds or []))} (per protocol below); those that learn from "
+        "ratings see only the temporal split's training part "
         f"({info['n_train']:,} events). Retriever: decoder-only transformer (d_model {cfg.d_model}, {cfg.layers} "
         f"layers, {cfg.heads} heads), history {cfg.history}, {cfg.epochs} epochs (best validation NLL kept), beam "
         f"{cfg.beam} constrained to real IDs, seeds {args.seeds}. Per test event the metric is averaged over the "
@@ -282,8 +283,16 @@ def to_markdown(reports: dict[str, RetrievalReport], labels: dict[str, str], qua
     )
     parts = [head]
     for protocol, report in reports.items():
-        parts += ["", f"### {protocol}", "", protocol_markdown(report, labels, quality, build_s)]
+        parts += ["", f"### {protocol}: ID seeds {protocol_id_seeds(args, protocol)} x retriever seeds {args.seeds}",
+                  "", protocol_markdown(report, labels, quality, build_s)]
     return "\n".join(parts)
+
+
+def protocol_id_seeds(args: argparse.Namespace, protocol: str) -> list[int]:
+    """The ID seeds a protocol is run with: ``--loo-id-seeds`` for leave-one-out when given, else ``--id-seeds``."""
+    from rqvae.modes import Protocol
+
+    return args.loo_id_seeds if protocol == Protocol.LEAVE_ONE_OUT and args.loo_id_seeds else args.id_seeds
 
 
 def _plain(value: object) -> object:
@@ -304,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(ID_SETS), help=f"of {list(ID_SETS)}")
     parser.add_argument("--protocols", default="temporal,leave_one_out")
     parser.add_argument("--id-seeds", type=_ints, default=[0, 1, 2], help="seeds of the ID sets' own building")
+    parser.add_argument("--loo-id-seeds", type=_ints, default=None,
+                        help="ID seeds for the leave-one-out protocol (default: --id-seeds)")
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="retriever seeds")
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=256)
@@ -353,7 +364,7 @@ def run_benchmark(args: argparse.Namespace) -> str:
     build_s: dict[str, float] = {}
     for name in names:
         per_seed = []
-        for seed in args.id_seeds:
+        for seed in sorted(set(args.id_seeds) | set(args.loo_id_seeds or [])):
             inputs = BenchInputs(emb.ids, emb.vectors, train, known, args.levels, args.codebook_size, seed)
             (table, q), seconds = build_cached(name, inputs, cache / "ids" if cache else None)
             if len(table) != len(emb.ids):  # a smaller set would change everyone's split
@@ -366,9 +377,10 @@ def run_benchmark(args: argparse.Namespace) -> str:
     reports: dict[str, RetrievalReport] = {}
     for protocol in [Protocol.parse(p) for p in args.protocols.split(",") if p]:
         cfg = RetrievalConfig(protocol=protocol, epochs=args.epochs, max_users=args.max_users)
+        id_seeds = protocol_id_seeds(args, protocol)
         per_id_seed = [evaluate_id_sets({n: tables[n][s] for n in names}, interactions, cfg, args.seeds,
-                                        RunCache(cache / "runs") if cache else None) for s in args.id_seeds]
-        reports[protocol.value] = merge_runs(per_id_seed, args.id_seeds)
+                                        RunCache(cache / "runs") if cache else None) for s in id_seeds]
+        reports[protocol.value] = merge_runs(per_id_seed, id_seeds)
     wall = time.perf_counter() - t0
     labels = {n: ID_SETS[n].label for n in names}
     info = {"n_items": len(emb.ids), "n_interactions": len(interactions), "n_users": interactions.n_users,

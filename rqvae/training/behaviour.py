@@ -13,6 +13,8 @@ residual k-means) cuts codes from it as it would from content alone:
 3. **Shrinkage**: an item with few events has noisy factors, so its vector is pulled toward the content's
    prediction, ``F' = w F + (1 - w) x G`` with ``w = n / (n + CONFIDENCE_EVENTS)``; an item with no events gets
    the prediction alone, so a new item's ID still follows its content.
+4. **Traffic**: the codebooks are fitted on rows drawn with probability ~ events + 1
+   (:data:`rqvae.training.sample.TRAFFIC_POWER`), so the items users consume most get the finest IDs.
 
 Everything an encoder needs later is stored in the model directory (``behaviour.safetensors``, written and checked
 by :mod:`rqvae.io.checkpoint`): the shrunk vectors of
