@@ -107,11 +107,10 @@ def _collaborative(inputs: BenchInputs) -> Built:
     """The product's collaborative IDs: content plus the training part of the ratings, as train_rqvae makes them."""
     from rqvae.config import ModelConfig, TrainConfig
     from rqvae.retrieval import model_ids
-    from rqvae.training.collaborative import DEFAULT_WEIGHT
 
     cfg = ModelConfig(input_dim=inputs.vectors.shape[1], num_codebooks=inputs.levels,
                       codebook_size=inputs.codebook_size)
-    tcfg = TrainConfig(seed=inputs.seed, collaborative_weight=DEFAULT_WEIGHT)
+    tcfg = TrainConfig(seed=inputs.seed)  # collaborative_weight: the default
     return model_ids(inputs.item_ids, inputs.vectors, cfg, tcfg, interactions=inputs.train_interactions)
 
 

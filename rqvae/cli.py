@@ -236,14 +236,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                      max_abs=checks.max_abs, path=args.embeddings)
     sequences = None
     if args.interactions:
-        from .config import load_config_file
-        from .training.collaborative import DEFAULT_WEIGHT, read_sequences
+        from .training.collaborative import read_sequences
 
         holdout = args.holdout or (Protocol.LEAVE_ONE_OUT if args.holdout_last == 2 else None)
         sequences = read_sequences(args.interactions, data.ids, holdout=holdout and Protocol.parse(holdout))
-        in_file = load_config_file(args.config)[1] if args.config else {}
-        if args.collaborative_weight is None and "collaborative_weight" not in in_file:
-            args.collaborative_weight = DEFAULT_WEIGHT
     model_cfg, train_cfg = _train_configs(args, data.vectors.shape[1])
     result = train(data.vectors, model_cfg, train_cfg, out_dir=args.out, show_progress=not args.quiet,
                    interactions=sequences, item_ids=data.ids)

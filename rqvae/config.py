@@ -247,14 +247,14 @@ class TrainConfig(_Strict):
         "fp32); fp32 turns autocast off. CPU training is always fp32.",
     )
     collaborative_weight: float = option(
-        0.0,  # opt-in until the downstream benchmark shows a win (docs/collaborative.md)
+        1.0,  # the default since the downstream benchmark showed the win against faiss (docs/collaborative.md)
         title="Collaborative weight", section="Training", minimum=0, maximum=100,
         description="When the interactions snapshot {interactions_root}/{snapshot}/ is complete (_SUCCESS), the "
         "model quantises each item's content plus its behaviour (what users consume it with), the behaviour "
         "block weighted by this (1 = as much as the content); the events the evaluation tests on are held out. "
         "0, or no snapshot, = content-only IDs.",
-        cli_help="behaviour's weight against content in the model's input (default 1 with --interactions; "
-        "0 = content only)",
+        cli_help="behaviour's weight against content in the model's input, used with --interactions (0 = content "
+        "only)",
     )
     collaborative_dim: int = option(
         64, title="Behaviour dimensions", section="Training", minimum=1, per_run=False,

@@ -25,7 +25,6 @@ from ..modes import Protocol
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHT = 1.0  # collaborative_weight where interactions are given and no weight is (CLI, library callers)
 OVERSAMPLE = 8  # extra columns of the randomised range finder
 CHUNK_EVENTS = 2_097_152  # events per gather/scatter block of the streamed products
 FINGERPRINT_ENDS = 4096  # first and last entries of the event arrays a fingerprint hashes (checked on resume)

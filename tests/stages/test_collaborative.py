@@ -21,7 +21,6 @@ from rqvae.encoding.encode import encode_array
 from rqvae.io.interactions import Interactions, leave_one_out, read_interactions, split_events, write_interactions
 from rqvae.modes import Protocol
 from rqvae.training.collaborative import (
-    DEFAULT_WEIGHT,
     ItemSequences,
     collaborative_embeddings,
     item_rows,
@@ -168,14 +167,15 @@ def test_model_depends_only_on_the_training_part_of_the_logs():
     assert not _same(held_out, fit(log)), "the held-out events do change a model trained on all events"
 
 
-def test_dag_collaborative_training_is_opt_in():
-    """The DAG trains content-only unless a user sets the weight: an interactions snapshot alone (written for the
-    downstream evaluation) must not change how IDs are made."""
+def test_collaborative_training_is_the_default_everywhere():
+    """Collaborative IDs won the downstream benchmark, so the DAG's form, the config and the CLI use a complete
+    interactions snapshot unless a user sets the weight to 0 (the stage test below runs the default)."""
     from include.params import dag_params, from_params
 
-    assert dag_params()["collaborative_weight"].value == 0.0  # the form, generated from TrainConfig
-    assert from_params({}).train.collaborative_weight == 0.0
-    assert DEFAULT_WEIGHT > 0, "the CLI's --interactions without a weight does use the logs"
+    default = TrainConfig().collaborative_weight
+    assert default > 0
+    assert dag_params()["collaborative_weight"].value == default  # the form, generated from TrainConfig
+    assert from_params({}).train.collaborative_weight == default
 
 
 @pytest.mark.parametrize("bad", [{"collaborative_weight": -1.0}, {"collaborative_dim": 0}])
@@ -281,7 +281,7 @@ def test_pipeline_stage_uses_a_complete_interactions_snapshot_and_the_manifest_s
     (emb_dir / "_SUCCESS").touch()
     root = tmp_path / "interactions"
     model = ModelConfig(input_dim=DIM, num_codebooks=2, codebook_size=16)
-    training = TrainConfig(epochs=1, batch_size=128, device="cpu", collaborative_weight=1.0)
+    training = TrainConfig(epochs=1, batch_size=128, device="cpu")  # the default weight: collaborative when complete
     policy = RetrainPolicy(align_retrain="off")
 
     def run(name: str, interactions: Interactions | None, success: bool = True) -> tuple[dict, str]:
@@ -340,7 +340,7 @@ def test_cli_train_with_interactions(tmp_path, capsys):
                  "--device", "cpu", "--interactions", str(tmp_path / "logs"), "--holdout-last", "2"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["collaborative"]["used"] and printed["collaborative"]["weight"] == DEFAULT_WEIGHT
+    assert printed["collaborative"]["used"] and printed["collaborative"]["weight"] == TrainConfig().collaborative_weight
     held = leave_one_out(log).train_interactions()
     assert printed["collaborative"]["n_items_with_events"] == len(np.unique(held.item_id))
     assert main(["--quiet", "encode", "--model", str(tmp_path / "m"), "--embeddings", str(tmp_path / "items.parquet"),
