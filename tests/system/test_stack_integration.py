@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from rqvae.io.published import LATEST, SERVING
 from scripts.airflow_env import STACK_SHORT_WAITS
 from tests.helpers import DIM, SMALL
 
@@ -291,8 +292,9 @@ def test_trigger_and_backfill_on_the_celery_stack(stack: Stack) -> None:
 
     # 4. One published version per snapshot; `latest` at the newest even though the backfill finished last.
     published = stack.data / "published"
-    versions = sorted(p.name for p in published.iterdir()
-                      if p.name != "latest" and not p.name.startswith(".") and (p / "manifest.json").is_file())
+    versions = sorted(p.name for p in published.iterdir()  # the aliases name versions too: not versions themselves
+                      if p.name not in (LATEST, SERVING) and not p.name.startswith(".")
+                      and (p / "manifest.json").is_file())
     assert versions == sorted([*BACKFILLED, TRIGGERED])
     assert Path(os.readlink(published / "latest")).name == TRIGGERED
     for day in versions:
