@@ -44,7 +44,7 @@ bench: $(BENCH_STAMP)
 # N = 2 and 4 concurrent `rqvae train` runs against the same runs one after another (a few minutes on 2 cores).
 # Training + encoding at the users' scale (5.7M x 32, 4 x 256) against faiss residual k-means, same run (~15 min).
 bench-quality-seed: $(BENCH_STAMP)
-	$(BIN)/python bench/quality.py --sets seed --levels 4 --peers faiss1 --variants "rqvae,rqvae+balance,rqvae+early stop,rqkmeans" \
+	$(BIN)/python bench/quality.py --sets seed --levels 4 --peers faiss1 --variants "rqvae,rqvae (5 epochs),rqvae+balance,rqkmeans" \
 		--section quality-seed --title "Quality and wall time at seed scale (5.7M x 32)" --command "make bench-quality-seed"
 
 bench-cotenancy: $(BENCH_STAMP)

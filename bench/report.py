@@ -51,7 +51,8 @@ def provenance(command: str | None = None) -> Provenance:
         shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script.name
         command = " ".join(["python", str(shown), *(shlex.quote(a) for a in sys.argv[1:])])
     commit = _git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # uncommitted changes to what runs: prose (docs/, *.md: the benchmarks' own output among it) changes no figure
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs", ":(exclude)*.md"))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     machine = f"{platform.machine()}, {cpus} CPUs, {platform.system()} {platform.release()}"
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
