@@ -175,8 +175,9 @@ class TrainConfig(_Strict):
     """How to train. ``max_steps > 0`` caps optimiser steps; otherwise ``epochs`` passes are made."""
 
     # The budget: one pass of 4,096-item steps over the sample, then the codebooks refitted (refit_codebooks). At
-    # 1M x 32, 4 x 256 against faiss residual k-means in one run: recon MSE 0.99x, unique-ID ratio +0.001, 0.86x its
-    # time; five passes of 1,024-item steps gave 0.93x, -0.029 and 2.6x (docs/benchmarks.md, quality).
+    # 5.7M x 32, 4 x 256 against faiss residual k-means in one quiet run: recon MSE 0.995x, unique-ID ratio -0.002,
+    # 0.32x its wall time; five passes of 1,024-item steps gave 0.936x, -0.029 and 0.64x (docs/benchmarks.md,
+    # quality-seed).
     epochs: int = option(
         1, title="Epochs", description="Passes over the training sample.", section="Training", minimum=1,
         maximum=1000,

@@ -76,8 +76,8 @@ def train_rqvae(
             collaborative=collaborative or content_only(),
         )
         return cast(Trained, jsonable(reused))
-    sequences, collaborative = _interactions(artifact, run, training.collaborative_weight)
-    trained = _train(artifact, folder, model, training, sequences=sequences,
+    sequences, item_ids, collaborative = _interactions(artifact, run, training.collaborative_weight)
+    trained = _train(artifact, folder, model, training, sequences=sequences, item_ids=item_ids,
                      collaborative_weight=collaborative["weight"])
     result: Trained = {**trained, "plan": plan, "collaborative": collaborative}
     if policy.align_retrain != Alignment.OFF:
@@ -86,8 +86,9 @@ def train_rqvae(
     return cast(Trained, jsonable(result))
 
 
-def _interactions(artifact: str | Path, run: RunInfo, weight: float) -> tuple[Any, dict[str, Any]]:
-    """(rqvae.training.collaborative.ItemSequences or None, the manifest's `collaborative` entry) for this run."""
+def _interactions(artifact: str | Path, run: RunInfo, weight: float) -> tuple[Any, Any, dict[str, Any]]:
+    """(rqvae.training.collaborative.ItemSequences or None, the artifact's item ids they were mapped onto or None,
+    the manifest's `collaborative` entry) for this run."""
     from include.snapshot import snapshot_ready
 
     folder = Path(run["interactions_dir"])
@@ -95,21 +96,22 @@ def _interactions(artifact: str | Path, run: RunInfo, weight: float) -> tuple[An
         state = "incomplete (no _SUCCESS marker or no data)" if folder.exists() else "absent"
         log.info("train_rqvae: interactions snapshot %s is %s: content-only training, as without interactions",
                  folder, state)
-        return None, content_only()
+        return None, None, content_only()
     from rqvae.io.readers import item_ids_of
     from rqvae.training.collaborative import read_sequences
 
     weight = float(weight)
     if weight <= 0:
         log.info("train_rqvae: collaborative_weight 0: interactions %s not used, content-only training", folder)
-        return None, content_only()
-    sequences = read_sequences(folder, item_ids_of(artifact), holdout=HOLDOUT)
+        return None, None, content_only()
+    item_ids = item_ids_of(artifact)  # behaviour is looked up by item id, in training and when items are encoded
+    sequences = read_sequences(folder, item_ids, holdout=HOLDOUT)
     name = run["interactions_name"]
     summary = sequences.summary()
     log.info("train_rqvae: collaborative training on interactions %s (weight %s, the %s protocol's test and "
              "validation events held out): %d interactions on %d items", name, weight, HOLDOUT,
              summary["n_interactions"], summary["n_items_with_interactions"])
-    return sequences, {"used": True, "weight": weight, "interactions": name,
+    return sequences, item_ids, {"used": True, "weight": weight, "interactions": name,
                        "n_interactions": summary["n_interactions"],
                        "n_items_with_interactions": summary["n_items_with_interactions"],
                        "holdout": HOLDOUT.value}
@@ -122,6 +124,7 @@ def _train(
     training: TrainConfig,
     *,
     sequences: Any,
+    item_ids: Any,
     collaborative_weight: float,
 ) -> dict[str, Any]:
     from dataclasses import replace
@@ -143,11 +146,6 @@ def _train(
         "train_rqvae: %d x %d items from %s, model %s, train %s",
         n_items, dim, artifact, model_cfg.to_dict(), train_cfg.to_dict(),
     )
-    item_ids = None
-    if sequences is not None:
-        from rqvae.io.readers import item_ids_of
-
-        item_ids = item_ids_of(artifact)  # behaviour is looked up by item id when items are encoded
     result = train(embeddings, model_cfg, train_cfg, out_dir=folder.model_dir, interactions=sequences,
                    item_ids=item_ids)
     metrics = {k: result.metrics[k] for k in REPORTED_METRICS if k in result.metrics}

@@ -189,10 +189,6 @@ class EventSplit:
         return self.items[self.train_mask()]
 
     @property
-    def train_timestamps(self) -> np.ndarray:
-        return self.timestamps[self.train_mask()]
-
-    @property
     def valid_positions(self) -> np.ndarray:
         """[U] index into ``items`` of each user's validation event."""
         return self.event_offsets[:-1] + self.n_train
@@ -212,11 +208,6 @@ class EventSplit:
     @property
     def test_items(self) -> np.ndarray:
         return self.items[self.test_positions()[1]]
-
-    def history(self, index: int) -> np.ndarray:
-        """The training items of the ``index``-th user."""
-        start = self.event_offsets[index]
-        return self.items[start : start + self.n_train[index]]
 
     def train_interactions(self) -> Interactions:
         """Only the training part: the one input a tokenizer may learn from while it is being evaluated."""
